@@ -7,7 +7,7 @@ extension is prebuilt here (see csrc/build.py).
 """
 import os
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 ext_modules, cmdclass = [], {}
 if os.environ.get("ZIPFORMER_FAST_NO_EXTENSION", "0") != "1":
@@ -25,10 +25,8 @@ setup(
     version="0.1.0",
     description="Zipformer ASR encoder with fused Triton kernels and a multi-tensor ScaledAdam",
     python_requires=">=3.9",
-    packages=[
-        "zipformer_fast", "zipformer_fast.ops", "zipformer_fast.nn", "zipformer_fast.optim",
-        "zipformer_fast.asr", "zipformer_fast.data", "zipformer_fast.compat", "zipformer_fast.kernels",
-    ],
+    # Every zipformer_fast subpackage, plus kernels/ installed as zipformer_fast.kernels.
+    packages=find_packages(include=["zipformer_fast", "zipformer_fast.*"]) + ["zipformer_fast.kernels"],
     package_dir={"zipformer_fast.kernels": "kernels"},
     package_data={"zipformer_fast.optim": ["csrc/*"]},
     # torch is deliberately not pinned to a build: users bring their own (CPU or CUDA) torch >= 2.4.

@@ -2,20 +2,37 @@
 
     SwooshL(x) = softplus(x - 4) - 0.08 x - 0.035
     SwooshR(x) = softplus(x - 1) - 0.08 x - 0.313261687      (log(1 + e^-1), so SwooshR(0) = 0)
+    derivative  = sigmoid(x - shift) - 0.08                    in (-0.08, 0.92)
 
 Computed in fp32 whatever the input dtype; where log(1 + e^z) overflows to inf, z itself is used
-(icefall's SwooshLForward). Reference path: plain autograd of that formula.
-Fused path (kernels/swoosh.py, added by the Triton-kernels issue): see `swoosh_l` / `swoosh_r`.
+(icefall's SwooshLForward). Output dtype = input dtype.
+
+Two ways to keep what backward needs:
+- exact (default): save x (x's dtype, 2 or 4 bytes/element), recompute sigmoid in backward.
+- compact_derivative=True (k2's trick, used by icefall's standalone SwooshL/R modules): save one
+  uint8 per element, byte = floor(g*255/1.005 + u), g = sigmoid(x - shift), u ~ U[0,1);
+  backward decodes byte*1.005/255 - 0.08. Stochastic rounding: unbiased, error < 1.005/255.
+
+Paths: reference = plain autograd of the formula (saves x and intermediates), or, for the compact
+mode, a small autograd.Function doing the same quantisation in torch. Fused = kernels/swoosh.py
+behind the custom op zipformer_fast::swoosh_fwd (one read of x, one write of y [+ 1 byte]);
+non-contiguous inputs are copied to contiguous first.
 """
-from __future__ import annotations
+from typing import Tuple
 
 import torch
 from torch import Tensor
 
+from ..backend import use_triton_for
+from ._registry import custom_op, kernels, register_autograd
+
 SWOOSH_L_SHIFT, SWOOSH_L_OFFSET = 4.0, 0.035
 SWOOSH_R_SHIFT, SWOOSH_R_OFFSET = 1.0, 0.313261687
+COMPACT_SCALE = 1.005 / 255.0  # decoded derivative = byte * COMPACT_SCALE - 0.08
+COMPACT_FLOOR = -0.08
 
 
+# ---------------------------------------------------------------------------------- reference
 def swoosh_reference(x: Tensor, shift: float, offset: float) -> Tensor:
     xf = x.float()
     z = xf - shift
@@ -32,9 +49,84 @@ def swoosh_r_reference(x: Tensor) -> Tensor:
     return swoosh_reference(x, SWOOSH_R_SHIFT, SWOOSH_R_OFFSET)
 
 
-def swoosh_l(x: Tensor) -> Tensor:
-    return swoosh_l_reference(x)
+def encode_derivative(x: Tensor, shift: float) -> Tensor:
+    """k2's uint8 code of the derivative, with stochastic rounding (torch RNG)."""
+    g = torch.sigmoid(x.float() - shift)
+    return torch.floor(g * (1.0 / COMPACT_SCALE) + torch.rand_like(g)).clamp_(0, 255).to(torch.uint8)
 
 
-def swoosh_r(x: Tensor) -> Tensor:
-    return swoosh_r_reference(x)
+def decode_derivative(code: Tensor) -> Tensor:
+    return code.float() * COMPACT_SCALE + COMPACT_FLOOR
+
+
+class _SwooshCompactReference(torch.autograd.Function):
+    """Reference for compact mode: saves only the uint8 code."""
+
+    @staticmethod
+    def forward(ctx, x, shift, offset):
+        with torch.no_grad():
+            y = swoosh_reference(x, shift, offset)
+            ctx.save_for_backward(encode_derivative(x, shift))
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        (code,) = ctx.saved_tensors
+        return (grad.float() * decode_derivative(code)).to(grad.dtype), None, None
+
+
+# -------------------------------------------------------------------------------- fused (op)
+def _fwd_fake(x: Tensor, shift: float, offset: float, compact: bool) -> Tuple[Tensor, Tensor]:
+    code_shape = x.shape if compact else (0,)
+    return torch.empty(x.shape, dtype=x.dtype, device=x.device), x.new_empty(code_shape, dtype=torch.uint8)
+
+
+@custom_op("swoosh_fwd", fake=_fwd_fake)
+def _swoosh_fwd(x: Tensor, shift: float, offset: float, compact: bool) -> Tuple[Tensor, Tensor]:
+    xc = x.contiguous()
+    y = torch.empty_like(xc)
+    code = torch.empty(xc.shape, dtype=torch.uint8, device=x.device) if compact else x.new_empty((0,), dtype=torch.uint8)
+    # The seed comes from torch's CPU generator, so torch.manual_seed makes runs repeatable.
+    seed = int(torch.randint(0, 2**31 - 1, (1,)).item()) if compact else 0
+    kernels("swoosh").forward(xc, y, code if compact else None, seed, shift, offset)
+    return y, code
+
+
+@custom_op("swoosh_bwd", fake=lambda grad, saved, shift, compact: torch.empty(grad.shape, dtype=grad.dtype, device=grad.device))
+def _swoosh_bwd(grad: Tensor, saved: Tensor, shift: float, compact: bool) -> Tensor:
+    g = grad.contiguous()
+    dx = torch.empty_like(g)
+    kernels("swoosh").backward(g, saved.contiguous(), dx, shift, compact)
+    return dx
+
+
+def _setup(ctx, inputs, output):
+    x, shift, _offset, compact = inputs
+    ctx.shift, ctx.compact = shift, compact
+    ctx.save_for_backward(output[1] if compact else x)  # 1 byte/element, or x itself
+
+
+def _backward(ctx, grad_y, _grad_code):
+    (saved,) = ctx.saved_tensors
+    return _swoosh_bwd(grad_y, saved, ctx.shift, ctx.compact), None, None, None
+
+
+register_autograd(_swoosh_fwd, _backward, _setup)
+
+
+# ---------------------------------------------------------------------------------- dispatch
+def swoosh(x: Tensor, shift: float, offset: float, compact_derivative: bool = False) -> Tensor:
+    compact = bool(compact_derivative) and x.requires_grad and torch.is_grad_enabled()
+    if use_triton_for(x):
+        return _swoosh_fwd(x, shift, offset, compact)[0]
+    if compact:
+        return _SwooshCompactReference.apply(x, shift, offset)
+    return swoosh_reference(x, shift, offset)
+
+
+def swoosh_l(x: Tensor, compact_derivative: bool = False) -> Tensor:
+    return swoosh(x, SWOOSH_L_SHIFT, SWOOSH_L_OFFSET, compact_derivative)
+
+
+def swoosh_r(x: Tensor, compact_derivative: bool = False) -> Tensor:
+    return swoosh(x, SWOOSH_R_SHIFT, SWOOSH_R_OFFSET, compact_derivative)

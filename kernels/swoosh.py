@@ -1,0 +1,91 @@
+"""Triton kernels for SwooshL / SwooshR (formulas in zipformer_fast/ops/swoosh.py).
+
+Elementwise over a flat contiguous buffer, fp32 math whatever the storage dtype. The forward
+writes y and, for backward, either nothing (exact mode: the op saves x itself) or one uint8 per
+element (compact mode, k2's trick): byte = floor(g * 255/1.005 + u), g = sigmoid(x - shift) in
+[0, 1], u ~ U[0, 1) from Philox (stochastic rounding keeps the decoded derivative unbiased).
+Backward decodes byte * 1.005/255 - 0.08 (error < 1.005/255 per element) or recomputes
+sigmoid(x - shift) - 0.08 exactly from x.
+
+`swoosh_value` / `swoosh_deriv` are also used by kernels/activation_linear.py.
+"""
+import triton
+import triton.language as tl
+
+from ._common import softplus
+
+BLOCK = 2048  # 8 warps x 32 lanes x 8 elements: two 16-byte vectors per lane in fp32
+NUM_WARPS = 8
+SAVE_NONE, SAVE_UINT8 = 0, 1
+UINT8_SCALE = 1.005 / 255.0
+
+
+@triton.jit
+def swoosh_value(x, shift, offset):
+    """fp32 x -> softplus(x - shift) - 0.08 x - offset."""
+    return softplus(x - shift) - 0.08 * x - offset
+
+
+@triton.jit
+def swoosh_deriv(x, shift):
+    """fp32 x -> d/dx swoosh = sigmoid(x - shift) - 0.08."""
+    return tl.sigmoid(x - shift) - 0.08
+
+
+@triton.jit
+def swoosh_fwd_kernel(x_ptr, y_ptr, d_ptr, n, seed, shift, offset,
+                      SAVE: tl.constexpr, BLOCK: tl.constexpr):
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    y = swoosh_value(x, shift, offset)
+    tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
+    if SAVE == 1:
+        g = tl.sigmoid(x - shift)
+        u = tl.rand(seed, offs.to(tl.uint32))
+        q = tl.floor(g * (255.0 / 1.005) + u)  # g <= 1 -> q <= 254: fits a byte
+        q = tl.minimum(tl.maximum(q, 0.0), 255.0)
+        tl.store(d_ptr + offs, q.to(tl.uint8), mask=mask)
+
+
+@triton.jit
+def swoosh_bwd_kernel(g_ptr, s_ptr, dx_ptr, n, shift,
+                      SAVE: tl.constexpr, BLOCK: tl.constexpr):
+    """dx = dy * derivative; s_ptr holds x (SAVE == 0) or the uint8 code (SAVE == 1)."""
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    dy = tl.load(g_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    if SAVE == 1:
+        d = tl.load(s_ptr + offs, mask=mask, other=0).to(tl.float32) * (1.005 / 255.0) - 0.08
+    else:
+        x = tl.load(s_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        d = swoosh_deriv(x, shift)
+    tl.store(dx_ptr + offs, (dy * d).to(dx_ptr.dtype.element_ty), mask=mask)
+
+
+def forward(x, y, code, seed: int, shift: float, offset: float) -> None:
+    """x, y contiguous, same numel; code: uint8 buffer or None."""
+    n = x.numel()
+    grid = (triton.cdiv(n, BLOCK),)
+    save = SAVE_UINT8 if code is not None else SAVE_NONE
+    swoosh_fwd_kernel[grid](x, y, code if code is not None else y, n, seed, shift, offset,
+                            SAVE=save, BLOCK=BLOCK, num_warps=NUM_WARPS)
+
+
+def backward(grad, saved, dx, shift: float, compact: bool) -> None:
+    n = dx.numel()
+    grid = (triton.cdiv(n, BLOCK),)
+    swoosh_bwd_kernel[grid](grad, saved, dx, n, shift, SAVE=SAVE_UINT8 if compact else SAVE_NONE,
+                            BLOCK=BLOCK, num_warps=NUM_WARPS)
+
+
+def aot_specs(spec, dtypes):
+    """Ahead-of-time compile list for tests/aot_compile.py (spec builds one KernelSpec)."""
+    out = []
+    for dt in dtypes:
+        ce = {"SAVE": SAVE_UINT8, "BLOCK": BLOCK}
+        out.append(spec(swoosh_fwd_kernel, ce, {"d_ptr": "u8"}, dt, floats=("shift", "offset"), num_warps=NUM_WARPS))
+        out.append(spec(swoosh_bwd_kernel, ce, {"s_ptr": "u8"}, dt, floats=("shift",), num_warps=NUM_WARPS))
+        out.append(spec(swoosh_bwd_kernel, dict(ce, SAVE=SAVE_NONE), {}, dt, floats=("shift",),
+                        num_warps=NUM_WARPS, tag=dt + ",exact"))
+    return out

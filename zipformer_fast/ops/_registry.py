@@ -1,0 +1,88 @@
+"""torch.library plumbing shared by the fused ops (and usable by the attention ops).
+
+Every fused op is a `torch.library.custom_op` in the "zipformer_fast" namespace, with a fake
+(meta) implementation and an autograd formula registered on it. That makes the Triton launch
+opaque to torch.compile: dynamo traces a model calling these ops without graph breaks, and the
+op's backward is itself a custom op. `torch.library.custom_op` / `register_fake` /
+`register_autograd` exist from torch 2.4 on; `triton_op` (torch >= 2.6) is not needed because we
+never want inductor to look inside our kernels.
+
+Kernels are imported lazily (`kernels("bias_norm")`) so that the package imports without triton.
+Op implementations must not use `from __future__ import annotations`: custom_op infers the schema
+from real type objects on torch 2.4.
+"""
+import functools
+import importlib
+import os
+from typing import Callable, Optional
+
+import torch
+
+NAMESPACE = "zipformer_fast"
+
+if not hasattr(torch.library, "custom_op"):  # pragma: no cover - torch < 2.4
+    raise ImportError(f"zipformer_fast needs torch >= 2.4 (torch.library.custom_op); found {torch.__version__}")
+
+
+def custom_op(name: str, fake: Optional[Callable] = None, mutates_args=()):
+    """Decorator: register `fn` as zipformer_fast::<name> (all devices) with its fake impl."""
+
+    def wrap(fn):
+        op = torch.library.custom_op(f"{NAMESPACE}::{name}", fn, mutates_args=mutates_args)
+        if fake is not None:
+            op.register_fake(fake)
+        return op
+
+    return wrap
+
+
+def register_autograd(op, backward: Callable, setup_context: Callable) -> None:
+    op.register_autograd(backward, setup_context=setup_context)
+
+
+@functools.lru_cache(maxsize=None)
+def kernels(name: str):
+    """The Triton kernel module kernels/<name>.py (installed as zipformer_fast.kernels.<name>)."""
+    return importlib.import_module(f"zipformer_fast.kernels.{name}")
+
+
+def interpreter() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def contiguous_rows(x: torch.Tensor) -> torch.Tensor:
+    """x as a (rows, last-dim) matrix with unit column stride; copies only when no view exists."""
+    x2 = x.reshape(-1, x.shape[-1])
+    if x2.stride(-1) != 1 or (x2.shape[0] > 1 and x2.stride(0) < x2.shape[1]):
+        x2 = x2.contiguous()
+    return x2
+
+
+def as_tbc(x: torch.Tensor) -> torch.Tensor:
+    """x (T, B, C) with a unit channel stride (a channel-truncation view stays a view)."""
+    if x.dim() != 3:
+        raise ValueError(f"expected a (T, B, C) tensor, got shape {tuple(x.shape)}")
+    return x if x.stride(2) == 1 else x.contiguous()
+
+
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """dtype a GEMM runs in: the autocast dtype inside an autocast region for x's device, else x's dtype."""
+    dev = x.device.type
+    if _autocast_takes_device():
+        enabled = torch.is_autocast_enabled(dev)
+    else:  # torch < 2.4-style API
+        enabled = torch.is_autocast_enabled() if dev == "cuda" else torch.is_autocast_cpu_enabled()
+    if not enabled:
+        return x.dtype
+    if hasattr(torch, "get_autocast_dtype"):
+        return torch.get_autocast_dtype(dev)
+    return torch.get_autocast_gpu_dtype() if dev == "cuda" else torch.get_autocast_cpu_dtype()
+
+
+@functools.lru_cache(maxsize=None)
+def _autocast_takes_device() -> bool:
+    try:
+        torch.is_autocast_enabled("cpu")
+        return True
+    except TypeError:
+        return False

@@ -1,23 +1,47 @@
-"""Activation -> shared-dim dropout -> linear (icefall's ActivationDropoutAndLinear).
+"""Activation -> shared-dim dropout -> linear (icefall's ActivationDropoutAndLinear), and
+linear -> activation (the first half of a feed-forward module, for inference).
 
-    y = linear(swoosh(x) * dropout_mask, weight, bias)
+    activation_dropout_linear: y = linear(swoosh(x) * dropout_mask, weight, bias)
+    linear_swoosh:             y = swoosh(linear(x, weight, bias))
 
 `dropout_mask` is None (eval, or p = 0) or a tensor broadcastable to x holding 0 or 1/(1-p); the
 caller draws it (see `make_dropout_mask`) so that the reference and fused paths consume the same
-random numbers. icefall's autograd function saves only x, weight, bias and the small mask and
-recomputes the activation in backward; the reference here uses plain autograd (it stores the
-activation output too), the fused path (Triton-kernels issue) never stores it.
-"""
-from __future__ import annotations
+random numbers.
 
-from typing import Optional, Sequence
+Reference: plain autograd (it stores the activation output as well as x).
+Fused (kernels/activation_linear.py, op zipformer_fast::act_linear_fwd): a Triton GEMM whose
+prologue computes swoosh(x) * mask per K tile; backward recomputes it in the prologue of the
+weight-gradient GEMM and applies swoosh'(x) * mask in the epilogue of dY @ W. The activation is
+never stored. Saved for backward: x, the weight (in the GEMM dtype: under autocast that is the
+fp16/bf16 copy autocast would save too), the small mask. Under autocast the GEMM runs in the
+autocast dtype and y has that dtype, like F.linear; without autocast x and weight must share a
+dtype (F.linear's rule). x needs a unit channel stride (else copied); masks that are not shared
+along leading dims (e.g. (T, 1, K)) are expanded to x's shape (a copy).
+
+linear_swoosh (icefall order: in_proj -> hidden_balancer -> activation): the balancer is the
+identity in forward and acts only in a training backward, so the fused epilogue is used only
+when no gradient is needed (eval/inference; the FF module calls it there). With gradients it is
+the reference composition: in training the activation belongs to out_proj's
+activation_dropout_linear, which stores less (x only) than linear+activation would (z and h).
+"""
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
 
-from .swoosh import swoosh_l_reference, swoosh_r_reference
+from ..backend import use_triton_for
+from ._registry import compute_dtype, contiguous_rows, custom_op, kernels, register_autograd
+from .swoosh import (SWOOSH_L_OFFSET, SWOOSH_L_SHIFT, SWOOSH_R_OFFSET, SWOOSH_R_SHIFT, swoosh_l_reference,
+                     swoosh_r_reference)
 
 ACTIVATIONS = ("SwooshL", "SwooshR")
+_CONSTANTS = {"SwooshL": (SWOOSH_L_SHIFT, SWOOSH_L_OFFSET), "SwooshR": (SWOOSH_R_SHIFT, SWOOSH_R_OFFSET)}
+
+
+def _activation_constants(activation: str) -> Tuple[float, float]:
+    if activation not in _CONSTANTS:
+        raise ValueError(f"activation {activation!r}: expected one of {ACTIVATIONS}")
+    return _CONSTANTS[activation]
 
 
 def make_dropout_mask(x: Tensor, p: float, shared_dim: Optional[int]) -> Optional[Tensor]:
@@ -31,6 +55,7 @@ def make_dropout_mask(x: Tensor, p: float, shared_dim: Optional[int]) -> Optiona
     return keep.to(x.dtype) * (1.0 / (1.0 - p))
 
 
+# ---------------------------------------------------------------------------------- reference
 def activation_dropout_linear_reference(
     x: Tensor, weight: Tensor, bias: Optional[Tensor], activation: str, dropout_mask: Optional[Tensor] = None
 ) -> Tensor:
@@ -45,7 +70,114 @@ def activation_dropout_linear_reference(
     return torch.nn.functional.linear(h, weight, bias)
 
 
+def linear_swoosh_reference(x: Tensor, weight: Tensor, bias: Optional[Tensor], activation: str) -> Tensor:
+    z = torch.nn.functional.linear(x, weight, bias)
+    return swoosh_l_reference(z) if activation == "SwooshL" else swoosh_r_reference(z)
+
+
+# ------------------------------------------------------------------------------- fused (ops)
+def _mask_rows(mask: Tensor, x: Tensor) -> Tensor:
+    """Mask broadcastable to x -> (R, K) contiguous such that row m of x uses mask row m % R."""
+    K = x.shape[-1]
+    m = mask.reshape((1,) * (x.dim() - mask.dim()) + tuple(mask.shape))
+    lead = 0
+    while lead < x.dim() - 1 and m.shape[lead] == 1:
+        lead += 1
+    m = m.expand(tuple(m.shape[:lead]) + tuple(x.shape[lead:]))
+    return m.reshape(-1, K).contiguous()
+
+
+def _fwd_fake(x: Tensor, weight: Tensor, bias: Optional[Tensor], mask: Optional[Tensor], shift: float,
+              offset: float) -> Tensor:
+    return torch.empty(tuple(x.shape[:-1]) + (weight.shape[0],), dtype=weight.dtype, device=x.device)
+
+
+@custom_op("act_linear_fwd", fake=_fwd_fake)
+def _act_linear_fwd(x: Tensor, weight: Tensor, bias: Optional[Tensor], mask: Optional[Tensor], shift: float,
+                    offset: float) -> Tensor:
+    x2 = contiguous_rows(x)
+    y = torch.empty((x2.shape[0], weight.shape[0]), dtype=weight.dtype, device=x.device)
+    mask2 = _mask_rows(mask, x) if mask is not None else None
+    kernels("activation_linear").forward(x2, weight.contiguous(), bias, mask2, y, shift, offset)
+    return y.view(tuple(x.shape[:-1]) + (weight.shape[0],))
+
+
+def _bwd_fake(grad: Tensor, x: Tensor, weight: Tensor, mask: Optional[Tensor], shift: float, offset: float,
+              need_dx: bool, need_dw: bool, need_db: bool) -> Tuple[Tensor, Tensor, Tensor]:
+    N = weight.shape[0]
+    return (torch.empty(x.shape if need_dx else (0,), dtype=x.dtype, device=x.device),
+            torch.empty(weight.shape if need_dw else (0,), dtype=weight.dtype, device=x.device),
+            torch.empty((N,) if need_db else (0,), dtype=torch.float32, device=x.device))
+
+
+@custom_op("act_linear_bwd", fake=_bwd_fake)
+def _act_linear_bwd(grad: Tensor, x: Tensor, weight: Tensor, mask: Optional[Tensor], shift: float, offset: float,
+                    need_dx: bool, need_dw: bool, need_db: bool) -> Tuple[Tensor, Tensor, Tensor]:
+    x2 = contiguous_rows(x)
+    N = weight.shape[0]
+    g = grad.reshape(-1, N).to(weight.dtype).contiguous()
+    mask2 = _mask_rows(mask, x) if mask is not None else None
+    dx, dw = kernels("activation_linear").backward(g, x2, weight.contiguous(), mask2, shift, offset, need_dx, need_dw)
+    empty = x.new_empty((0,))
+    dx = dx.view(x.shape) if need_dx else empty
+    dw = dw.to(weight.dtype) if need_dw else empty.to(weight.dtype)
+    db = g.float().sum(0) if need_db else empty.float()
+    return dx, dw, db
+
+
+def _setup(ctx, inputs, output):
+    x, weight, bias, mask, shift, offset = inputs
+    ctx.shift, ctx.offset = shift, offset
+    ctx.bias_dtype = bias.dtype if bias is not None else None
+    ctx.save_for_backward(x, weight, mask)
+
+
+def _backward(ctx, grad):
+    x, weight, mask = ctx.saved_tensors
+    need = ctx.needs_input_grad
+    need_db = ctx.bias_dtype is not None and need[2]
+    dx, dw, db = _act_linear_bwd(grad, x, weight, mask, ctx.shift, ctx.offset, need[0], need[1], need_db)
+    return (dx if need[0] else None, dw if need[1] else None, db.to(ctx.bias_dtype) if need_db else None,
+            None, None, None)
+
+
+register_autograd(_act_linear_fwd, _backward, _setup)
+
+
+def _linear_act_fake(x: Tensor, weight: Tensor, bias: Optional[Tensor], shift: float, offset: float) -> Tensor:
+    return torch.empty(tuple(x.shape[:-1]) + (weight.shape[0],), dtype=weight.dtype, device=x.device)
+
+
+@custom_op("linear_act_fwd", fake=_linear_act_fake)
+def _linear_act_fwd(x: Tensor, weight: Tensor, bias: Optional[Tensor], shift: float, offset: float) -> Tensor:
+    x2 = contiguous_rows(x)
+    y = torch.empty((x2.shape[0], weight.shape[0]), dtype=weight.dtype, device=x.device)
+    kernels("activation_linear").linear_act_forward(x2, weight.contiguous(), bias, y, shift, offset)
+    return y.view(tuple(x.shape[:-1]) + (weight.shape[0],))
+
+
+# ---------------------------------------------------------------------------------- dispatch
+def _gemm_weight(x: Tensor, weight: Tensor, name: str) -> Tensor:
+    cdt = compute_dtype(x)
+    if cdt == x.dtype and weight.dtype != x.dtype:
+        raise TypeError(f"{name}: x is {x.dtype} but weight is {weight.dtype} (outside autocast they must match)")
+    return weight if weight.dtype == cdt else weight.to(cdt)
+
+
 def activation_dropout_linear(
     x: Tensor, weight: Tensor, bias: Optional[Tensor], activation: str, dropout_mask: Optional[Tensor] = None
 ) -> Tensor:
+    shift, offset = _activation_constants(activation)
+    if x.numel() > 0 and use_triton_for(x, weight, bias, dropout_mask):
+        w = _gemm_weight(x, weight, "activation_dropout_linear")
+        return _act_linear_fwd(x, w, bias, dropout_mask, shift, offset)
     return activation_dropout_linear_reference(x, weight, bias, activation, dropout_mask)
+
+
+def linear_swoosh(x: Tensor, weight: Tensor, bias: Optional[Tensor], activation: str) -> Tensor:
+    """swoosh(linear(x)): fused epilogue when no gradient is needed, else the reference."""
+    shift, offset = _activation_constants(activation)
+    needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias))
+    if not needs_grad and x.numel() > 0 and use_triton_for(x, weight, bias):
+        return _linear_act_fwd(x, _gemm_weight(x, weight, "linear_swoosh"), bias, shift, offset)
+    return linear_swoosh_reference(x, weight, bias, activation)

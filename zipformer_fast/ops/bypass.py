@@ -1,17 +1,123 @@
-"""Bypass combiner (icefall BypassModule): out = x_orig + (x - x_orig) * c.
+"""Bypass combiner (icefall BypassModule): out = x_orig + (x - x_orig) * c, and its fusion with
+SimpleUpsample for DownsampledZipformer2Encoder's out_combiner.
 
 `scale` c is (D,) or (B, D) (the latter when per-sequence layer-skipping zeroed some rows); x and
 x_orig are (T, B, D). The clamping of c (limit_param_value) and the skip mask are applied by the
-module; the op is the elementwise combination.
-"""
-from __future__ import annotations
+module; the op is the elementwise combination. Output dtype follows torch promotion of
+(x_orig, x, scale), as the reference does (fp16 activations with an fp32 scale give fp32).
 
+- bypass(x_orig, x, scale)
+- upsample_bypass(x_orig, y_down, ds, scale) == bypass(x_orig, simple_upsample(y_down, ds, T), scale)
+  without materialising the upsampled (T, B, D) tensor (forward reads y_down once per group of ds
+  frames; backward sums the group's gradient in registers).
+
+Fused path (kernels/bypass.py): one read of each input and one write of out. Saved for backward:
+x_orig and x (or y_down) themselves, no new tensor (the reference autograd saves the difference
+x - x_orig, a new (T, B, D) tensor, plus the upsampled copy). Inputs need a unit channel stride
+(T and B strides are free, so a channel-truncation view is not copied); others are copied.
+Any other scale shape falls back to the reference.
+"""
+from typing import Optional, Tuple
+
+import torch
 from torch import Tensor
+
+from ..backend import use_triton_for
+from ._registry import as_tbc, custom_op, kernels, register_autograd
+from .downsample import simple_upsample_reference
 
 
 def bypass_reference(x_orig: Tensor, x: Tensor, scale: Tensor) -> Tensor:
     return x_orig + (x - x_orig) * scale
 
 
+def upsample_bypass_reference(x_orig: Tensor, y_down: Tensor, ds: int, scale: Tensor) -> Tensor:
+    return bypass_reference(x_orig, simple_upsample_reference(y_down, ds, x_orig.shape[0]), scale)
+
+
+def _out_dtype(a: Tensor, b: Tensor, c: Tensor) -> torch.dtype:
+    return torch.promote_types(torch.promote_types(a.dtype, b.dtype), c.dtype)
+
+
+def _scale_len(scale: Tensor, B: int, C: int) -> Optional[int]:
+    """Entries of the scale as the kernels index it (C or B*C), or None if unsupported."""
+    shape = tuple(scale.shape)
+    if shape in ((C,), (1, C), (1, 1, C)):
+        return C
+    if shape in ((B, C), (1, B, C)):
+        return B * C
+    return None
+
+
+def _fused_ok(x_orig: Tensor, y: Tensor, scale: Tensor) -> bool:
+    return (x_orig.dim() == 3 and y.dim() == 3 and x_orig.shape[1:] == y.shape[1:] and x_orig.numel() > 0
+            and _scale_len(scale, x_orig.shape[1], x_orig.shape[2]) is not None
+            and use_triton_for(x_orig, y, scale))
+
+
+def _fake(x_orig: Tensor, y: Tensor, scale: Tensor, ds: int) -> Tensor:
+    return torch.empty(x_orig.shape, dtype=_out_dtype(x_orig, y, scale), device=x_orig.device)
+
+
+@custom_op("bypass_fwd", fake=_fake)
+def _bypass_fwd(x_orig: Tensor, y: Tensor, scale: Tensor, ds: int) -> Tensor:
+    """ds == 0: plain bypass (y is (T, B, D)); ds >= 1: y is (ceil(T/ds), B, D), upsampled."""
+    xo, yy = as_tbc(x_orig), as_tbc(y)
+    out = torch.empty(xo.shape, dtype=_out_dtype(x_orig, y, scale), device=x_orig.device)
+    k = kernels("bypass")
+    if ds == 0:
+        k.forward(xo, yy, scale.reshape(-1).contiguous(), out)
+    else:
+        k.upsample_forward(xo, yy, scale.reshape(-1).contiguous(), out, ds)
+    return out
+
+
+def _bwd_fake(grad: Tensor, x_orig: Tensor, y: Tensor, scale: Tensor, ds: int) -> Tuple[Tensor, Tensor, Tensor]:
+    return (torch.empty(x_orig.shape, dtype=x_orig.dtype, device=x_orig.device),
+            torch.empty(y.shape, dtype=y.dtype, device=y.device), torch.empty_like(scale))
+
+
+@custom_op("bypass_bwd", fake=_bwd_fake)
+def _bypass_bwd(grad: Tensor, x_orig: Tensor, y: Tensor, scale: Tensor, ds: int) -> Tuple[Tensor, Tensor, Tensor]:
+    xo, yy = as_tbc(x_orig), as_tbc(y)
+    g = grad.contiguous()
+    dxo = torch.empty(xo.shape, dtype=x_orig.dtype, device=x_orig.device)
+    dy = torch.empty(yy.shape, dtype=y.dtype, device=y.device)
+    k = kernels("bypass")
+    flat = scale.reshape(-1).contiguous()
+    if ds == 0:
+        dc = k.backward(g, xo, yy, flat, dxo, dy)
+    else:
+        dc = k.upsample_backward(g, xo, yy, flat, dxo, dy, ds)
+    return dxo, dy, dc.to(scale.dtype).reshape(scale.shape)
+
+
+def _setup(ctx, inputs, output):
+    x_orig, y, scale, ds = inputs
+    ctx.ds = ds
+    ctx.save_for_backward(x_orig, y, scale)
+
+
+def _backward(ctx, grad):
+    x_orig, y, scale = ctx.saved_tensors
+    dxo, dy, dc = _bypass_bwd(grad, x_orig, y, scale, ctx.ds)
+    return dxo, dy, dc, None
+
+
+register_autograd(_bypass_fwd, _backward, _setup)
+
+
 def bypass(x_orig: Tensor, x: Tensor, scale: Tensor) -> Tensor:
+    if x_orig.shape == x.shape and _fused_ok(x_orig, x, scale):
+        return _bypass_fwd(x_orig, x, scale, 0)
     return bypass_reference(x_orig, x, scale)
+
+
+def upsample_bypass(x_orig: Tensor, y_down: Tensor, ds: int, scale: Tensor) -> Tensor:
+    """out_combiner(x_orig, simple_upsample(y_down, ds, T)) with T = x_orig.shape[0]."""
+    T = x_orig.shape[0]
+    if y_down.shape[0] * ds < T:
+        raise ValueError(f"upsample_bypass: {y_down.shape[0]} frames x ds={ds} cannot cover T={T}")
+    if ds >= 1 and _fused_ok(x_orig, y_down, scale):
+        return _bypass_fwd(x_orig, y_down, scale, int(ds))
+    return upsample_bypass_reference(x_orig, y_down, ds, scale)

@@ -5,11 +5,26 @@
   -> (ceil(T/ds), B, C).
 - simple_upsample(x (T',B,C), ds, T): repeat every frame ds times, keep the first T.
 - convert_num_channels(x, D): keep the first D channels, or append zeros up to D.
+
+Fused path for simple_downsample (kernels/downsample.py, op zipformer_fast::downsample_fwd):
+one read of x, one write of the (ceil(T/ds), B, C) output; the padding is never materialised
+(frame indices are clamped to T-1). Saved for backward: x and the (ds,) bias only (the reference
+saves the padded copy of x). Output dtype = promotion of (x, bias), as the reference's
+`x * softmax(bias)`. x needs a unit channel stride; a truncation view x[..., :D] (what
+convert_num_channels returns when narrowing) is read in place, without a copy. ds must be a
+power of two (1, 2, 4, 8: all Zipformer uses); other values run the reference.
+
+The upsample half is fused with the out_combiner: see `upsample_bypass` in ops/bypass.py.
+convert_num_channels stays the reference: narrowing is a view; widening is one write of the
+wider tensor (torch.cat), which a kernel could not beat.
 """
-from __future__ import annotations
+from typing import Tuple
 
 import torch
 from torch import Tensor
+
+from ..backend import use_triton_for
+from ._registry import as_tbc, custom_op, kernels, register_autograd
 
 
 def simple_downsample_reference(x: Tensor, bias: Tensor) -> Tensor:
@@ -36,7 +51,53 @@ def convert_num_channels_reference(x: Tensor, num_channels: int) -> Tensor:
     return torch.cat((x, torch.zeros(shape, dtype=x.dtype, device=x.device)), dim=-1)
 
 
+def _fwd_fake(x: Tensor, bias: Tensor) -> Tensor:
+    ds = bias.shape[0]
+    return torch.empty(((x.shape[0] + ds - 1) // ds,) + tuple(x.shape[1:]),
+                       dtype=torch.promote_types(x.dtype, bias.dtype), device=x.device)
+
+
+@custom_op("downsample_fwd", fake=_fwd_fake)
+def _downsample_fwd(x: Tensor, bias: Tensor) -> Tensor:
+    ds = bias.shape[0]
+    xx = as_tbc(x)
+    out = torch.empty(_fwd_fake(x, bias).shape, dtype=torch.promote_types(x.dtype, bias.dtype), device=x.device)
+    w = torch.softmax(bias.float(), dim=0).contiguous()
+    kernels("downsample").forward(xx, w, out, ds)
+    return out
+
+
+def _bwd_fake(grad: Tensor, x: Tensor, bias: Tensor) -> Tuple[Tensor, Tensor]:
+    return torch.empty(x.shape, dtype=x.dtype, device=x.device), torch.empty_like(bias)
+
+
+@custom_op("downsample_bwd", fake=_bwd_fake)
+def _downsample_bwd(grad: Tensor, x: Tensor, bias: Tensor) -> Tuple[Tensor, Tensor]:
+    ds = bias.shape[0]
+    xx = as_tbc(x)
+    dx = torch.empty(xx.shape, dtype=x.dtype, device=x.device)
+    w = torch.softmax(bias.float(), dim=0).contiguous()
+    dw = kernels("downsample").backward(grad.contiguous(), xx, w, dx, ds)
+    dbias = w * (dw - (w * dw).sum())  # softmax Jacobian, in fp32
+    return dx, dbias.to(bias.dtype)
+
+
+def _setup(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+def _backward(ctx, grad):
+    x, bias = ctx.saved_tensors
+    return _downsample_bwd(grad, x, bias)
+
+
+register_autograd(_downsample_fwd, _backward, _setup)
+
+
 def simple_downsample(x: Tensor, bias: Tensor) -> Tensor:
+    ds = bias.shape[0]
+    if x.dim() == 3 and x.numel() > 0 and ds & (ds - 1) == 0 and use_triton_for(x, bias):
+        return _downsample_fwd(x, bias)
     return simple_downsample_reference(x, bias)
 
 

@@ -1,0 +1,229 @@
+"""Triton GEMMs for activation -> shared dropout -> linear (ops/activation_linear.py), and for
+linear -> activation (the first half of a feed-forward module, inference).
+
+x is (M, K) with a unit column stride, W is (N, K) (nn.Linear layout), mask is (mask_rows, K) and
+row m of x uses mask row m % mask_rows (a (1, B, K) mask shared over time has mask_rows = B).
+h = act(x) * mask is never stored: the forward computes it in the prologue of each K tile,
+the weight gradient recomputes it the same way, and the input gradient applies act'(x) * mask in
+the epilogue of dH = dY @ W.
+
+Rounding follows the reference: act(x) in fp32 rounded to x's dtype, times the mask in x's
+dtype, then cast to the GEMM dtype (W's dtype: the autocast dtype under autocast); fp32
+accumulation everywhere. fp32 GEMMs use TF32 only when torch allows it (PRECISION constexpr).
+Padded K columns are forced to 0 after the activation (swoosh(0) != 0).
+
+dW uses split-M: SPLIT programs per (N, K) tile each reduce a contiguous range of rows into an
+fp32 partial (SPLIT, N, K) that the caller sums, so small weights still fill the GPU.
+"""
+import torch
+import triton
+import triton.language as tl
+
+from ._common import INTERPRET, configs, dot_precision, reduction_programs
+from .swoosh import swoosh_deriv, swoosh_value
+
+
+def _gemm_configs(shapes):
+    return configs(
+        [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}, num_warps=w, num_stages=s)
+         for bm, bn, bk, w, s in shapes],
+        triton.Config({"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 2}, num_warps=4, num_stages=1),
+    )
+
+
+_MN_SHAPES = [(128, 128, 64, 8, 3), (128, 128, 32, 4, 4), (128, 64, 64, 4, 4), (64, 128, 64, 4, 4),
+              (128, 256, 32, 8, 3), (64, 64, 64, 4, 4), (256, 128, 32, 8, 3)]
+_FWD_CONFIGS = _gemm_configs(_MN_SHAPES)
+_DX_CONFIGS = _gemm_configs(_MN_SHAPES)
+_DW_CONFIGS = _gemm_configs([(64, 128, 128, 8, 3), (64, 64, 64, 4, 4), (128, 128, 64, 8, 3),
+                             (32, 128, 128, 4, 3), (64, 128, 64, 4, 4), (128, 64, 128, 8, 3)])
+
+
+@triton.jit
+def _grouped(pid, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
+    """Program id -> (tile row, tile col), GROUP_M tile rows at a time (L2 reuse of W)."""
+    num_m = tl.cdiv(M, BLOCK_M)
+    num_n = tl.cdiv(N, BLOCK_N)
+    group = GROUP_M * num_n
+    first_m = (pid // group) * GROUP_M
+    size_m = tl.minimum(num_m - first_m, GROUP_M)
+    return first_m + (pid % group) % size_m, (pid % group) // size_m
+
+
+@triton.jit
+def _activation_tile(x_ptr, mask_ptr, rm, kk, valid, M_rows_mask, K, stride_xm, shift, offset,
+                     HAS_MASK: tl.constexpr, out_ty: tl.constexpr):
+    """h = act(x) * mask on a (rows, K-cols) tile, zero where not `valid`, cast to out_ty."""
+    x = tl.load(x_ptr + rm.to(tl.int64)[:, None] * stride_xm + kk[None, :], mask=valid, other=0.0)
+    h = swoosh_value(x.to(tl.float32), shift, offset).to(x_ptr.dtype.element_ty)
+    if HAS_MASK:
+        dm = tl.load(mask_ptr + (rm % M_rows_mask).to(tl.int64)[:, None] * K + kk[None, :], mask=valid, other=0.0)
+        h = (h.to(tl.float32) * dm.to(tl.float32)).to(x_ptr.dtype.element_ty)
+    return tl.where(valid, h, 0.0).to(out_ty)
+
+
+@triton.autotune(configs=_FWD_CONFIGS, key=["N", "K", "HAS_MASK", "HAS_BIAS"])
+@triton.jit
+def act_linear_fwd_kernel(x_ptr, w_ptr, b_ptr, mask_ptr, y_ptr, M, N, K, mask_rows, stride_xm, shift, offset,
+                          HAS_BIAS: tl.constexpr, HAS_MASK: tl.constexpr, PRECISION: tl.constexpr,
+                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
+    pid_m, pid_n = _grouped(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rk = tl.arange(0, BLOCK_K)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        kk = k0 + rk
+        valid = (rm < M)[:, None] & (kk < K)[None, :]
+        h = _activation_tile(x_ptr, mask_ptr, rm, kk, valid, mask_rows, K, stride_xm, shift, offset,
+                             HAS_MASK, w_ptr.dtype.element_ty)
+        w = tl.load(w_ptr + rn.to(tl.int64)[None, :] * K + kk[:, None], mask=(rn < N)[None, :] & (kk < K)[:, None], other=0.0)
+        acc = tl.dot(h, w, acc, input_precision=PRECISION, out_dtype=tl.float32)
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)[None, :]
+    out_mask = (rm < M)[:, None] & (rn < N)[None, :]
+    tl.store(y_ptr + rm.to(tl.int64)[:, None] * N + rn[None, :], acc.to(y_ptr.dtype.element_ty), mask=out_mask)
+
+
+@triton.autotune(configs=_DX_CONFIGS, key=["N", "K", "HAS_MASK"])
+@triton.jit
+def act_linear_dx_kernel(g_ptr, w_ptr, x_ptr, mask_ptr, dx_ptr, M, N, K, mask_rows, stride_xm, shift,
+                         HAS_MASK: tl.constexpr, PRECISION: tl.constexpr,
+                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
+    """dx = (dY @ W) * mask * act'(x); tiles are (BLOCK_M rows, BLOCK_N of K), reduction over N in BLOCK_K steps."""
+    pid_m, pid_k = _grouped(tl.program_id(0), M, K, BLOCK_M, BLOCK_N, GROUP_M)
+    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    rk = pid_k * BLOCK_N + tl.arange(0, BLOCK_N)
+    rj = tl.arange(0, BLOCK_K)
+    rm64 = rm.to(tl.int64)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for j0 in range(0, N, BLOCK_K):
+        jj = j0 + rj
+        g = tl.load(g_ptr + rm64[:, None] * N + jj[None, :], mask=(rm < M)[:, None] & (jj < N)[None, :], other=0.0)
+        w = tl.load(w_ptr + jj.to(tl.int64)[:, None] * K + rk[None, :], mask=(jj < N)[:, None] & (rk < K)[None, :], other=0.0)
+        acc = tl.dot(g.to(w_ptr.dtype.element_ty), w, acc, input_precision=PRECISION, out_dtype=tl.float32)
+    valid = (rm < M)[:, None] & (rk < K)[None, :]
+    x = tl.load(x_ptr + rm64[:, None] * stride_xm + rk[None, :], mask=valid, other=0.0).to(tl.float32)
+    acc = acc * swoosh_deriv(x, shift)
+    if HAS_MASK:
+        dm = tl.load(mask_ptr + (rm % mask_rows).to(tl.int64)[:, None] * K + rk[None, :], mask=valid, other=0.0)
+        acc = acc * dm.to(tl.float32)
+    tl.store(dx_ptr + rm64[:, None] * K + rk[None, :], acc.to(dx_ptr.dtype.element_ty), mask=valid)
+
+
+@triton.autotune(configs=_DW_CONFIGS, key=["N", "K", "HAS_MASK"])
+@triton.jit
+def act_linear_dw_kernel(g_ptr, x_ptr, mask_ptr, dw_part_ptr, M, N, K, mask_rows, stride_xm, m_per_split,
+                         shift, offset, HAS_MASK: tl.constexpr, PRECISION: tl.constexpr,
+                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
+    """dW partial[s] = dY[rows of s]^T @ (act(x) * mask)[rows of s]; tile (BLOCK_N, BLOCK_K), steps of BLOCK_M rows."""
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    pid_s = tl.program_id(2)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rk = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
+    start = pid_s * m_per_split
+    end = tl.minimum(start + m_per_split, M)
+    acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
+    for m0 in range(start, end, BLOCK_M):
+        rm = m0 + tl.arange(0, BLOCK_M)
+        mm = rm < end
+        gt = tl.load(g_ptr + rm.to(tl.int64)[None, :] * N + rn[:, None], mask=mm[None, :] & (rn < N)[:, None], other=0.0)
+        valid = mm[:, None] & (rk < K)[None, :]
+        h = _activation_tile(x_ptr, mask_ptr, rm, rk, valid, mask_rows, K, stride_xm, shift, offset,
+                             HAS_MASK, g_ptr.dtype.element_ty)
+        acc = tl.dot(gt, h, acc, input_precision=PRECISION, out_dtype=tl.float32)
+    out = dw_part_ptr + pid_s.to(tl.int64) * N * K + rn.to(tl.int64)[:, None] * K + rk[None, :]
+    tl.store(out, acc, mask=(rn < N)[:, None] & (rk < K)[None, :])
+
+
+@triton.autotune(configs=_FWD_CONFIGS, key=["N", "K", "HAS_BIAS"])
+@triton.jit
+def linear_act_fwd_kernel(x_ptr, w_ptr, b_ptr, y_ptr, M, N, K, stride_xm, shift, offset,
+                          HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr,
+                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
+    """y = act(x @ W^T + b): the pre-activation is rounded to y's dtype first, as the reference
+    (linear output, then swoosh in fp32) does."""
+    pid_m, pid_n = _grouped(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rk = tl.arange(0, BLOCK_K)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        kk = k0 + rk
+        a = tl.load(x_ptr + rm.to(tl.int64)[:, None] * stride_xm + kk[None, :], mask=(rm < M)[:, None] & (kk < K)[None, :], other=0.0)
+        w = tl.load(w_ptr + rn.to(tl.int64)[None, :] * K + kk[:, None], mask=(rn < N)[None, :] & (kk < K)[:, None], other=0.0)
+        acc = tl.dot(a.to(w_ptr.dtype.element_ty), w, acc, input_precision=PRECISION, out_dtype=tl.float32)
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)[None, :]
+    z = acc.to(y_ptr.dtype.element_ty).to(tl.float32)
+    y = swoosh_value(z, shift, offset)
+    tl.store(y_ptr + rm.to(tl.int64)[:, None] * N + rn[None, :], y.to(y_ptr.dtype.element_ty),
+             mask=(rm < M)[:, None] & (rn < N)[None, :])
+
+
+# --------------------------------------------------------------------------------- launchers
+def _mn_grid(M, N):
+    return lambda meta: (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)
+
+
+def forward(x2, w, bias, mask2, y, shift, offset) -> None:
+    """x2 (M, K) unit column stride; w (N, K) contiguous in the GEMM dtype; y (M, N) contiguous."""
+    M, K = x2.shape
+    N = w.shape[0]
+    act_linear_fwd_kernel[_mn_grid(M, N)](
+        x2, w, bias if bias is not None else w, mask2 if mask2 is not None else x2, y, M, N, K,
+        mask2.shape[0] if mask2 is not None else 1, x2.stride(0), shift, offset,
+        HAS_BIAS=bias is not None, HAS_MASK=mask2 is not None, PRECISION=dot_precision(w.dtype))
+
+
+def backward(g, x2, w, mask2, shift, offset, need_dx: bool, need_dw: bool):
+    """g (M, N) contiguous in w's dtype. Returns (dx (M, K) in x's dtype or None, dW fp32 or None)."""
+    M, K = x2.shape
+    N = w.shape[0]
+    prec = dot_precision(w.dtype)
+    mask_arg = mask2 if mask2 is not None else x2
+    mask_rows = mask2.shape[0] if mask2 is not None else 1
+    dx = dw = None
+    if need_dx:
+        dx = torch.empty((M, K), dtype=x2.dtype, device=x2.device)
+        act_linear_dx_kernel[_mn_grid(M, K)](g, w, x2, mask_arg, dx, M, N, K, mask_rows, x2.stride(0), shift,
+                                             HAS_MASK=mask2 is not None, PRECISION=prec)
+    if need_dw:
+        tiles = triton.cdiv(N, 64) * triton.cdiv(K, 64)
+        split = max(1, min(reduction_programs(M, x2.device, min_rows=256) // max(1, tiles // 4), triton.cdiv(M, 256)))
+        if INTERPRET:
+            split = min(2, triton.cdiv(M, 32))
+        m_per = triton.cdiv(M, split)
+        part = torch.empty((split, N, K), dtype=torch.float32, device=x2.device)
+        grid = lambda meta: (triton.cdiv(N, meta["BLOCK_N"]), triton.cdiv(K, meta["BLOCK_K"]), split)
+        act_linear_dw_kernel[grid](g, x2, mask_arg, part, M, N, K, mask_rows, x2.stride(0), m_per, shift, offset,
+                                   HAS_MASK=mask2 is not None, PRECISION=prec)
+        dw = part.sum(0) if split > 1 else part[0]
+    return dx, dw
+
+
+def linear_act_forward(x2, w, bias, y, shift, offset) -> None:
+    M, K = x2.shape
+    N = w.shape[0]
+    linear_act_fwd_kernel[_mn_grid(M, N)](x2, w, bias if bias is not None else w, y, M, N, K, x2.stride(0),
+                                          shift, offset, HAS_BIAS=bias is not None, PRECISION=dot_precision(w.dtype))
+
+
+def aot_specs(spec, dtypes):
+    out = []
+    for dt in dtypes:
+        for prec in (("ieee", "tf32") if dt == "fp32" else ("tf32",)):
+            tag = f"{dt},{prec}"
+            blocks = {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32, "GROUP_M": 8}
+            p = {"b_ptr": "fp32", "dw_part_ptr": "fp32"}
+            f = ("shift", "offset")
+            out.append(spec(act_linear_fwd_kernel, dict(blocks, HAS_BIAS=True, HAS_MASK=True, PRECISION=prec), p, dt,
+                            floats=f, num_warps=4, tag=tag))
+            out.append(spec(act_linear_dx_kernel, dict(blocks, HAS_MASK=True, PRECISION=prec), p, dt,
+                            floats=("shift",), num_warps=4, tag=tag))
+            out.append(spec(act_linear_dw_kernel, dict(blocks, BLOCK_M=32, HAS_MASK=True, PRECISION=prec), p, dt,
+                            floats=f, num_warps=4, tag=tag))
+            out.append(spec(linear_act_fwd_kernel, dict(blocks, HAS_BIAS=True, PRECISION=prec), p, dt,
+                            floats=f, num_warps=4, tag=tag))
+    return out

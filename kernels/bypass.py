@@ -1,0 +1,194 @@
+"""Triton kernels for the bypass combiner out = x_orig + (y - x_orig) * c, plain and fused with
+SimpleUpsample (ops: zipformer_fast/ops/bypass.py and ops/downsample.py).
+
+Layout: inputs are (T, B, C) with a unit channel stride and any T/B strides (so a channel-
+truncation view is read in place). A tile is BLOCK_T frames x BLOCK_N columns of the flattened
+(B*C) axis; b = n // C and c = n % C are computed once per column vector, not per element.
+The scale has L = C entries (per channel) or L = B*C (per sequence and channel): index n % L.
+
+Backward writes dx, dx_orig and a per-program partial of dscale over its frames, (P, B*C) fp32;
+the caller folds it to the scale's shape. Upsample variant: y is (ceil(T/ds), B, C) and frame t
+reads y[t // ds]; dy[t'] sums g * c over the ds frames of group t' (inside one program).
+"""
+import torch
+import triton
+import triton.language as tl
+
+from ._common import configs, reduction_programs
+
+_CONFIGS = configs(
+    [triton.Config({"BLOCK_T": bt, "BLOCK_N": bn}, num_warps=w)
+     for bt, bn in ((1, 1024), (2, 1024), (4, 512), (8, 256), (4, 1024), (8, 512)) for w in (4, 8)],
+    triton.Config({"BLOCK_T": 8, "BLOCK_N": 64}, num_warps=4),
+)
+_BWD_CONFIGS = configs(
+    [triton.Config({"BLOCK_T": bt, "BLOCK_N": bn}, num_warps=w)
+     for bt, bn in ((1, 1024), (2, 512), (4, 256), (4, 512), (8, 256)) for w in (4, 8)],
+    triton.Config({"BLOCK_T": 8, "BLOCK_N": 64}, num_warps=4),
+)
+# Upsample kernels loop over the ds frames of a group themselves: their tile is BLOCK_G groups.
+_UP_CONFIGS = configs(
+    [triton.Config({"BLOCK_G": bg, "BLOCK_N": bn}, num_warps=w)
+     for bg, bn in ((1, 1024), (2, 512), (4, 256), (1, 512), (2, 1024)) for w in (4, 8)],
+    triton.Config({"BLOCK_G": 4, "BLOCK_N": 64}, num_warps=4),
+)
+
+
+@triton.jit
+def _cols(n0, BLOCK_N: tl.constexpr, B, C, sb):
+    """Column vector n, its in-bounds mask, and the (b * sb + c) offset of each column."""
+    n = n0 + tl.arange(0, BLOCK_N)
+    b = n // C
+    return n, n < B * C, b.to(tl.int64) * sb + (n - b * C)
+
+
+@triton.autotune(configs=_CONFIGS, key=["C", "L"])
+@triton.jit
+def bypass_fwd_kernel(xo_ptr, y_ptr, c_ptr, out_ptr, T, B, C, L, sxo_t, sxo_b, sy_t, sy_b,
+                      BLOCK_T: tl.constexpr, BLOCK_N: tl.constexpr):
+    t = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
+    n, nmask, oxo = _cols(tl.program_id(1) * BLOCK_N, BLOCK_N, B, C, sxo_b)
+    _, _, oy = _cols(tl.program_id(1) * BLOCK_N, BLOCK_N, B, C, sy_b)
+    m = (t < T)[:, None] & nmask[None, :]
+    t64 = t.to(tl.int64)[:, None]
+    xo = tl.load(xo_ptr + t64 * sxo_t + oxo[None, :], mask=m, other=0.0).to(tl.float32)
+    y = tl.load(y_ptr + t64 * sy_t + oy[None, :], mask=m, other=0.0).to(tl.float32)
+    c = tl.load(c_ptr + n % L, mask=nmask, other=0.0).to(tl.float32)
+    out = xo + (y - xo) * c[None, :]
+    tl.store(out_ptr + t64 * (B * C) + n[None, :], out.to(out_ptr.dtype.element_ty), mask=m)
+
+
+@triton.autotune(configs=_BWD_CONFIGS, key=["C", "L"])
+@triton.jit
+def bypass_bwd_kernel(g_ptr, xo_ptr, y_ptr, c_ptr, dxo_ptr, dy_ptr, dc_part_ptr,
+                      T, B, C, L, t_per_prog, sxo_t, sxo_b, sy_t, sy_b,
+                      BLOCK_T: tl.constexpr, BLOCK_N: tl.constexpr):
+    pid = tl.program_id(0)
+    n, nmask, oxo = _cols(tl.program_id(1) * BLOCK_N, BLOCK_N, B, C, sxo_b)
+    _, _, oy = _cols(tl.program_id(1) * BLOCK_N, BLOCK_N, B, C, sy_b)
+    c = tl.load(c_ptr + n % L, mask=nmask, other=0.0).to(tl.float32)
+    start = pid * t_per_prog
+    end = tl.minimum(start + t_per_prog, T)
+    acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    for t0 in range(start, end, BLOCK_T):
+        t = t0 + tl.arange(0, BLOCK_T)
+        m = (t < end)[:, None] & nmask[None, :]
+        t64 = t.to(tl.int64)[:, None]
+        g = tl.load(g_ptr + t64 * (B * C) + n[None, :], mask=m, other=0.0).to(tl.float32)
+        xo = tl.load(xo_ptr + t64 * sxo_t + oxo[None, :], mask=m, other=0.0).to(tl.float32)
+        y = tl.load(y_ptr + t64 * sy_t + oy[None, :], mask=m, other=0.0).to(tl.float32)
+        tl.store(dxo_ptr + t64 * (B * C) + n[None, :], (g * (1.0 - c[None, :])).to(dxo_ptr.dtype.element_ty), mask=m)
+        tl.store(dy_ptr + t64 * (B * C) + n[None, :], (g * c[None, :]).to(dy_ptr.dtype.element_ty), mask=m)
+        acc += tl.sum(g * (y - xo), axis=0)
+    tl.store(dc_part_ptr + pid.to(tl.int64) * (B * C) + n, acc, mask=nmask)
+
+
+@triton.autotune(configs=_UP_CONFIGS, key=["C", "L", "DS"])
+@triton.jit
+def upsample_bypass_fwd_kernel(xo_ptr, y_ptr, c_ptr, out_ptr, T, Tg, B, C, L, sxo_t, sxo_b, sy_t, sy_b,
+                               DS: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr):
+    tg = tl.program_id(0) * BLOCK_G + tl.arange(0, BLOCK_G)
+    n, nmask, oxo = _cols(tl.program_id(1) * BLOCK_N, BLOCK_N, B, C, sxo_b)
+    _, _, oy = _cols(tl.program_id(1) * BLOCK_N, BLOCK_N, B, C, sy_b)
+    c = tl.load(c_ptr + n % L, mask=nmask, other=0.0).to(tl.float32)[None, :]
+    my = (tg < Tg)[:, None] & nmask[None, :]
+    y = tl.load(y_ptr + tg.to(tl.int64)[:, None] * sy_t + oy[None, :], mask=my, other=0.0).to(tl.float32)
+    for k in tl.static_range(DS):
+        t = tg * DS + k
+        m = (t < T)[:, None] & nmask[None, :]
+        t64 = t.to(tl.int64)[:, None]
+        xo = tl.load(xo_ptr + t64 * sxo_t + oxo[None, :], mask=m, other=0.0).to(tl.float32)
+        out = xo + (y - xo) * c
+        tl.store(out_ptr + t64 * (B * C) + n[None, :], out.to(out_ptr.dtype.element_ty), mask=m)
+
+
+@triton.autotune(configs=_UP_CONFIGS, key=["C", "L", "DS"])
+@triton.jit
+def upsample_bypass_bwd_kernel(g_ptr, xo_ptr, y_ptr, c_ptr, dxo_ptr, dy_ptr, dc_part_ptr,
+                               T, Tg, B, C, L, g_per_prog, sxo_t, sxo_b, sy_t, sy_b,
+                               DS: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr):
+    pid = tl.program_id(0)
+    n, nmask, oxo = _cols(tl.program_id(1) * BLOCK_N, BLOCK_N, B, C, sxo_b)
+    _, _, oy = _cols(tl.program_id(1) * BLOCK_N, BLOCK_N, B, C, sy_b)
+    c = tl.load(c_ptr + n % L, mask=nmask, other=0.0).to(tl.float32)[None, :]
+    start = pid * g_per_prog
+    end = tl.minimum(start + g_per_prog, Tg)
+    acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    for g0 in range(start, end, BLOCK_G):
+        tg = g0 + tl.arange(0, BLOCK_G)
+        my = (tg < end)[:, None] & nmask[None, :]
+        tg64 = tg.to(tl.int64)[:, None]
+        y = tl.load(y_ptr + tg64 * sy_t + oy[None, :], mask=my, other=0.0).to(tl.float32)
+        gsum = tl.zeros((BLOCK_G, BLOCK_N), dtype=tl.float32)
+        for k in tl.static_range(DS):
+            t = tg * DS + k
+            m = my & (t < T)[:, None]
+            t64 = t.to(tl.int64)[:, None]
+            g = tl.load(g_ptr + t64 * (B * C) + n[None, :], mask=m, other=0.0).to(tl.float32)
+            xo = tl.load(xo_ptr + t64 * sxo_t + oxo[None, :], mask=m, other=0.0).to(tl.float32)
+            tl.store(dxo_ptr + t64 * (B * C) + n[None, :], (g * (1.0 - c)).to(dxo_ptr.dtype.element_ty), mask=m)
+            gsum += g
+            acc += tl.sum(g * (y - xo), axis=0)
+        tl.store(dy_ptr + tg64 * (B * C) + n[None, :], (gsum * c).to(dy_ptr.dtype.element_ty), mask=my)
+    tl.store(dc_part_ptr + pid.to(tl.int64) * (B * C) + n, acc, mask=nmask)
+
+
+def _grid2(rows, cols, row_key):
+    return lambda meta: (triton.cdiv(rows, meta[row_key]), triton.cdiv(cols, meta["BLOCK_N"]))
+
+
+def _fold_scale(dc_part, B, C, L):
+    """(P, B*C) partials -> the scale's flattened (L,) gradient in fp32."""
+    total = dc_part.sum(0)
+    return total.view(B, C).sum(0) if L == C else total
+
+
+def forward(x_orig, y, scale_flat, out) -> None:
+    T, B, C = x_orig.shape
+    bypass_fwd_kernel[_grid2(T, B * C, "BLOCK_T")](
+        x_orig, y, scale_flat, out, T, B, C, scale_flat.numel(),
+        x_orig.stride(0), x_orig.stride(1), y.stride(0), y.stride(1))
+
+
+def backward(grad, x_orig, y, scale_flat, dxo, dy):
+    T, B, C = x_orig.shape
+    progs = reduction_programs(T, x_orig.device, min_rows=4)
+    t_per = triton.cdiv(T, progs)
+    dc_part = torch.empty((progs, B * C), dtype=torch.float32, device=x_orig.device)
+    grid = lambda meta: (progs, triton.cdiv(B * C, meta["BLOCK_N"]))
+    L = scale_flat.numel()
+    bypass_bwd_kernel[grid](grad, x_orig, y, scale_flat, dxo, dy, dc_part, T, B, C, L, t_per,
+                            x_orig.stride(0), x_orig.stride(1), y.stride(0), y.stride(1))
+    return _fold_scale(dc_part, B, C, L)
+
+
+def upsample_forward(x_orig, y_down, scale_flat, out, ds: int) -> None:
+    T, B, C = x_orig.shape
+    Tg = y_down.shape[0]
+    upsample_bypass_fwd_kernel[_grid2(Tg, B * C, "BLOCK_G")](
+        x_orig, y_down, scale_flat, out, T, Tg, B, C, scale_flat.numel(),
+        x_orig.stride(0), x_orig.stride(1), y_down.stride(0), y_down.stride(1), DS=ds)
+
+
+def upsample_backward(grad, x_orig, y_down, scale_flat, dxo, dy, ds: int):
+    T, B, C = x_orig.shape
+    Tg = y_down.shape[0]
+    progs = reduction_programs(Tg, x_orig.device, min_rows=2)
+    g_per = triton.cdiv(Tg, progs)
+    dc_part = torch.empty((progs, B * C), dtype=torch.float32, device=x_orig.device)
+    grid = lambda meta: (progs, triton.cdiv(B * C, meta["BLOCK_N"]))
+    L = scale_flat.numel()
+    upsample_bypass_bwd_kernel[grid](grad, x_orig, y_down, scale_flat, dxo, dy, dc_part, T, Tg, B, C, L, g_per,
+                                     x_orig.stride(0), x_orig.stride(1), y_down.stride(0), y_down.stride(1), DS=ds)
+    return _fold_scale(dc_part, B, C, L)
+
+
+def aot_specs(spec, dtypes):
+    out = []
+    for dt in dtypes:
+        p = {"c_ptr": "fp32", "dc_part_ptr": "fp32"}
+        out.append(spec(bypass_fwd_kernel, {"BLOCK_T": 4, "BLOCK_N": 512}, p, dt, num_warps=4))
+        out.append(spec(bypass_bwd_kernel, {"BLOCK_T": 4, "BLOCK_N": 256}, p, dt, num_warps=4))
+        out.append(spec(upsample_bypass_fwd_kernel, {"DS": 4, "BLOCK_G": 2, "BLOCK_N": 512}, p, dt, num_warps=4))
+        out.append(spec(upsample_bypass_bwd_kernel, {"DS": 8, "BLOCK_G": 2, "BLOCK_N": 256}, p, dt, num_warps=4))
+    return out

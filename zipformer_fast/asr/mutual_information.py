@@ -17,6 +17,11 @@ contiguous row. The backward pass is an autograd.Function that runs the beta (su
 the same way and forms arc occupation posteriors exp(alpha + arc + beta - total): these are both
 the exact gradient of the total w.r.t. px/py and what k2 calls `return_grad` (input for the
 pruning bounds). -inf cells give exactly zero gradient, never NaN.
+
+Backends (zipformer_fast.backend): CUDA tensors use the Triton kernels of
+kernels/mutual_information.py (one launch per sweep instead of ~4 per diagonal) unless the backend
+is "reference" or triton is missing; CPU tensors use the torch wavefront, except under
+`use_backend("triton")` with TRITON_INTERPRET=1 (how the tests run the kernels without a GPU).
 """
 from __future__ import annotations
 
@@ -186,14 +191,36 @@ def _forward_and_grads(px: Tensor, py: Tensor, boundary: Optional[Tensor], modif
     return total, px_grad, py_grad
 
 
+def _use_triton(px: Tensor) -> bool:
+    from ..backend import get_backend, interpreter_enabled, triton_available
+
+    name = get_backend()
+    if name == "reference" or not triton_available():
+        return False  # use_backend("triton") already raised when triton is missing
+    if px.is_cuda:
+        from zipformer_fast.kernels.mutual_information import supported
+
+        return supported(px.shape[1])
+    return name == "triton" and interpreter_enabled()
+
+
 class _MutualInformation(torch.autograd.Function):
     @staticmethod
     def forward(ctx, px, py, boundary, return_grad, grads_out: list):
         modified = px.shape[-1] == py.shape[-1]
         need = return_grad or px.requires_grad or py.requires_grad
         with torch.no_grad():
-            total, px_grad, py_grad = _forward_and_grads(px.detach(), py.detach(), boundary,
-                                                         modified, need)
+            if _use_triton(px):
+                from zipformer_fast.kernels.mutual_information import forward_and_grads
+
+                if boundary is None:
+                    B, S, T = px.shape[0], px.shape[1], py.shape[-1]
+                    boundary = torch.tensor([0, 0, S, T], device=px.device).expand(B, 4)
+                total, px_grad, py_grad = forward_and_grads(px.detach(), py.detach(), boundary,
+                                                            need)
+            else:
+                total, px_grad, py_grad = _forward_and_grads(px.detach(), py.detach(), boundary,
+                                                             modified, need)
         # The occupation probabilities are d(sum_b total_b)/d(px, py): the real backward only
         # rescales them per sequence, so nothing else is saved.
         ctx.save_for_backward(px_grad, py_grad)

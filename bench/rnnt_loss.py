@@ -1,0 +1,92 @@
+"""Benchmark + cross-check of the pruned RNN-T loss pipeline (zipformer_fast/asr/rnnt_loss.py):
+the mutual-information recursion with the torch wavefront vs the Triton kernels, and icefall's
+per-step loss work (smoothed simple loss with return_grad -> prune ranges -> pruned loss,
+forward + backward) at a LibriSpeech-like shape (B=50, T=250 frames at 25 Hz, S<=80 BPE tokens,
+V=500, prune range 5).
+
+Usage: python bench/rnnt_loss.py [--B 50 --S 80 --T 250 --V 500 --iters 10]
+Prints one line per measurement; on CUDA it also prints the max |difference| between backends.
+"""
+import argparse
+import time
+
+import torch
+
+from zipformer_fast.asr.mutual_information import mutual_information_recursion
+from zipformer_fast.asr.rnnt_loss import get_rnnt_prune_ranges, rnnt_loss_pruned, rnnt_loss_smoothed
+from zipformer_fast.backend import use_backend
+
+
+def timed(fn, iters, device):
+    fn()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - t0) / iters * 1e3
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--B", type=int, default=50)
+    p.add_argument("--S", type=int, default=80)
+    p.add_argument("--T", type=int, default=250)
+    p.add_argument("--V", type=int, default=500)
+    p.add_argument("--iters", type=int, default=10)
+    a = p.parse_args()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    g = torch.Generator(device="cpu").manual_seed(0)
+    B, S, T, V = a.B, a.S, a.T, a.V
+    boundary = torch.zeros(B, 4, dtype=torch.int64)
+    boundary[:, 2] = torch.randint(S // 2, S + 1, (B,), generator=g)
+    boundary[:, 3] = torch.randint(T * 3 // 5, T + 1, (B,), generator=g)
+    boundary[0, 2:] = torch.tensor([S, T])
+    boundary = boundary.to(device)
+    symbols = torch.randint(1, V, (B, S), generator=g).to(device)
+    lm = torch.randn(B, S + 1, V, generator=g).to(device).requires_grad_()
+    am = torch.randn(B, T, V, generator=g).to(device).requires_grad_()
+    logits = torch.randn(B, T, 5, V, generator=g).to(device).requires_grad_()
+    px = torch.randn(B, S, T + 1, generator=g).to(device)
+    py = torch.randn(B, S + 1, T, generator=g).to(device)
+
+    def loss_step():
+        simple, (gx, gy) = rnnt_loss_smoothed(lm, am, symbols, 0, 0.25, 0.0, boundary,
+                                              reduction="sum", return_grad=True)
+        ranges = get_rnnt_prune_ranges(gx, gy, boundary, 5)
+        pruned = rnnt_loss_pruned(logits, symbols, ranges, 0, boundary, reduction="sum")
+        (0.5 * simple + pruned).backward()
+        return simple.detach(), pruned.detach(), ranges
+
+    backends = ["reference"] + (["triton"] if device.type == "cuda" else [])
+    results = {}
+    for name in backends:
+        with use_backend(name):
+            for rg in (False, True):
+                ms = timed(lambda: mutual_information_recursion(px, py, boundary, return_grad=rg),
+                           a.iters, device)
+                print(f"{device.type} {name:9s} recursion B={B} S={S} T={T} return_grad={rg}: "
+                      f"{ms:.2f} ms")
+            ms = timed(loss_step, a.iters, device)
+            print(f"{device.type} {name:9s} smoothed+ranges+pruned fwd+bwd V={V}: {ms:.2f} ms")
+            lm.grad = am.grad = logits.grad = None
+            simple, pruned, ranges = loss_step()
+            results[name] = (mutual_information_recursion(px, py, boundary, return_grad=True),
+                             simple, pruned, ranges, lm.grad.clone(), logits.grad.clone())
+            lm.grad = am.grad = logits.grad = None
+    if len(results) == 2:
+        (t_ref, (gx_ref, gy_ref)), s_ref, p_ref, r_ref, lmg_ref, lg_ref = results["reference"]
+        (t_tri, (gx_tri, gy_tri)), s_tri, p_tri, r_tri, lmg_tri, lg_tri = results["triton"]
+        print("max|diff| total %.3g  px_grad %.3g  py_grad %.3g  simple %.3g (of %.1f)  pruned "
+              "%.3g (of %.1f)  ranges equal %s  lm.grad %.3g  logits.grad %.3g" % (
+                  (t_ref - t_tri).abs().max(), (gx_ref - gx_tri).abs().max(),
+                  (gy_ref - gy_tri).abs().max(), (s_ref - s_tri).abs(), s_ref,
+                  (p_ref - p_tri).abs(), p_ref, bool(torch.equal(r_ref, r_tri)),
+                  (lmg_ref - lmg_tri).abs().max(), (lg_ref - lg_tri).abs().max()))
+
+
+if __name__ == "__main__":
+    main()

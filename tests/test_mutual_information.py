@@ -145,6 +145,23 @@ def test_float32_matches_float64():
     torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-4)
 
 
+def test_k2_switch_dispatches_to_k2_and_fails_clearly_without_it(monkeypatch):
+    import types
+
+    from zipformer_fast.asr import mutual_information as mi
+
+    px, py = random_lattice(1, 2, 3, False)
+    monkeypatch.setattr(mi, "_USE_K2", True)
+    monkeypatch.setitem(sys.modules, "k2", None)  # "import k2" raises ImportError
+    with pytest.raises(ImportError, match="ZIPFORMER_FAST_USE_K2"):
+        mutual_information_recursion(px, py)
+    calls = []
+    fake = types.SimpleNamespace(mutual_information_recursion=lambda *a, **k: calls.append(k) or 7)
+    monkeypatch.setitem(sys.modules, "k2", fake)
+    assert mutual_information_recursion(px, py, return_grad=True) == 7
+    assert calls == [{"return_grad": True}]
+
+
 def test_bad_inputs_raise_clear_errors():
     px, py = random_lattice(1, 2, 3, False)
     with pytest.raises(ValueError, match="py must have shape"):

@@ -22,15 +22,25 @@ Backends (zipformer_fast.backend): CUDA tensors use the Triton kernels of
 kernels/mutual_information.py (one launch per sweep instead of ~4 per diagonal) unless the backend
 is "reference" or triton is missing; CPU tensors use the torch wavefront, except under
 `use_backend("triton")` with TRITON_INTERPRET=1 (how the tests run the kernels without a GPU).
+With env ZIPFORMER_FAST_USE_K2=1 (or `set_use_k2(True)`), k2's own implementation is called
+instead, for users who have a working k2 (it is not installable next to modern torch from PyPI).
 """
 from __future__ import annotations
 
+import os
 from typing import List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
 
 NEG_INF = float("-inf")
+_USE_K2 = os.environ.get("ZIPFORMER_FAST_USE_K2", "0") == "1"
+
+
+def set_use_k2(flag: bool) -> None:
+    """Route mutual_information_recursion to k2.mutual_information_recursion (same contract)."""
+    global _USE_K2
+    _USE_K2 = bool(flag)
 
 
 def _check_inputs(px: Tensor, py: Tensor, boundary: Optional[Tensor]) -> bool:
@@ -248,6 +258,13 @@ def mutual_information_recursion(
     Runs in fp32 (or fp64 if given fp64) with autocast disabled; half inputs are upcast.
     """
     _check_inputs(px, py, boundary)
+    if _USE_K2:
+        try:
+            import k2
+        except ImportError as e:
+            raise ImportError("ZIPFORMER_FAST_USE_K2=1 / set_use_k2(True) but k2 does not "
+                              f"import ({e}); unset it to use the built-in recursion") from e
+        return k2.mutual_information_recursion(px, py, boundary, return_grad=return_grad)
     if px.dtype in (torch.float16, torch.bfloat16):
         px, py = px.float(), py.float()
     grads: List[Tensor] = []

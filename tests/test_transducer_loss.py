@@ -137,3 +137,29 @@ def test_pad_targets_errors():
         pad_targets(torch.zeros(2, 3, dtype=torch.int64))
     with pytest.raises(ValueError, match="do not fit"):
         pad_targets(torch.zeros(2, 3, dtype=torch.int64), torch.tensor([4, 1]))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_losses_and_decoding_match_cpu(model, encoder_out):
+    """Device handling end to end (targets built on the right device, CPU CTC targets with CUDA
+    log-probs, Triton recursion) and bf16 autocast: the losses still run in fp32."""
+    import copy
+
+    cuda_model = copy.deepcopy(model).cuda()
+    enc = encoder_out.cuda()
+    lens = LENS.cuda()
+    with torch.no_grad():
+        ref = transducer_loss(model, encoder_out, LENS, TARGETS, prune_range=2)
+        got = transducer_loss(cuda_model, enc, lens, TARGETS, prune_range=2)
+        for r, g in zip(ref, got):
+            assert g.dtype == torch.float32
+            torch.testing.assert_close(g.cpu(), r, rtol=1e-4, atol=1e-3)
+        torch.testing.assert_close(
+            ctc_loss(cuda_model.ctc_output(enc), lens, TARGETS).cpu(),
+            ctc_loss(model.ctc_output(encoder_out), LENS, TARGETS), rtol=1e-4, atol=1e-3)
+        assert greedy_search_batch(cuda_model, enc, lens) == greedy_search_batch(model, encoder_out, LENS)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        simple, pruned = transducer_loss(cuda_model, enc.requires_grad_(), lens, TARGETS)
+    assert simple.dtype == pruned.dtype == torch.float32
+    (simple + pruned).backward()
+    assert torch.isfinite(enc.grad).all()

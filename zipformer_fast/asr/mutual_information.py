@@ -95,7 +95,7 @@ def _unskew(d: Tensor, T1: int) -> Tensor:
     return torch.gather(d.transpose(1, 2), 2, idx.unsqueeze(0).expand(B, -1, -1))
 
 
-def _seed_masks(boundary: Optional[Tensor], B: int, K: int, S1: int, col: int, device):
+def _seed_masks(boundary: Tensor, S1: int, col: int, device):
     """Per-diagonal masks of the start (col=0: begin) or end (col=2) cell of each sequence:
     a dict diagonal k -> (B, S1) bool mask (one host sync to list the distinct diagonals)."""
     s_cell, t_cell = boundary[:, col], boundary[:, col + 1]
@@ -171,7 +171,7 @@ def _forward_and_grads(px: Tensor, py: Tensor, boundary: Optional[Tensor], modif
     PXs, PYs = _lattices(px, py, modified)
     K = PYs.shape[1]
     default_start = boundary is None or not bool((boundary[:, :2] != 0).any())
-    start_masks = None if default_start else _seed_masks(boundary, B, K, S1, 0, px.device)
+    start_masks = None if default_start else _seed_masks(boundary, S1, 0, px.device)
     A = _alpha(PXs, PYs, modified, start_masks)
     if boundary is None:
         s_end = torch.full((B,), S, dtype=torch.int64, device=px.device)
@@ -184,7 +184,7 @@ def _forward_and_grads(px: Tensor, py: Tensor, boundary: Optional[Tensor], modif
         return total, None, None
 
     default_end = boundary is None or bool(((s_end == S) & (t_end == T)).all())
-    end_masks = None if default_end else _seed_masks(boundary, B, K, S1, 2, px.device)
+    end_masks = None if default_end else _seed_masks(boundary, S1, 2, px.device)
     Bt = _beta(PXs, PYs, modified, end_masks, K - 1)
     alpha = A[:, 2:, 1:]  # (B, K, S1)
     lag = 2 if modified else 1

@@ -329,7 +329,7 @@ def do_rnnt_pruning(am: Tensor, lm: Tensor, ranges: Tensor) -> Tuple[Tensor, Ten
     if am.shape[:2] != (B, T) or lm.shape[0] != B:
         raise ValueError(f"am {tuple(am.shape)} / lm {tuple(lm.shape)} do not match ranges "
                          f"{tuple(ranges.shape)}")
-    S1, D = lm.shape[1], lm.shape[2]
+    D = lm.shape[2]
     am_pruned = am.unsqueeze(2).expand(B, T, R, am.shape[-1])
     idx = ranges.reshape(B, T * R, 1).expand(B, T * R, D)
     lm_pruned = torch.gather(lm, 1, idx).reshape(B, T, R, D)

@@ -16,7 +16,7 @@ token ids (blank and the context prefix stripped).
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Optional, Tuple, Union
+from typing import Dict, List, Tuple, Union
 
 import torch
 from torch import Tensor

@@ -150,7 +150,7 @@ def _beta(PXs: Tensor, PYs: Tensor, modified: bool, end_masks, K_end: int) -> Te
     return Bt
 
 
-def _lattices(px: Tensor, py: Tensor, modified: bool):
+def _lattices(px: Tensor, py: Tensor):
     """Pads px, py to a common (B, S1, T+1) grid (-inf = no arc) and skews them."""
     B, S, _ = px.shape
     T = py.shape[-1]
@@ -168,7 +168,7 @@ def _forward_and_grads(px: Tensor, py: Tensor, boundary: Optional[Tensor], modif
     B, S, _ = px.shape
     T = py.shape[-1]
     S1 = S + 1
-    PXs, PYs = _lattices(px, py, modified)
+    PXs, PYs = _lattices(px, py)
     K = PYs.shape[1]
     default_start = boundary is None or not bool((boundary[:, :2] != 0).any())
     start_masks = None if default_start else _seed_masks(boundary, S1, 0, px.device)

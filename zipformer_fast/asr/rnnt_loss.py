@@ -54,8 +54,10 @@ def _check_symbols(symbols: Tensor, B: int, S: int, C: int) -> None:
     if symbols.dtype != torch.int64 or tuple(symbols.shape) != (B, S):
         raise ValueError(f"symbols must be int64 of shape (B, S) = {(B, S)}, got "
                          f"{symbols.dtype} {tuple(symbols.shape)}")
-    if symbols.numel() and (int(symbols.min()) < 0 or int(symbols.max()) >= C):
-        raise ValueError(f"symbols must lie in [0, {C}) (pad with 0, not -1)")
+    if symbols.numel():
+        lo, hi = torch.stack([symbols.min(), symbols.max()]).tolist()  # one host sync
+        if lo < 0 or hi >= C:
+            raise ValueError(f"symbols must lie in [0, {C}) (pad with 0, not -1)")
 
 
 def _validate_st_lengths(S: int, T: int, rnnt_type: str, boundary: Optional[Tensor]) -> None:

@@ -47,7 +47,12 @@ def _prebuilt_path(module: str) -> Optional[str]:
     # setup.py builds the library as zipformer_fast/optim/<module>*.so; it registers torch ops
     # (TORCH_LIBRARY), it is not a Python module, so it is found, not imported.
     spec = importlib.util.find_spec(f"{__package__}.{module}")
-    return spec.origin if spec is not None and spec.origin else None
+    if spec is None or not spec.origin:
+        return None
+    built = os.path.getmtime(spec.origin)
+    if any(os.path.getmtime(f) > built for f in CSRC.iterdir() if f.is_file()):
+        return None  # sources edited since the prebuild: let the first-use build pick them up
+    return spec.origin
 
 
 @functools.lru_cache(maxsize=None)

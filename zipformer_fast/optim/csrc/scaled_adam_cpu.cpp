@@ -31,6 +31,16 @@ struct Chunk {
   int64_t tensor, begin, end;
 };
 
+// Below this many elements in all, a parallel region costs more than it saves (waking threads
+// takes a scheduler quantum on a busy machine): run inline.
+constexpr int64_t kParallelMinElems = 1 << 18;
+
+int64_t grain_for(const std::vector<Chunk>& chunks) {
+  int64_t total = 0;
+  for (const auto& c : chunks) total += c.end - c.begin;
+  return total < kParallelMinElems ? std::max<int64_t>(1, (int64_t)chunks.size()) : 1;
+}
+
 std::vector<Chunk> make_chunks(at::TensorList params) {
   std::vector<Chunk> chunks;
   for (int64_t i = 0; i < (int64_t)params.size(); ++i) {
@@ -107,7 +117,7 @@ std::tuple<at::Tensor, at::Tensor> reduce(at::TensorList params,
   const auto chunks = make_chunks(params);
   const int64_t nc = (int64_t)chunks.size();
   std::vector<double> partial((size_t)nc * 3);
-  at::parallel_for(0, nc, 1, [&](int64_t cb, int64_t ce) {
+  at::parallel_for(0, nc, grain_for(chunks), [&](int64_t cb, int64_t ce) {
     for (int64_t ci = cb; ci < ce; ++ci) {
       const Chunk& ch = chunks[ci];
       const auto& p = params[ch.tensor];
@@ -173,7 +183,7 @@ void apply(at::TensorList params, at::TensorList grads,
                                         scale_exp_avg_sq[i].data_ptr<float>(), c);
   }
   const auto chunks = make_chunks(params);
-  at::parallel_for(0, (int64_t)chunks.size(), 1, [&](int64_t cb, int64_t ce) {
+  at::parallel_for(0, (int64_t)chunks.size(), grain_for(chunks), [&](int64_t cb, int64_t ce) {
     for (int64_t ci = cb; ci < ce; ++ci) {
       const Chunk& ch = chunks[ci];
       const auto& p = params[ch.tensor];

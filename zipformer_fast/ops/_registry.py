@@ -68,7 +68,7 @@ def as_tbc(x: torch.Tensor) -> torch.Tensor:
 def compute_dtype(x: torch.Tensor) -> torch.dtype:
     """dtype a GEMM runs in: the autocast dtype inside an autocast region for x's device, else x's dtype."""
     dev = x.device.type
-    if _autocast_takes_device():
+    if _AUTOCAST_TAKES_DEVICE:
         enabled = torch.is_autocast_enabled(dev)
     else:  # torch < 2.4-style API
         enabled = torch.is_autocast_enabled() if dev == "cuda" else torch.is_autocast_cpu_enabled()
@@ -79,10 +79,13 @@ def compute_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.get_autocast_gpu_dtype() if dev == "cuda" else torch.get_autocast_cpu_dtype()
 
 
-@functools.lru_cache(maxsize=None)
 def _autocast_takes_device() -> bool:
     try:
         torch.is_autocast_enabled("cpu")
         return True
     except TypeError:
         return False
+
+
+# A plain constant (not a cached call) so that dynamo traces compute_dtype without warnings.
+_AUTOCAST_TAKES_DEVICE = _autocast_takes_device()

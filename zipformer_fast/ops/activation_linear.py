@@ -118,10 +118,10 @@ def _act_linear_bwd(grad: Tensor, x: Tensor, weight: Tensor, mask: Optional[Tens
     g = grad.reshape(-1, N).to(weight.dtype).contiguous()
     mask2 = _mask_rows(mask, x) if mask is not None else None
     dx, dw = kernels("activation_linear").backward(g, x2, weight.contiguous(), mask2, shift, offset, need_dx, need_dw)
-    empty = x.new_empty((0,))
-    dx = dx.view(x.shape) if need_dx else empty
-    dw = dw.to(weight.dtype) if need_dw else empty.to(weight.dtype)
-    db = g.float().sum(0) if need_db else empty.float()
+    # Outputs that are not needed are distinct empty tensors (custom-op outputs may not alias).
+    dx = dx.view(x.shape) if need_dx else x.new_empty((0,))
+    dw = dw.to(weight.dtype) if need_dw else x.new_empty((0,), dtype=weight.dtype)
+    db = g.float().sum(0) if need_db else x.new_empty((0,), dtype=torch.float32)
     return dx, dw, db
 
 

@@ -19,11 +19,11 @@ from ._common import configs, reduction_programs
 
 _FWD_CONFIGS = configs(
     [triton.Config({"BLOCK_G": bg, "BLOCK_N": bn}, num_warps=w)
-     for bg, bn in ((1, 1024), (2, 512), (4, 256), (2, 1024), (4, 512)) for w in (4, 8)],
+     for bg, bn, w in ((1, 1024, 4), (2, 512, 4), (4, 256, 4), (2, 1024, 8))],
     triton.Config({"BLOCK_G": 4, "BLOCK_N": 64}, num_warps=4),
 )
 _BWD_CONFIGS = configs(
-    [triton.Config({"BLOCK_G": bg}, num_warps=w) for bg in (1, 2, 4) for w in (4, 8)],
+    [triton.Config({"BLOCK_G": bg}, num_warps=w) for bg, w in ((1, 4), (2, 4), (2, 8), (4, 8))],
     triton.Config({"BLOCK_G": 4}, num_warps=4),
 )
 

@@ -1,0 +1,271 @@
+"""Per-op benchmark: each fused op against its reference and torch.compile of the reference.
+
+For every case (bench/cases_memory_bound.py; attention cases from bench/cases_attention.py with
+--attention) and provider (triton | reference | torch_compile) and mode (forward | backward | full):
+time (ms, p20/p50/p80), peak memory above the inputs (MB), and for memory-bound ops the achieved
+GB/s and % of the device's peak bandwidth (bytes = inputs read once + outputs written once, see
+cases_memory_bound). A `copy` row (x.copy_ of 1 GiB) gives the achievable bandwidth for scale.
+
+    python bench/kernels.py [--dtypes bf16,fp16,fp32] [--ops swoosh_l,bias_norm,...] [--attention]
+                            [--providers triton,reference,torch_compile] [--time-budget 65]
+                            [--out-dir bench/results/<device>] [--smoke]
+
+Output: one long-format table, rows (op, provider, mode, metric, p20, p50, p80, shape, dtype,
+device, torch, triton), in <out-dir>/kernels.{csv,json}, rewritten after each case so a timeout
+keeps what was measured. GPU timing: triton.testing.do_bench (L2 flushed between runs).
+--smoke (CPU/CI): tiny shapes, reference and (with TRITON_INTERPRET=1) triton, < 30 s.
+"""
+import argparse
+import csv
+import json
+import os
+import pathlib
+import re
+import statistics
+import sys
+import time
+
+import torch
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from zipformer_fast import use_backend  # noqa: E402
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+MODES = ("forward", "backward", "full")
+PROVIDERS = ("triton", "reference", "torch_compile")
+# Peak DRAM bandwidth (bytes/s) by device-name fragment, when the properties do not give it.
+PEAK_BW = {"H100 80GB HBM3": 3.35e12, "H100 PCIe": 2.0e12, "H100": 3.35e12, "H200": 4.8e12,
+           "A100-SXM4-80GB": 2.039e12, "A100": 1.555e12}
+
+
+def device_name(device: str) -> str:
+    return torch.cuda.get_device_name(0) if device == "cuda" else "cpu"
+
+
+def peak_bandwidth(device: str):
+    if device != "cuda":
+        return None
+    props = torch.cuda.get_device_properties(0)
+    clock, bus = getattr(props, "memory_clock_rate", 0), getattr(props, "memory_bus_width", 0)
+    if clock and bus:  # kHz, bits; double data rate
+        return 2 * clock * 1e3 * bus / 8
+    name = props.name
+    return next((bw for k, bw in PEAK_BW.items() if k in name), None)
+
+
+def timings(fn, device: str, smoke: bool):
+    """(p20, p50, p80) in ms."""
+    if device == "cuda":
+        import triton.testing
+        return tuple(triton.testing.do_bench(fn, warmup=10, rep=40, quantiles=[0.2, 0.5, 0.8]))
+    fn()
+    ts = []
+    for _ in range(3 if smoke else 10):
+        t0 = time.perf_counter()
+        fn()
+        ts.append((time.perf_counter() - t0) * 1e3)
+    q = statistics.quantiles(ts, n=10, method="inclusive")
+    return q[1], statistics.median(ts), q[7]
+
+
+def peak_mb(fn, device: str):
+    if device != "cuda":
+        return None
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    fn()
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - base) / 2**20
+
+
+def nbytes(ts):
+    return sum(t.numel() * t.element_size() for t in ts if isinstance(t, torch.Tensor))
+
+
+_COMPILED = {}
+
+
+def provider_fn(case, provider):
+    if provider == "torch_compile":
+        key = (case.op, case.shape)
+        if key not in _COMPILED:
+            _COMPILED[key] = torch.compile(case.reference, dynamic=False)
+        fn = _COMPILED[key]
+        return lambda *a: fn(*a)
+    backend = provider
+
+    def run(*a):
+        with use_backend(backend):
+            return case.fused(*a)
+    return run
+
+
+def bench_case(case, provider, dtype, device, smoke, peak_bw):
+    """Rows for one (case, provider, dtype)."""
+    inputs = case.make(device, dtype)
+    f = provider_fn(case, provider)
+    leaves = [t for t in inputs if isinstance(t, torch.Tensor) and t.requires_grad]
+    rows = []
+    out = f(*inputs)
+    g = torch.randn_like(out)
+    trainable = out.requires_grad and leaves
+
+    def fwd():
+        return f(*inputs)
+
+    def bwd():
+        torch.autograd.grad(out, leaves, g, retain_graph=True)
+
+    def full():
+        torch.autograd.grad(f(*inputs), leaves, g)
+
+    modes = {"forward": fwd}
+    if trainable:
+        modes.update(backward=bwd, full=full)
+    fwd_bytes = nbytes(inputs) + nbytes([out])
+    bwd_bytes = nbytes([out]) + nbytes(inputs) + nbytes(leaves)
+    for mode, fn in modes.items():
+        p20, p50, p80 = timings(fn, device, smoke)
+        rows.append((mode, "ms", p20, p50, p80))
+        mb = peak_mb(fn, device)
+        if mb is not None:
+            rows.append((mode, "peak_MB", mb, mb, mb))
+        if case.memory_bound:
+            moved = {"forward": fwd_bytes, "backward": bwd_bytes, "full": fwd_bytes + bwd_bytes}[mode]
+            gbs = [moved / (t * 1e-3) / 1e9 for t in (p80, p50, p20)]  # slower time -> lower GB/s
+            rows.append((mode, "GB_s", *gbs))
+            if peak_bw:
+                rows.append((mode, "pct_peak_bw", *[100 * x * 1e9 / peak_bw for x in gbs]))
+        elif case.flops is not None and mode == "forward":
+            fl = case.flops(inputs)
+            rows.append((mode, "TFLOP_s", *[fl / (t * 1e-3) / 1e12 for t in (p80, p50, p20)]))
+    del out, g
+    return rows
+
+
+def copy_rows(device, peak_bw):
+    n = (1 << 30) // 4 if device == "cuda" else 1 << 20
+    x = torch.empty(n, device=device)
+    y = torch.empty_like(x)
+    p20, p50, p80 = timings(lambda: y.copy_(x), device, True)
+    gbs = [2 * n * 4 / (t * 1e-3) / 1e9 for t in (p80, p50, p20)]
+    rows = [("copy", "torch", "forward", "GB_s", *gbs, f"n={n}", "fp32")]
+    if peak_bw:
+        rows.append(("copy", "torch", "forward", "pct_peak_bw", *[100 * v * 1e9 / peak_bw for v in gbs], f"n={n}", "fp32"))
+    return rows
+
+
+def attention_rows(device, smoke, providers):
+    """E's attention cases (bench/cases_attention.py), if present, in the same table."""
+    try:
+        import cases_attention as CA
+    except ImportError:
+        return []
+    kw = dict(Ts=(16,), batch=2, stacks=(0,)) if smoke else {}
+    rows = []
+    impls = [i for i in CA.IMPLS if not smoke or i == "reference"]
+    for case in CA.cases(device, **kw):
+        for pass_ in CA.PASSES:
+            for impl in impls:
+                step = case.make(impl, pass_)
+                p20, p50, p80 = timings(step, device, smoke)
+                mode = {"fwd": "forward", "fwdbwd": "full"}.get(pass_, pass_)
+                rows.append((case.name, impl, mode, "ms", p20, p50, p80, f"T={case.T},B={case.B},H={case.H},D={case.D}",
+                             str(case.dtype).replace("torch.", "")))
+                mb = peak_mb(step, device)
+                if mb is not None:
+                    rows.append((case.name, impl, mode, "peak_MB", mb, mb, mb, rows[-1][7], rows[-1][8]))
+                del step
+    return rows
+
+
+FIELDS = ("op", "provider", "mode", "metric", "p20", "p50", "p80", "shape", "dtype", "device", "torch", "triton", "command")
+
+
+def write(rows, out_dir: pathlib.Path):
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(out_dir / "kernels.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=FIELDS)
+        w.writeheader()
+        w.writerows(rows)
+    with open(out_dir / "kernels.json", "w") as f:
+        json.dump(rows, f, indent=1)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--dtypes", default="bf16")
+    ap.add_argument("--ops", default="", help="comma-separated op names (default: all)")
+    ap.add_argument("--providers", default=",".join(PROVIDERS))
+    ap.add_argument("--attention", action="store_true", help="also run bench/cases_attention.py")
+    ap.add_argument("--time-budget", type=float, default=0.0, help="stop starting new cases after S seconds (0: none)")
+    ap.add_argument("--out-dir", default="")
+    ap.add_argument("--smoke", action="store_true")
+    a = ap.parse_args(argv)
+    device = "cuda" if torch.cuda.is_available() and not a.smoke else "cpu"
+    providers = [p for p in a.providers.split(",") if p]
+    if device == "cpu":
+        providers = [p for p in providers if p == "reference" or (p == "triton" and os.environ.get("TRITON_INTERPRET") == "1")]
+        dtypes = ["fp32"]
+    else:
+        dtypes = [d for d in a.dtypes.split(",") if d]
+    try:
+        import triton
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = ""
+        providers = [p for p in providers if p != "triton"]
+    from cases_memory_bound import cases
+
+    name = device_name(device)
+    out_dir = pathlib.Path(a.out_dir) if a.out_dir else ROOT / "bench" / "results" / re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_")
+    peak_bw = peak_bandwidth(device)
+    meta = dict(device=name, torch=torch.__version__, triton=triton_version, command="python " + " ".join(sys.argv))
+    rows = []
+
+    def add(op, provider, mode, metric, p20, p50, p80, shape, dtype):
+        rows.append(dict(op=op, provider=provider, mode=mode, metric=metric, p20=round(p20, 5), p50=round(p50, 5),
+                         p80=round(p80, 5), shape=shape, dtype=dtype, **meta))
+
+    for r in copy_rows(device, peak_bw):
+        add(*r)
+    wanted = {o for o in a.ops.split(",") if o}
+    t_start = time.time()
+    skipped = []
+    for case in cases(smoke=a.smoke or device == "cpu"):
+        if wanted and case.op not in wanted:
+            continue
+        for dt in dtypes:
+            for prov in providers:
+                if a.time_budget and time.time() - t_start > a.time_budget:
+                    skipped.append(f"{case.op}[{case.shape}] {dt} {prov}")
+                    continue
+                try:
+                    res = bench_case(case, prov, DTYPES[dt], device, a.smoke, peak_bw)
+                except Exception as e:  # one failing provider must not hide the others' numbers
+                    print(f"FAILED {case.op} {prov} {dt}: {e!r}", flush=True)
+                    add(case.op, prov, "forward", "error", float("nan"), float("nan"), float("nan"), case.shape, dt)
+                    continue
+                for mode, metric, p20, p50, p80 in res:
+                    add(case.op, prov, mode, metric, p20, p50, p80, case.shape, dt)
+                    if metric in ("ms", "pct_peak_bw"):
+                        print(f"{case.op:28s} {case.shape:40s} {dt:5s} {prov:14s} {mode:8s} {metric:12s} p50={p50:10.4f}", flush=True)
+                if device == "cuda":
+                    torch.cuda.empty_cache()
+        write(rows, out_dir)
+    if a.attention:
+        for r in attention_rows(device, a.smoke or device == "cpu", providers):
+            add(*r)
+    if skipped:
+        print(f"time budget reached: skipped {len(skipped)} runs: {skipped}")
+    write(rows, out_dir)
+    print(f"wrote {len(rows)} rows to {out_dir}/kernels.csv")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

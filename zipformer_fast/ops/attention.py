@@ -14,13 +14,28 @@ Uses: self-attention  out[h] = W[h] @ v[h];  non-linear attention  out = W[0] @ 
 
 Layouts: q, k (T,B,H,dq); p (T,B,H,dp); key_padding_mask (B,T) bool, True = padding;
 attn_mask (T,T) bool, True = masked; v (H,B,T,dv).
+
+Fused path (backend "triton", kernels/attention*.py): no (T, 2T-1) score matrix and no relative
+shift copy; the positional term is computed tile by tile. Two modes (`set_attention_mode`,
+`use_attention_mode`, env ZIPFORMER_FAST_ATTENTION_MODE = auto | recompute | materialize; auto
+materialises up to MATERIALIZE_MAX_T frames):
+- materialize: `attention_weights` returns the (H,B,T,T) tensor in the compute dtype, written once
+  by a kernel; head0/constant/apply are the tensor ops below; one fused backward from the summed dW.
+- recompute: `attention_weights` returns an AttentionHandle (q, k, p, pos, masks, per-row
+  log-sum-exp); each apply recomputes the weights flash-attention style, so forward and backward
+  memory is linear in T. The three uses' gradients into q/k/p/pos are summed by autograd.
+Streaming shapes (cached keys) and other layouts take the reference.
 """
 from __future__ import annotations
 
+import contextlib
+import os
 from typing import Optional
 
 import torch
 from torch import Tensor
+
+from zipformer_fast.backend import use_triton_for
 
 MASK_FILL = -1000.0
 
@@ -92,21 +107,138 @@ def attention_weights(
     q: Tensor, k: Tensor, p: Tensor, pos_proj: Optional[Tensor],
     key_padding_mask: Optional[Tensor], attn_mask: Optional[Tensor], penalize: bool = False,
 ):
-    """The shared weights of one Zipformer layer (reference: the (H,B,T,T) tensor)."""
+    """The shared weights of one Zipformer layer.
+
+    Reference backend: the (H,B,T,T) tensor. Fused (Triton) backend: in "materialize" mode the same
+    tensor written by one kernel (fused backward); in "recompute" mode a lightweight
+    `AttentionHandle` (q, k, p, pos, masks, softmax statistics) that attention_head0,
+    constant_attention and attention_apply consume, recomputing the weights tile by tile so that
+    memory stays linear in T. The mode comes from `attention_mode_for(T)`.
+    """
+    if _fused_supported(q, k, p, pos_proj, key_padding_mask, attn_mask):
+        return _fused_attention_weights(q, k, p, pos_proj, key_padding_mask, attn_mask, penalize)
     return attention_weights_reference(q, k, p, pos_proj, key_padding_mask, attn_mask, penalize)
+
+
+def _is_handle(weights) -> bool:
+    return not isinstance(weights, Tensor)
 
 
 def attention_head0(weights):
     """The weights non-linear attention uses: head 0 only, shape (1,B,T,T)."""
+    if _is_handle(weights):
+        return weights.head0()
     return weights[0:1]
 
 
 def constant_attention(weights):
     """icefall's const_attention: uniform weights over the keys whose weight is > 0 (training only)."""
+    if _is_handle(weights):
+        return weights.constant()
     w = (weights > 0.0).to(weights.dtype)
     return w * (1.0 / w.sum(dim=-1, keepdim=True))
 
 
 def attention_apply(weights, v: Tensor) -> Tensor:
     """weights @ v for weights from `attention_weights` (or head0 / constant of them); v (H,B,T,dv)."""
+    if _is_handle(weights):
+        from zipformer_fast.kernels.attention_autograd import apply_handle
+
+        dtype = _autocast_dtype(v)
+        return apply_handle(weights, v.to(dtype) if dtype is not None else v)
     return attention_apply_reference(weights, v)
+
+
+# --------------------------------------------------------------------------- mode selection
+ATTENTION_MODES = ("auto", "recompute", "materialize")
+# "auto": materialise the weights up to this many frames (faster: three cuBLAS matmuls), recompute
+# beyond (memory linear in T). Chosen from H100 measurements of bench/cases_attention.py.
+MATERIALIZE_MAX_T = 256
+_mode_override: list = []
+
+
+def set_attention_mode(mode: Optional[str]) -> None:
+    """Set the fused attention mode for this process ("auto" | "recompute" | "materialize"); None
+    goes back to the environment variable ZIPFORMER_FAST_ATTENTION_MODE (default "auto")."""
+    if mode is not None and mode not in ATTENTION_MODES:
+        raise ValueError(f"attention mode {mode!r}: expected one of {ATTENTION_MODES}")
+    _mode_override[:] = [] if mode is None else [mode]
+
+
+def get_attention_mode() -> str:
+    if _mode_override:
+        return _mode_override[-1]
+    mode = os.environ.get("ZIPFORMER_FAST_ATTENTION_MODE", "auto").strip().lower()
+    if mode not in ATTENTION_MODES:
+        raise ValueError(f"ZIPFORMER_FAST_ATTENTION_MODE={mode!r}: expected one of {ATTENTION_MODES}")
+    return mode
+
+
+@contextlib.contextmanager
+def use_attention_mode(mode: str):
+    """Run the enclosed code with the given fused attention mode."""
+    if mode not in ATTENTION_MODES:
+        raise ValueError(f"attention mode {mode!r}: expected one of {ATTENTION_MODES}")
+    _mode_override.append(mode)
+    try:
+        yield
+    finally:
+        _mode_override.pop()
+
+
+def attention_mode_for(T: int) -> str:
+    """"recompute" or "materialize" for a sequence of T frames under the current setting."""
+    mode = get_attention_mode()
+    if mode == "auto":
+        return "materialize" if T <= MATERIALIZE_MAX_T else "recompute"
+    return mode
+
+
+# --------------------------------------------------------------------------- fused path
+_FUSED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def _autocast_dtype(t: Tensor) -> Optional[torch.dtype]:
+    if torch.is_autocast_enabled(t.device.type):
+        return torch.get_autocast_dtype(t.device.type)
+    return None
+
+
+def _fused_supported(q, k, p, pos_proj, key_padding_mask, attn_mask) -> bool:
+    """The fused kernels cover icefall's non-streaming layout; anything else (cached keys of
+    streaming, odd shapes) takes the reference."""
+    if not use_triton_for(q, k, p, pos_proj, key_padding_mask, attn_mask):
+        return False
+    if q.dim() != 4 or k.shape != q.shape or p.dim() != 4 or p.shape[:3] != q.shape[:3]:
+        return False
+    T, B, H, _ = q.shape
+    if pos_proj is not None and pos_proj.numel() != (2 * T - 1) * H * p.shape[-1]:
+        return False
+    if key_padding_mask is not None and tuple(key_padding_mask.shape) != (B, T):
+        return False
+    if attn_mask is not None and tuple(attn_mask.shape) != (T, T):
+        return False
+    return all(t.dtype in _FUSED_DTYPES for t in (q, k, p) + ((pos_proj,) if pos_proj is not None else ()))
+
+
+def _fused_attention_weights(q, k, p, pos_proj, key_padding_mask, attn_mask, penalize):
+    from zipformer_fast.kernels.attention_autograd import MaterializedWeights, attention_handle
+
+    T, B, H, dp = p.shape
+    dtype = _autocast_dtype(q)
+    if dtype is None:
+        dtype = q.dtype
+    q, k, p = (t.to(dtype) if t.stride(-1) == 1 else t.to(dtype).contiguous() for t in (q, k, p))
+    pos_t = None
+    if pos_proj is not None:
+        # (H, dp, 2T-1): one contiguous row of offsets per (head, dim); a small copy, not saved.
+        pos_t = pos_proj.reshape(2 * T - 1, H, dp).permute(1, 2, 0).to(dtype).contiguous()
+    if key_padding_mask is not None and key_padding_mask.dtype != torch.bool:
+        raise TypeError(f"key_padding_mask must be bool, got {key_padding_mask.dtype}")
+    if attn_mask is not None and attn_mask.dtype != torch.bool:
+        raise TypeError(f"attn_mask must be bool, got {attn_mask.dtype}")
+    penalize = bool(penalize) and torch.is_grad_enabled() and any(
+        t.requires_grad for t in (q, k, p) + ((pos_t,) if pos_t is not None else ()))
+    if attention_mode_for(T) == "materialize":
+        return MaterializedWeights.apply(q, k, p, pos_t, key_padding_mask, attn_mask, penalize)
+    return attention_handle(q, k, p, pos_t, key_padding_mask, attn_mask, penalize)

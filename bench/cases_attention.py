@@ -1,0 +1,173 @@
+"""Benchmark cases for Zipformer's shared-weight attention: one layer's weights and their three uses
+(non-linear attention on head 0, self-attention 1 and 2), forward and forward+backward.
+
+Implementations per case:
+  reference          zipformer_fast.ops.attention reference (materialises (H,B,T,T) fp32 weights)
+  reference_compile  torch.compile of the same reference function
+  fused_recompute    Triton kernels, weights recomputed per use (memory linear in T)
+  fused_materialize  Triton kernels, weights written once in the compute dtype, cuBLAS uses
+
+Shapes: Zipformer-M stack 0 (H=4, query 32, pos 4, value 12, D=192 so NLA width 144; the stack at
+the full 50 Hz frame rate, where T is largest) and stack 3 (H=8, D=512, NLA width 384), at
+T = 250, 750, 1500 frames (5, 15, 30 s), batch 30 (the paper's 30 x 30 s protocol). Inputs are
+bf16 leaves used under torch.autocast(bf16), as mixed-precision training runs them.
+
+Interface for bench/kernels.py: `cases(device)` returns `AttentionCase`s; `case.make(impl, pass_)`
+returns a zero-argument callable running one iteration (pass_ "fwd" or "fwdbwd"), built fresh
+(inputs allocated) so peak memory can be measured around it. Standalone:
+
+    python bench/cases_attention.py [--T 250 750 1500] [--batch 30] [--impls ...] [--stacks 0 3]
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from typing import Callable, List
+
+import torch
+
+IMPLS = ("reference", "reference_compile", "fused_recompute", "fused_materialize")
+PASSES = ("fwd", "fwdbwd")
+STACKS = {0: dict(H=4, D=192), 3: dict(H=8, D=512)}  # Zipformer-M
+QHD, PHD, VHD = 32, 4, 12
+
+
+@dataclasses.dataclass
+class AttentionCase:
+    name: str
+    T: int
+    B: int
+    H: int
+    D: int
+    device: str
+    dtype: torch.dtype = torch.bfloat16
+
+    def inputs(self):
+        T, B, H, hw = self.T, self.B, self.H, 3 * self.D // 4
+        g = torch.Generator(device="cpu").manual_seed(0)
+
+        def r(*shape, scale=1.0):
+            x = torch.randn(*shape, generator=g) * scale
+            return x.to(device=self.device, dtype=self.dtype).requires_grad_()
+
+        lengths = torch.linspace(T * 0.7, T, B).round().long()
+        kpm = (torch.arange(T)[None, :] >= lengths[:, None]).to(self.device)
+        return dict(q=r(T, B, H, QHD, scale=0.5), k=r(T, B, H, QHD, scale=0.5), p=r(T, B, H, PHD),
+                    pos=r(2 * T - 1, H, PHD), v1=r(H, B, T, VHD), v2=r(H, B, T, VHD),
+                    x=r(1, B, T, hw), kpm=kpm)
+
+    def make(self, impl: str, pass_: str) -> Callable[[], None]:
+        from zipformer_fast.backend import use_backend
+        from zipformer_fast.ops import attention as A
+
+        t = self.inputs()
+        layer = _layer_fn(impl)
+        backend = "reference" if impl.startswith("reference") else "triton"
+        mode = {"fused_recompute": "recompute", "fused_materialize": "materialize"}.get(impl, "auto")
+        leaves = [t[n] for n in ("q", "k", "p", "pos", "v1", "v2", "x")]
+
+        def step():
+            with use_backend(backend), A.use_attention_mode(mode), \
+                    torch.autocast(self.device, dtype=self.dtype):
+                if pass_ == "fwd":
+                    with torch.no_grad():
+                        layer(t)
+                    return
+                outs = layer(t)
+            torch.autograd.backward(outs, [torch.ones_like(o) for o in outs])
+            for x in leaves:
+                x.grad = None
+
+        return step
+
+
+def _layer(t):
+    from zipformer_fast.ops import attention as A
+
+    w = A.attention_weights(t["q"], t["k"], t["p"], t["pos"], t["kpm"], None)
+    return (A.attention_apply(A.attention_head0(w), t["x"]), A.attention_apply(w, t["v1"]),
+            A.attention_apply(w, t["v2"]))
+
+
+_COMPILED = {}
+
+
+def _layer_fn(impl):
+    if impl != "reference_compile":
+        return _layer
+    if "fn" not in _COMPILED:
+        _COMPILED["fn"] = torch.compile(_layer, dynamic=False)
+    return _COMPILED["fn"]
+
+
+def cases(device: str = "cuda", Ts=(250, 750, 1500), batch: int = 30, stacks=(0, 3)) -> List[AttentionCase]:
+    return [AttentionCase(f"attn_M{s}_T{T}_B{batch}", T, batch, STACKS[s]["H"], STACKS[s]["D"], device)
+            for s in stacks for T in Ts]
+
+
+def measure(step: Callable[[], None], device: str, warmup: int = 2, iters: int = 5) -> dict:
+    """Median ms per iteration and peak memory above the starting allocation (MB)."""
+    for _ in range(warmup):
+        step()
+    if device == "cuda":
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for _ in range(iters):
+        if device == "cuda":
+            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            s.record()
+            step()
+            e.record()
+            torch.cuda.synchronize()
+            times.append(s.elapsed_time(e))
+        else:
+            t0 = time.perf_counter()
+            step()
+            times.append((time.perf_counter() - t0) * 1e3)
+    times.sort()
+    out = dict(ms=times[len(times) // 2])
+    if device == "cuda":
+        out["peak_mb"] = (torch.cuda.max_memory_allocated() - base) / 2**20
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--T", type=int, nargs="+", default=[250, 750, 1500])
+    ap.add_argument("--batch", type=int, default=30)
+    ap.add_argument("--stacks", type=int, nargs="+", default=[0, 3])
+    ap.add_argument("--impls", nargs="+", default=list(IMPLS))
+    ap.add_argument("--passes", nargs="+", default=list(PASSES))
+    ap.add_argument("--iters", type=int, default=5)
+    ap.add_argument("--json", default="")
+    a = ap.parse_args(argv)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    rows = []
+    for case in cases(device, a.T, a.batch, a.stacks):
+        for pass_ in a.passes:
+            for impl in a.impls:
+                step = None
+                try:
+                    step = case.make(impl, pass_)
+                    res = measure(step, device, iters=a.iters)
+                except torch.cuda.OutOfMemoryError if device == "cuda" else MemoryError:
+                    res = dict(ms=float("nan"), error="OOM")
+                del step
+                if device == "cuda":
+                    torch.cuda.empty_cache()
+                row = dict(case=case.name, pass_=pass_, impl=impl, **res)
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(rows, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,117 @@
+"""Compare a zipformer_fast AsrModel with icefall's golden_XS.pt (reusable by any backend's tests).
+
+`check_against_golden(model, golden, rtol)` loads the golden weights (strict=True) into `model`
+(an XS AsrModel with transducer + CTC heads, vocab 64), runs it in eval mode and compares, with
+relative error ||a - b|| / ||b||:
+  embed_out, the six stack outputs (forward hooks on model.encoder.encoders[i]), encoder_out and its
+  lengths, decoder_out, joiner_out (encoder_proj / decoder_proj applied first, project_input=False),
+  ctc_log_probs, and -- with grads=True -- features_grad and every encoder_embed./encoder. parameter
+  gradient of loss = (encoder_out * grad_weights * valid_mask).sum().
+
+Why the gradient run needs a firing set: icefall's Balancer and Whiten modules edit gradients on a
+random subset of calls *also in eval mode* (whenever their input requires grad), so the golden
+gradients contain the effect of the particular Balancer/Whiten instances that fired when the file
+was made. tests/data/golden_XS_fired.json lists them (recovered from the golden gradients, see that
+file's "how"); during the gradient run exactly those fire, all others stay off. This also checks our
+Balancer and Whiten backward formulas against icefall's.
+
+Returns {name: relative error}; raises AssertionError naming every entry above `rtol`.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import pathlib
+from typing import Dict, Iterable, Optional
+
+import torch
+
+FIRED_FILE = pathlib.Path(__file__).resolve().parent / "data" / "golden_XS_fired.json"
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.detach().double(), b.detach().double()
+    if a.shape != b.shape:
+        return float("inf")
+    denom = b.norm()
+    return float((a - b).norm() / denom) if denom > 0 else float((a - b).norm())
+
+
+def load_fired_set(path: pathlib.Path = FIRED_FILE) -> set:
+    return set(json.loads(path.read_text())["fired"])
+
+
+@contextlib.contextmanager
+def forced_grad_shapers(model: torch.nn.Module, fired: Iterable[str]):
+    """Within the block, Balancer/Whiten instances named in `fired` act on every call and all others
+    never do (instead of the usual random choice)."""
+    from zipformer_fast.nn.grad_shapers import Balancer, Whiten
+    fired = set(fired)
+    saved = []
+    for name, mod in model.named_modules():
+        if isinstance(mod, (Balancer, Whiten)):
+            saved.append((mod, mod.forced))
+            mod.forced = name in fired
+    try:
+        yield
+    finally:
+        for mod, prev in saved:
+            mod.forced = prev
+
+
+def golden_forward_errors(model, golden) -> Dict[str, float]:
+    errs = {}
+    stack_outputs = []
+    hooks = [enc.register_forward_hook(lambda m, i, o: stack_outputs.append(o)) for enc in model.encoder.encoders]
+    embed = []
+    hooks.append(model.encoder_embed.register_forward_hook(lambda m, i, o: embed.append(o)))
+    try:
+        with torch.no_grad():
+            enc, lens = model.forward_encoder(golden["features"], golden["feature_lens"])
+            dec = model.decoder(golden["decoder_input"])
+            joiner = model.joiner(model.joiner.encoder_proj(golden["encoder_out"])[:, :, None],
+                                  model.joiner.decoder_proj(golden["decoder_out"])[:, None], project_input=False)
+            ctc = model.ctc_output(golden["encoder_out"])
+    finally:
+        for h in hooks:
+            h.remove()
+    errs["embed_out"] = rel_err(embed[0][0], golden["embed_out"])
+    errs["embed_lens"] = float((embed[0][1] != golden["embed_lens"]).any())
+    for i, (out, ref) in enumerate(zip(stack_outputs, golden["stack_outputs"])):
+        errs[f"stack_outputs[{i}]"] = rel_err(out.permute(1, 0, 2), ref)
+    errs["encoder_out"] = rel_err(enc, golden["encoder_out"])
+    errs["encoder_out_lens"] = float((lens != golden["encoder_out_lens"]).any())
+    errs["decoder_out"] = rel_err(dec, golden["decoder_out"])
+    errs["joiner_out"] = rel_err(joiner, golden["joiner_out"])
+    errs["ctc_log_probs"] = rel_err(ctc, golden["ctc_log_probs"])
+    return errs
+
+
+def golden_grad_errors(model, golden, fired: Optional[Iterable[str]] = None) -> Dict[str, float]:
+    fired = load_fired_set() if fired is None else fired
+    model.zero_grad(set_to_none=True)
+    features = golden["features"].clone().requires_grad_(True)
+    with forced_grad_shapers(model, fired):
+        enc, lens = model.forward_encoder(features, golden["feature_lens"])
+        valid = (torch.arange(enc.shape[1])[None, :] < lens[:, None]).unsqueeze(-1).to(enc.dtype)
+        loss = (enc * golden["grad_weights"] * valid).sum()
+        loss.backward()
+    errs = {"grad_loss": rel_err(loss, golden["grad_loss"]), "features_grad": rel_err(features.grad, golden["features_grad"])}
+    params = dict(model.named_parameters())
+    for name, ref in golden["param_grads"].items():
+        grad = params[name].grad
+        errs[f"param_grads[{name}]"] = float("inf") if grad is None else rel_err(grad, ref)
+    return errs
+
+
+def check_against_golden(model, golden, rtol: float = 1e-5, grads: bool = True) -> Dict[str, float]:
+    model.load_state_dict(golden["state_dict"], strict=True)
+    model.eval()
+    errs = golden_forward_errors(model, golden)
+    if grads:
+        errs.update(golden_grad_errors(model, golden))
+    bad = {k: v for k, v in errs.items() if not v <= rtol}
+    if bad:
+        worst = sorted(bad.items(), key=lambda kv: -kv[1])[:20]
+        raise AssertionError(f"{len(bad)} of {len(errs)} golden comparisons exceed rtol={rtol}: {worst}")
+    return errs

@@ -1,0 +1,115 @@
+"""AsrModel: Conv-Embed + Zipformer2 encoder + transducer (decoder, joiner, simple projections)
+and/or CTC heads, with icefall's submodule names so icefall checkpoints load with strict=True.
+
+`forward_encoder(features (B, T, 80), feature_lens (B,)) -> (encoder_out (B, T', E), lens (B,))`,
+T' = ceil(((T - 7) // 2) / 2). Losses live elsewhere (zipformer_fast.asr.*); this module only holds
+the parameters and the encoder forward.
+
+Input checks (clear ValueError / TypeError instead of icefall's asserts or a conv crash):
+features must be a 3-D floating tensor with `feature_dim` channels and T >= 9 frames; lengths a 1-D
+integer tensor with one entry per utterance, each in [9, T] (9 raw frames give 1 encoder frame; icefall
+asserts every output length is > 0). `max(lengths) < T` is allowed (frames past the longest
+utterance are padding). NaN/Inf in features is rejected. All value checks are reduced on-device and
+read back with ONE host sync (icefall's subsampling already syncs once per batch for its length
+assert); pass `validate_inputs=False` to skip them.
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from ..config import ZipformerConfig
+from ..nn.linear import ScaledLinear
+from ..nn.scheduled_float import ScheduledFloat
+from ..nn.subsampling import Conv2dSubsampling
+from ..nn.zipformer import Zipformer2
+from .decoder import Decoder
+from .joiner import Joiner
+
+MIN_FRAMES = 9  # (T - 7) // 2 >= 1
+
+
+class AsrModel(nn.Module):
+    def __init__(self, config: ZipformerConfig, vocab_size: Optional[int] = None, use_transducer: bool = True,
+                 use_ctc: bool = False, validate_inputs: bool = True):
+        super().__init__()
+        if not isinstance(config, ZipformerConfig):
+            raise TypeError(f"config must be a ZipformerConfig, got {type(config).__name__}")
+        if not (use_transducer or use_ctc):
+            raise ValueError("AsrModel: at least one of use_transducer / use_ctc must be True")
+        config.validate()
+        vocab_size = config.vocab_size if vocab_size is None else int(vocab_size)
+        if vocab_size < 2:
+            raise ValueError(f"vocab_size={vocab_size}: must be >= 2")
+        self.config = config
+        self.vocab_size = vocab_size
+        self.validate_inputs = validate_inputs
+        encoder_dim = config.output_dim
+        self.encoder_embed = Conv2dSubsampling(
+            in_channels=config.feature_dim, out_channels=config.encoder_dim[0],
+            layer1_channels=config.embed_channels[0], layer2_channels=config.embed_channels[1],
+            layer3_channels=config.embed_channels[2], dropout=ScheduledFloat((0.0, 0.3), (20000.0, 0.1)))
+        self.encoder = Zipformer2(config)
+        self.use_transducer = use_transducer
+        if use_transducer:
+            self.decoder = Decoder(vocab_size, config.decoder_dim, blank_id=0, context_size=config.context_size)
+            self.joiner = Joiner(encoder_dim, config.decoder_dim, config.joiner_dim, vocab_size)
+            self.simple_am_proj = ScaledLinear(encoder_dim, vocab_size, initial_scale=0.25)
+            self.simple_lm_proj = ScaledLinear(config.decoder_dim, vocab_size, initial_scale=0.25)
+        self.use_ctc = use_ctc
+        if use_ctc:
+            self.ctc_output = nn.Sequential(nn.Dropout(p=0.1), nn.Linear(encoder_dim, vocab_size),
+                                            nn.LogSoftmax(dim=-1))
+
+    # ------------------------------------------------------------------------------ checking
+    def check_inputs(self, features: Tensor, feature_lens: Tensor) -> None:
+        if not isinstance(features, Tensor) or not isinstance(feature_lens, Tensor):
+            raise TypeError("features and feature_lens must be torch.Tensors")
+        if features.ndim != 3:
+            raise ValueError(f"features must be (batch, frames, {self.config.feature_dim}), got shape "
+                             f"{tuple(features.shape)}")
+        if not features.is_floating_point():
+            raise TypeError(f"features must be floating point, got {features.dtype}")
+        B, T, F = features.shape
+        if F != self.config.feature_dim:
+            raise ValueError(f"features have {F} channels; the model expects {self.config.feature_dim}-dim fbank")
+        if T < MIN_FRAMES:
+            raise ValueError(f"features have {T} frames; Conv-Embed needs at least {MIN_FRAMES}")
+        if feature_lens.ndim != 1:
+            raise ValueError(f"feature_lens must be 1-D (batch,), got shape {tuple(feature_lens.shape)}")
+        if feature_lens.is_floating_point() or feature_lens.dtype == torch.bool or feature_lens.is_complex():
+            raise TypeError(f"feature_lens must be an integer tensor, got {feature_lens.dtype}")
+        if feature_lens.shape[0] != B:
+            raise ValueError(f"feature_lens has {feature_lens.shape[0]} entries for a batch of {B}")
+        if not self.validate_inputs or features.device.type == "meta":
+            return
+        too_long, too_short, not_finite = torch.stack([
+            (feature_lens > T).any(), (feature_lens < MIN_FRAMES).any(),
+            ~torch.isfinite(features).all()]).tolist()  # one host sync
+        if too_long:
+            raise ValueError(f"feature_lens {feature_lens.tolist()} exceed the padded length T={T}")
+        if too_short:
+            raise ValueError(f"feature_lens {feature_lens.tolist()}: every utterance needs >= {MIN_FRAMES} frames")
+        if not_finite:
+            raise ValueError("features contain NaN or Inf")
+
+    # ------------------------------------------------------------------------------- forward
+    def forward_encoder(self, features: Tensor, feature_lens: Tensor) -> Tuple[Tensor, Tensor]:
+        """(B, T, 80), (B,) -> encoder_out (B, T', E), encoder_out_lens (B,)."""
+        self.check_inputs(features, feature_lens)
+        x, x_lens = self.encoder_embed(features, feature_lens)
+        T1 = x.shape[1]
+        src_key_padding_mask = torch.arange(T1, device=x.device).unsqueeze(0) >= x_lens.unsqueeze(1)
+        x = x.permute(1, 0, 2)  # (T1, B, D0)
+        out, out_lens = self.encoder(x, x_lens, src_key_padding_mask)
+        return out.permute(1, 0, 2), out_lens
+
+    def forward(self, features: Tensor, feature_lens: Tensor) -> Tuple[Tensor, Tensor]:
+        return self.forward_encoder(features, feature_lens)
+
+    def ctc_log_probs(self, encoder_out: Tensor) -> Tensor:
+        if not self.use_ctc:
+            raise RuntimeError("this AsrModel was built with use_ctc=False")
+        return self.ctc_output(encoder_out)

@@ -1,0 +1,48 @@
+"""BypassModule (icefall): out = x_orig + (x - x_orig) * c with a learned per-channel c.
+
+Training: c goes through limit_param_value([scale_min, scale_max]) (scale_min is scheduled
+0.9 -> 0.2 over 20k batches; gradient-sign flips only), and with skip_rate > 0 c is multiplied by a
+per-sequence keep mask (B, 1): a zero row bypasses the whole module for that sequence (layer drop).
+Eval: the raw parameter. The elementwise combine is zipformer_fast.ops.bypass.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import Tensor, nn
+
+from .. import ops
+from .grad_shapers import limit_param_value
+from .scheduled_float import FloatLike, ScheduledFloat
+
+
+class BypassModule(nn.Module):
+    def __init__(self, embed_dim: int, skip_rate: FloatLike = 0.0, straight_through_rate: FloatLike = 0.0,
+                 scale_min: FloatLike = None, scale_max: FloatLike = 1.0):
+        super().__init__()
+        if scale_min is None:
+            scale_min = ScheduledFloat((0.0, 0.9), (20000.0, 0.2), default=0)
+        self.bypass_scale = nn.Parameter(torch.full((embed_dim,), 0.5))
+        self.skip_rate = copy.deepcopy(skip_rate)
+        self.straight_through_rate = copy.deepcopy(straight_through_rate)
+        self.scale_min = copy.deepcopy(scale_min)
+        self.scale_max = copy.deepcopy(scale_max)
+
+    def get_scale(self, batch_size: int) -> Tensor:
+        """(D,) in eval; in training (D,) or (B, D) with zero rows for skipped sequences."""
+        if torch.jit.is_scripting() or torch.jit.is_tracing() or not self.training:
+            return self.bypass_scale
+        ans = limit_param_value(self.bypass_scale, min=float(self.scale_min), max=float(self.scale_max))
+        skip_rate = float(self.skip_rate)
+        if skip_rate != 0.0:
+            keep = torch.rand((batch_size, 1), device=ans.device) > skip_rate
+            ans = ans * keep
+        straight_through_rate = float(self.straight_through_rate)
+        if straight_through_rate != 0.0:
+            st = torch.rand((batch_size, 1), device=ans.device) < straight_through_rate
+            ans = torch.maximum(ans, st.to(ans.dtype))
+        return ans
+
+    def forward(self, src_orig: Tensor, src: Tensor) -> Tensor:
+        return ops.bypass(src_orig, src, self.get_scale(src.shape[1]))

@@ -1,0 +1,37 @@
+"""Dropout2 (plain dropout with a schedulable p) and Dropout3 (one mask shared along a dim).
+
+Dropout3 is icefall's: the mask has size 1 on `shared_dim` (e.g. one mask per sequence shared by all
+frames), values 0 or 1/(1-p); it is drawn with torch.rand in the input's shape so that the same
+seed gives the same mask as icefall.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .scheduled_float import FloatLike
+
+
+class Dropout2(nn.Module):
+    def __init__(self, p: FloatLike):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: Tensor) -> Tensor:
+        return nn.functional.dropout(x, p=float(self.p), training=self.training)
+
+
+class Dropout3(nn.Module):
+    def __init__(self, p: FloatLike, shared_dim: int):
+        super().__init__()
+        self.p = p
+        self.shared_dim = shared_dim
+
+    def forward(self, x: Tensor) -> Tensor:
+        p = float(self.p)
+        if not self.training or p == 0.0:
+            return x
+        shape = list(x.shape)
+        shape[self.shared_dim] = 1
+        keep = torch.rand(*shape, device=x.device) > p
+        return x * keep * (1.0 / (1.0 - p))

@@ -1,0 +1,253 @@
+"""Gradient-only helpers from icefall's scaling.py: Balancer, Whiten, ScaleGrad, limit_param_value.
+
+None of them changes a forward value; each edits gradients in backward, and each decides with
+Python's `random` (as icefall does, in the same order) whether to act on a given call:
+- Balancer: per-channel limits on mean/std ("proportion positive") and RMS ("abs value").
+  Applied whenever the input requires grad -- also in eval mode -- with probability `prob`.
+- Whiten: pushes the channel covariance towards a multiple of I when a whiteness metric exceeds
+  `whitening_limit`; its probability switches between min_prob/max_prob after each backward.
+- ScaleGrad: gradient x alpha (training only).
+- limit_param_value: flips gradient signs that push a parameter further outside [min, max].
+"""
+from __future__ import annotations
+
+import logging
+import math
+import random
+from typing import Optional, Tuple, Union
+
+import torch
+from torch import Tensor, nn
+
+from .scheduled_float import FloatLike, ScheduledFloat
+
+
+# --------------------------------------------------------------------------------- Balancer
+class _CutoffEstimator:
+    """Running cutoff such that a fraction p of values lie above it (icefall CutoffEstimator).
+    Used to skip Balancers about 5% of the time when CUDA memory is at its high-water mark."""
+
+    def __init__(self, p: float):
+        self.p, self.count, self.count_above, self.cutoff = p, 0, 0, 0.0
+
+    def __call__(self, x: float) -> bool:
+        above = x > self.cutoff
+        self.count += 1
+        self.count_above += int(above)
+        delta = self.count_above / self.count - self.p
+        if (delta > 0) == above:
+            q = abs(delta)
+            self.cutoff = x * q + self.cutoff * (1 - q)
+        return above
+
+
+class _BalancerFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, min_mean: float, max_mean: float, min_rms: float, max_rms: float,
+                grad_scale: float, channel_dim: int) -> Tensor:
+        ctx.save_for_backward(x)
+        ctx.config = (min_mean, max_mean, min_rms, max_rms, grad_scale, channel_dim % x.ndim)
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        (x,) = ctx.saved_tensors
+        min_mean, max_mean, min_rms, max_rms, grad_scale, channel_dim = ctx.config
+        # The constraint loss is differentiated in fp32, outside autocast.
+        with torch.enable_grad(), torch.autocast(device_type=x.device.type, enabled=False):
+            xf = x.detach().to(torch.float32).requires_grad_(True)
+            dims = [d for d in range(xf.ndim) if d != channel_dim]
+            uncentered_var = (xf ** 2).mean(dim=dims, keepdim=True)
+            mean = xf.mean(dim=dims, keepdim=True)
+            stddev = (uncentered_var - mean * mean).clamp(min=1.0e-20).sqrt()
+            rms = uncentered_var.clamp(min=1.0e-20).sqrt()
+            m = mean / stddev
+            m_loss = (m - m.clamp(min=min_mean, max=max_mean)).abs()
+            r_loss = (rms.clamp(min=min_rms, max=max_rms) / rms).log().abs()
+            loss = m_loss + r_loss
+            (loss_grad,) = torch.autograd.grad(loss, xf, torch.ones_like(loss))
+        # Normalise the constraint gradient to RMS grad_scale per channel, then weight each
+        # element by |grad| (a noisy estimate of how much that element matters).
+        loss_grad_rms = (loss_grad ** 2).mean(dim=dims, keepdim=True).sqrt().clamp(min=1.0e-20)
+        loss_grad = loss_grad * (grad_scale / loss_grad_rms)
+        gf = grad.to(torch.float32)
+        return (gf + gf.abs() * loss_grad).to(grad.dtype), None, None, None, None, None, None
+
+
+def _proportion_positive_to_mean(p: float) -> float:
+    # Approximate inverse erf via atanh, as icefall (eps avoids log(0) at p = 0 or 1).
+    z = 2.0 * p - 1.0
+    eps = 1.0e-10
+    return 0.8139535143 * (math.log(1 + z + eps) - math.log(1 - z + eps)) / 2.0
+
+
+def _abs_to_rms(a: float) -> float:
+    return 1.25331413732 * a  # sqrt(pi/2): mean |x| -> rms for Gaussian data
+
+
+class Balancer(nn.Module):
+    """icefall Balancer(num_channels, channel_dim, min_positive, max_positive, min_abs, max_abs,
+    grad_scale, prob). Identity forward."""
+
+    def __init__(self, num_channels: int, channel_dim: int, min_positive: FloatLike = 0.05,
+                 max_positive: FloatLike = 0.95, min_abs: FloatLike = 0.2, max_abs: FloatLike = 100.0,
+                 grad_scale: FloatLike = 0.04, prob: Optional[FloatLike] = None):
+        super().__init__()
+        if prob is None:
+            prob = ScheduledFloat((0.0, 0.5), (8000.0, 0.125), default=0.4)
+        self.prob = prob
+        self.mem_cutoff = _CutoffEstimator(0.05)
+        self.num_channels = num_channels
+        self.channel_dim = channel_dim
+        self.min_positive = min_positive
+        self.max_positive = max_positive
+        self.min_abs = min_abs
+        self.max_abs = max_abs
+        self.grad_scale = grad_scale
+        # None: icefall's random choice; True / False: always / never act (tests, golden replay).
+        self.forced: Optional[bool] = None
+
+    def forward(self, x: Tensor) -> Tensor:
+        if torch.jit.is_scripting() or not x.requires_grad or self.forced is False:
+            return x
+        if self.forced is None:
+            if x.is_cuda and self.mem_cutoff(torch.cuda.memory_allocated()):
+                return x
+            prob = float(self.prob)
+            if random.random() >= prob:
+                return x
+        min_mean = _proportion_positive_to_mean(float(self.min_positive))
+        max_mean = _proportion_positive_to_mean(float(self.max_positive))
+        min_rms = _abs_to_rms(float(self.min_abs))
+        max_rms = _abs_to_rms(float(self.max_abs))
+        grad_scale = float(self.grad_scale)
+        if x.shape[self.channel_dim] != self.num_channels:
+            raise ValueError(f"Balancer: expected {self.num_channels} channels on dim {self.channel_dim}, "
+                             f"got shape {tuple(x.shape)}")
+        return _BalancerFunction.apply(x, min_mean, max_mean, min_rms, max_rms, grad_scale, self.channel_dim)
+
+
+# ----------------------------------------------------------------------------------- Whiten
+def whitening_metric(x: Tensor, num_groups: int) -> Tensor:
+    """>= 1; equals 1 when each group's centred covariance is a multiple of I with equal traces."""
+    x = x.reshape(-1, x.shape[-1])
+    frames, channels = x.shape
+    c = channels // num_groups
+    x = x.reshape(frames, num_groups, c).transpose(0, 1)        # (G, N, c)
+    x = x - x.mean(dim=1, keepdim=True)
+    covar = torch.matmul(x.transpose(1, 2), x)                  # (G, c, c), sum over frames
+    mean_diag = torch.diagonal(covar, dim1=1, dim2=2).mean()
+    covar_sq_mean_diag = (covar ** 2).sum() / (num_groups * c)  # = mean diag of covar @ covar
+    return covar_sq_mean_diag / (mean_diag ** 2 + 1.0e-20)
+
+
+class _WhitenFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, module: "Whiten") -> Tensor:
+        ctx.save_for_backward(x)
+        ctx.module = module
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        (x,) = ctx.saved_tensors
+        w = ctx.module
+        with torch.enable_grad(), torch.autocast(device_type=x.device.type, enabled=False):
+            xf = x.detach().to(torch.float32).requires_grad_(True)
+            metric = whitening_metric(xf, w.num_groups)
+            if random.random() < 0.005:  # icefall's occasional log line (keeps `random` aligned)
+                logging.debug("Whiten metric %.2f vs limit %.2f", metric.item(), float(w.whitening_limit))
+            if metric < float(w.whitening_limit):
+                w.prob = w.min_prob
+                return grad, None
+            w.prob = w.max_prob
+            (penalty_grad,) = torch.autograd.grad(metric, xf)
+        scale = w.grad_scale * (grad.to(torch.float32).norm() / (penalty_grad.norm() + 1.0e-20))
+        return grad + (penalty_grad * scale).to(grad.dtype), None
+
+
+class Whiten(nn.Module):
+    """icefall Whiten(num_groups, whitening_limit, prob=(min_p, max_p), grad_scale). Identity forward."""
+
+    def __init__(self, num_groups: int, whitening_limit: FloatLike,
+                 prob: Union[float, Tuple[float, float]], grad_scale: FloatLike):
+        super().__init__()
+        if num_groups < 1:
+            raise ValueError(f"Whiten: num_groups={num_groups} must be >= 1")
+        if isinstance(prob, (int, float)):
+            prob = (float(prob), float(prob))
+        self.num_groups = num_groups
+        self.whitening_limit = whitening_limit
+        self.grad_scale = grad_scale
+        self.min_prob, self.max_prob = prob
+        if not 0 < self.min_prob <= self.max_prob <= 1:
+            raise ValueError(f"Whiten: prob={prob} must satisfy 0 < min <= max <= 1")
+        self.prob = self.max_prob
+        # None: icefall's random choice; True / False: always / never act (tests, golden replay).
+        self.forced: Optional[bool] = None
+
+    def forward(self, x: Tensor) -> Tensor:
+        grad_scale = float(self.grad_scale)
+        if not x.requires_grad or self.forced is False:
+            return x
+        if self.forced is None and random.random() > self.prob:
+            return x
+        if grad_scale == 0:
+            return x
+        return _WhitenFunction.apply(x, self)
+
+
+def whitening_schedule(x: float, ratio: float = 2.0) -> ScheduledFloat:
+    """icefall `_whitening_schedule`: x at batch 0 -> ratio*x at 20000, default x."""
+    return ScheduledFloat((0.0, x), (20000.0, ratio * x), default=x)
+
+
+# ------------------------------------------------------------------- ScaleGrad / limit_param
+class _ScaleGradFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, alpha: float) -> Tensor:
+        ctx.alpha = alpha
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        return grad * ctx.alpha, None
+
+
+class ScaleGrad(nn.Module):
+    """Identity forward; gradient x alpha in training."""
+
+    def __init__(self, alpha: float):
+        super().__init__()
+        self.alpha = alpha
+
+    def forward(self, x: Tensor) -> Tensor:
+        if torch.jit.is_scripting() or torch.jit.is_tracing() or not self.training:
+            return x
+        return _ScaleGradFunction.apply(x, self.alpha)
+
+
+class _LimitParamValue(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, min_value: float, max_value: float) -> Tensor:
+        ctx.save_for_backward(x)
+        ctx.bounds = (min_value, max_value)
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        (x,) = ctx.saved_tensors
+        lo, hi = ctx.bounds
+        # Below min: make the gradient push x up; above max: push it down.
+        grad = grad * torch.where((grad > 0) & (x < lo), -1.0, 1.0)
+        grad = grad * torch.where((grad < 0) & (x > hi), -1.0, 1.0)
+        return grad, None, None
+
+
+def limit_param_value(x: Tensor, min: float, max: float, prob: float = 0.6, training: bool = True) -> Tensor:
+    """With probability `prob` (training only) wrap x so backward keeps it within [min, max]."""
+    if max < min:
+        raise ValueError(f"limit_param_value: max={max} < min={min}")
+    if training and random.random() < prob:
+        return _LimitParamValue.apply(x, min, max)
+    return x

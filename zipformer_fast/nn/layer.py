@@ -1,0 +1,124 @@
+"""Zipformer2EncoderLayer (icefall), spec section 4.
+
+Submodules are registered in icefall's order (it defines the state-dict order). Forward:
+shared attention weights from the layer input; FF1; non-linear attention (head 0); SA1; Conv1;
+FF2; mid bypass; SA2; Conv2; FF3; BiasNorm; bypass (layer drop). Training adds per-sequence skips
+whose rates are ScheduledFloats (0 in eval). Python-random draws follow icefall's order.
+"""
+from __future__ import annotations
+
+import copy
+import random
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+from .. import ops
+from .attention import NonlinAttention, RelPositionMultiheadAttentionWeights, SelfAttention
+from .bias_norm import BiasNorm
+from .bypass import BypassModule
+from .convolution import ConvolutionModule
+from .feedforward import FeedforwardModule
+from .grad_shapers import Balancer, Whiten, whitening_schedule
+from .scheduled_float import FloatLike, ScheduledFloat
+
+
+def _sf(*points, default=0.0) -> ScheduledFloat:
+    return ScheduledFloat(*points, default=default)
+
+
+class Zipformer2EncoderLayer(nn.Module):
+    def __init__(self, embed_dim: int, pos_dim: int, num_heads: int, query_head_dim: int, pos_head_dim: int,
+                 value_head_dim: int, feedforward_dim: int, dropout: FloatLike = 0.1, cnn_module_kernel: int = 31,
+                 causal: bool = False):
+        super().__init__()
+        self.embed_dim = embed_dim
+        self.bypass = BypassModule(embed_dim, skip_rate=_sf((0.0, 0.5), (4000.0, 0.02)), straight_through_rate=0)
+        self.bypass_mid = BypassModule(embed_dim, straight_through_rate=0)
+        self.attention_skip_rate = _sf((0.0, 0.2), (4000.0, 0.05), (16000, 0.0))
+        self.conv_skip_rate = _sf((0.0, 0.2), (4000.0, 0.05), (16000, 0.0))
+        self.ff2_skip_rate = _sf((0.0, 0.1), (4000.0, 0.01), (50000.0, 0.0))
+        self.ff3_skip_rate = _sf((0.0, 0.1), (4000.0, 0.01), (50000.0, 0.0))
+        self.const_attention_rate = _sf((0.0, 0.25), (4000.0, 0.025))
+        self.self_attn_weights = RelPositionMultiheadAttentionWeights(
+            embed_dim, pos_dim=pos_dim, num_heads=num_heads, query_head_dim=query_head_dim,
+            pos_head_dim=pos_head_dim, dropout=0.0)
+        self.self_attn1 = SelfAttention(embed_dim, num_heads, value_head_dim)
+        self.self_attn2 = SelfAttention(embed_dim, num_heads, value_head_dim)
+        self.feed_forward1 = FeedforwardModule(embed_dim, (feedforward_dim * 3) // 4, dropout)
+        self.feed_forward2 = FeedforwardModule(embed_dim, feedforward_dim, dropout)
+        self.feed_forward3 = FeedforwardModule(embed_dim, (feedforward_dim * 5) // 4, dropout)
+        self.nonlin_attention = NonlinAttention(embed_dim, hidden_channels=3 * embed_dim // 4)
+        self.conv_module1 = ConvolutionModule(embed_dim, cnn_module_kernel, causal=causal)
+        self.conv_module2 = ConvolutionModule(embed_dim, cnn_module_kernel, causal=causal)
+        # Unused in forward ("TODO: remove it" in icefall) but present in every checkpoint.
+        self.bypass_scale = nn.Parameter(torch.full((embed_dim,), 0.5))
+        self.norm = BiasNorm(embed_dim)
+        self.balancer1 = Balancer(embed_dim, channel_dim=-1, min_positive=0.45, max_positive=0.55,
+                                  min_abs=0.2, max_abs=4.0)
+        self.balancer_na = Balancer(embed_dim, channel_dim=-1, min_positive=0.3, max_positive=0.7,
+                                    min_abs=ScheduledFloat((0.0, 0.004), (4000.0, 0.02)), prob=0.05)
+        self.balancer_ff2 = Balancer(embed_dim, channel_dim=-1, min_positive=0.3, max_positive=0.7,
+                                     min_abs=_sf((0.0, 0.0), (4000.0, 0.1)), max_abs=2.0, prob=0.05)
+        self.balancer_ff3 = Balancer(embed_dim, channel_dim=-1, min_positive=0.3, max_positive=0.7,
+                                     min_abs=_sf((0.0, 0.0), (4000.0, 0.2)), max_abs=4.0, prob=0.05)
+        self.whiten = Whiten(num_groups=1, whitening_limit=whitening_schedule(4.0, ratio=3.0),
+                             prob=(0.025, 0.25), grad_scale=0.01)
+        self.balancer2 = Balancer(embed_dim, channel_dim=-1, min_positive=0.45, max_positive=0.55,
+                                  min_abs=0.1, max_abs=4.0)
+
+    def _sequence_mask(self, x: Tensor, rate: float) -> Optional[Tensor]:
+        """(B, 1) keep mask (0/1 in x's dtype) or None when nothing is dropped."""
+        if rate == 0.0 or not self.training or torch.jit.is_scripting() or torch.jit.is_tracing():
+            return None
+        return (torch.rand(x.shape[1], 1, device=x.device) > rate).to(x.dtype)
+
+    @staticmethod
+    def _masked(y: Tensor, mask: Optional[Tensor]) -> Tensor:
+        return y if mask is None else y * mask
+
+    def forward(self, src: Tensor, pos_emb: Tensor, chunk_size: int = -1, attn_mask: Optional[Tensor] = None,
+                src_key_padding_mask: Optional[Tensor] = None) -> Tensor:
+        """src (T, B, D); pos_emb (1, 2T-1, P)."""
+        src_orig = src
+        attention_skip_rate = float(self.attention_skip_rate) if self.training else 0.0
+        attn_weights = self.self_attn_weights(src, pos_emb=pos_emb, attn_mask=attn_mask,
+                                              key_padding_mask=src_key_padding_mask)
+        src = src + self.feed_forward1(src)
+        att_mask = self._sequence_mask(src, attention_skip_rate)
+
+        head0 = ops.attention_head0(attn_weights)
+        # icefall's condition is `not self.training and random() < const_attention_rate`; the rate is
+        # a ScheduledFloat whose eval value is 0, so constant attention never fires (in training the
+        # `not self.training` short-circuits). Reproduced as is, including the eval-mode draw.
+        if not self.training and random.random() < float(self.const_attention_rate):
+            head0 = ops.constant_attention(head0)
+
+        na = self.balancer_na(self.nonlin_attention(src, head0))
+        src = src + self._masked(na, att_mask)
+        src = src + self._masked(self.self_attn1(src, attn_weights), att_mask)
+
+        conv_skip_rate = float(self.conv_skip_rate) if self.training else 0.0
+        conv = self.conv_module1(src, chunk_size=chunk_size, src_key_padding_mask=src_key_padding_mask)
+        src = src + self._masked(conv, self._sequence_mask(src, conv_skip_rate))
+
+        ff2_skip_rate = float(self.ff2_skip_rate) if self.training else 0.0
+        ff2 = self.balancer_ff2(self.feed_forward2(src))
+        src = src + self._masked(ff2, self._sequence_mask(src, ff2_skip_rate))
+
+        src = self.bypass_mid(src_orig, src)
+
+        src = src + self._masked(self.self_attn2(src, attn_weights), att_mask)
+
+        conv_skip_rate = float(self.conv_skip_rate) if self.training else 0.0
+        conv = self.conv_module2(src, chunk_size=chunk_size, src_key_padding_mask=src_key_padding_mask)
+        src = src + self._masked(conv, self._sequence_mask(src, conv_skip_rate))
+
+        ff3_skip_rate = float(self.ff3_skip_rate) if self.training else 0.0
+        ff3 = self.balancer_ff3(self.feed_forward3(src))
+        src = src + self._masked(ff3, self._sequence_mask(src, ff3_skip_rate))
+
+        src = self.norm(self.balancer1(src))
+        src = self.bypass(src_orig, src)
+        return self.whiten(self.balancer2(src))

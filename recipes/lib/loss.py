@@ -1,0 +1,54 @@
+"""One batch's loss as icefall's compute_loss: encoder forward, pruned transducer (simple + pruned)
+and/or CTC, weighted by the warm-up schedule (spec 10.1); every term is a sum over the batch.
+
+`LossModule` puts the whole loss inside one forward so that DDP sees every parameter used
+(the decoder, joiner and CTC head included); DDP wraps it, checkpoints save `.model`.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Tuple
+
+import torch
+from torch import nn
+
+from zipformer_fast.asr.ctc import ctc_loss
+from zipformer_fast.asr.loss_weights import LossWeights
+from zipformer_fast.asr.transducer_loss import transducer_loss
+
+
+class LossModule(nn.Module):
+    def __init__(self, model, prune_range: int = 5, lm_scale: float = 0.25, am_scale: float = 0.0):
+        super().__init__()
+        self.model = model
+        self.prune_range, self.lm_scale, self.am_scale = prune_range, lm_scale, am_scale
+
+    def forward(self, feats: torch.Tensor, feat_lens: torch.Tensor,
+                targets: List[List[int]]) -> Dict[str, torch.Tensor]:
+        m = self.model
+        encoder_out, encoder_out_lens = m.forward_encoder(feats, feat_lens)
+        terms = {}
+        if m.use_transducer:
+            terms["simple"], terms["pruned"] = transducer_loss(
+                m, encoder_out, encoder_out_lens, targets, prune_range=self.prune_range,
+                lm_scale=self.lm_scale, am_scale=self.am_scale, reduction="sum")
+        if m.use_ctc:
+            terms["ctc"] = ctc_loss(m.ctc_log_probs(encoder_out), encoder_out_lens, targets,
+                                    blank=0, reduction="sum")
+        return terms
+
+
+def compute_loss(loss_module, feats: torch.Tensor, feat_lens: torch.Tensor, targets: List[List[int]],
+                 batch_idx_train: int, weights: LossWeights) -> Tuple[torch.Tensor, Dict[str, float]]:
+    """-> (weighted loss, logging info with per-term sums, frames and utterances)."""
+    terms = loss_module(feats, feat_lens, targets)
+    loss = weights.combine(batch_idx_train, **terms)
+    if not torch.isfinite(loss):
+        raise RuntimeError(f"non-finite loss {loss.item()} at batch {batch_idx_train} (terms "
+                           f"{ {k: v.item() for k, v in terms.items()} }); check the data filter "
+                           "(utterances with more tokens than encoder frames) and the learning rate")
+    info = {k: v.detach().item() for k, v in terms.items()}
+    info["loss"] = loss.detach().item()
+    # icefall logs per-frame values; frames counted after 4x subsampling.
+    info["frames"] = float((feat_lens // 4).sum().item())
+    info["utterances"] = float(feats.size(0))
+    return loss, info

@@ -27,7 +27,7 @@ def _gemm_configs(shapes):
     return configs(
         [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}, num_warps=w, num_stages=s)
          for bm, bn, bk, w, s in shapes],
-        triton.Config({"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 2}, num_warps=4, num_stages=1),
+        triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 64, "GROUP_M": 2}, num_warps=4, num_stages=1),
     )
 
 
@@ -191,7 +191,7 @@ def backward(g, x2, w, mask2, shift, offset, need_dx: bool, need_dw: bool):
         tiles = triton.cdiv(N, 64) * triton.cdiv(K, 64)
         split = max(1, min(reduction_programs(M, x2.device, min_rows=256) // max(1, tiles // 4), triton.cdiv(M, 256)))
         if INTERPRET:
-            split = min(2, triton.cdiv(M, 32))
+            split = min(2, triton.cdiv(M, 64))
         m_per = triton.cdiv(M, split)
         part = torch.empty((split, N, K), dtype=torch.float32, device=x2.device)
         grid = lambda meta: (triton.cdiv(N, meta["BLOCK_N"]), triton.cdiv(K, meta["BLOCK_K"]), split)

@@ -19,11 +19,11 @@ from ._common import configs, reduction_programs
 
 _FWD_CONFIGS = configs(
     [triton.Config({"BLOCK_M": bm}, num_warps=w) for bm, w in ((1, 4), (4, 4), (8, 8), (16, 8))],
-    triton.Config({"BLOCK_M": 16}, num_warps=4),
+    triton.Config({"BLOCK_M": 64}, num_warps=4),
 )
 _BWD_CONFIGS = configs(
     [triton.Config({"BLOCK_M": bm}, num_warps=w) for bm, w in ((1, 4), (2, 4), (4, 8), (8, 8))],
-    triton.Config({"BLOCK_M": 8}, num_warps=4),
+    triton.Config({"BLOCK_M": 32}, num_warps=4),
 )
 
 

@@ -19,18 +19,18 @@ from ._common import configs, reduction_programs
 _CONFIGS = configs(
     [triton.Config({"BLOCK_T": bt, "BLOCK_N": bn}, num_warps=w)
      for bt, bn, w in ((2, 1024, 4), (4, 512, 4), (8, 256, 4), (4, 1024, 8))],
-    triton.Config({"BLOCK_T": 8, "BLOCK_N": 64}, num_warps=4),
+    triton.Config({"BLOCK_T": 32, "BLOCK_N": 256}, num_warps=4),
 )
 _BWD_CONFIGS = configs(
     [triton.Config({"BLOCK_T": bt, "BLOCK_N": bn}, num_warps=w)
      for bt, bn, w in ((1, 1024, 4), (2, 512, 4), (4, 256, 4), (4, 512, 8))],
-    triton.Config({"BLOCK_T": 8, "BLOCK_N": 64}, num_warps=4),
+    triton.Config({"BLOCK_T": 32, "BLOCK_N": 256}, num_warps=4),
 )
 # Upsample kernels loop over the ds frames of a group themselves: their tile is BLOCK_G groups.
 _UP_CONFIGS = configs(
     [triton.Config({"BLOCK_G": bg, "BLOCK_N": bn}, num_warps=w)
      for bg, bn, w in ((1, 1024, 4), (2, 512, 4), (4, 256, 4), (2, 1024, 8))],
-    triton.Config({"BLOCK_G": 4, "BLOCK_N": 64}, num_warps=4),
+    triton.Config({"BLOCK_G": 16, "BLOCK_N": 256}, num_warps=4),
 )
 
 

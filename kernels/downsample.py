@@ -20,11 +20,11 @@ from ._common import configs, reduction_programs
 _FWD_CONFIGS = configs(
     [triton.Config({"BLOCK_G": bg, "BLOCK_N": bn}, num_warps=w)
      for bg, bn, w in ((1, 1024, 4), (2, 512, 4), (4, 256, 4), (2, 1024, 8))],
-    triton.Config({"BLOCK_G": 4, "BLOCK_N": 64}, num_warps=4),
+    triton.Config({"BLOCK_G": 16, "BLOCK_N": 256}, num_warps=4),
 )
 _BWD_CONFIGS = configs(
     [triton.Config({"BLOCK_G": bg}, num_warps=w) for bg, w in ((1, 4), (2, 4), (2, 8), (4, 8))],
-    triton.Config({"BLOCK_G": 4}, num_warps=4),
+    triton.Config({"BLOCK_G": 8}, num_warps=4),
 )
 
 
@@ -100,7 +100,7 @@ def backward(grad, x, w, dx, ds: int):
     T, B, C = x.shape
     Tg = grad.shape[0]
     # Fixed (not tuned) column block: the partial buffer's size depends on it.
-    block_n = max(64, 2048 // ds) if x.device.type == "cuda" else 64
+    block_n = max(64, 2048 // ds) if x.device.type == "cuda" else 256
     block_n = min(block_n, triton.next_power_of_2(B * C))
     n_blocks = triton.cdiv(B * C, block_n)
     progs = reduction_programs(Tg, x.device, min_rows=max(2, 16 // max(1, n_blocks)))

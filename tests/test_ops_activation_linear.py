@@ -3,7 +3,7 @@
 
 Output, input gradient, weight and bias gradients (per-dtype tolerances of test_ops_helpers; the
 interpreter's tl.dot is exact, so fp32 needs no TF32 allowance here) over M, N, K that are not
-multiples of the 32-wide interpreter tiles (including K, N < 16), batch 1, no bias, masks shared
+multiples of the 64-wide interpreter tiles (including K, N < 16), batch 1, no bias, masks shared
 over time (1, B, K), over batch (T, 1, K) and none, gradients for a subset of inputs, fp16 autocast,
 and that the activation output is not saved for backward.
 """
@@ -18,7 +18,8 @@ from zipformer_fast import use_backend
 pytest.importorskip("triton")
 AL = importlib.import_module("zipformer_fast.ops.activation_linear")
 
-SHAPES = [(1, 1, 7, 5), (9, 3, 70, 41), (5, 2, 33, 64)]  # T, B, K (in), N (out)
+# T, B, K (in), N (out); the last spans 2 x 3 output tiles and 2 K steps of the 64-wide interpreter tiles.
+SHAPES = [(1, 1, 7, 5), (9, 3, 70, 41), (5, 2, 33, 64), (40, 2, 70, 130)]
 
 
 def _make(T, B, K, N, dtype, bias=True, mask="shared", seed=0):

@@ -1,0 +1,128 @@
+"""Activation memory of one training forward: bytes saved for backward, per backend.
+
+Counts every tensor autograd saves (torch.autograd.graph.saved_tensors_hooks) once per storage
+(a saved view keeps its whole storage alive, so the storage's bytes are counted), parameters
+excluded. Deterministic and device-independent: the training-memory measure on a CPU machine.
+
+With --fake (default) the model runs under FakeTensorMode: no arithmetic, no kernels, only shapes
+and the ops' registered fake implementations, so Zipformer-M on a 10 s utterance takes seconds.
+tests/test_saved_bytes.py checks that the fake count equals a real (interpreter) run on XS.
+
+    TRITON_INTERPRET=1 python bench/saved_bytes.py [--preset M] [--seconds 10] [--batch 1] [--real]
+                                                   [--attention-reference] [--out-dir DIR]
+The triton backend needs triton importable and, on CPU, TRITON_INTERPRET=1. --attention-reference
+keeps the attention ops on their reference in both runs (isolates the memory-bound/GEMM ops).
+Writes <out-dir>/saved_bytes.json (default bench/results/cpu/) and prints a table.
+"""
+import argparse
+import contextlib
+import json
+import pathlib
+import random
+import sys
+
+import torch
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from zipformer_fast import use_backend  # noqa: E402
+
+
+def _key(t):
+    # _cdata identifies the StorageImpl, also for fake tensors (their data_ptr is 0).
+    return t.untyped_storage()._cdata
+
+
+def saved_bytes(model, features, feature_lens, backend: str, fake: bool = True, seed: int = 0) -> dict:
+    """{'bytes': total, 'tensors': count} saved by one training forward of model.forward_encoder."""
+    model.train()
+    mode = contextlib.nullcontext()
+    if fake:
+        from torch._subclasses.fake_tensor import FakeTensorMode
+        mode = FakeTensorMode(allow_non_fake_inputs=True)
+    seen = {}
+    with mode:
+        tensors = dict(model.named_parameters())
+        n_params = len(tensors)
+        tensors.update(model.named_buffers())
+        if fake:  # fake copies, kept alive here so that their storages stay distinct
+            tensors = {n: mode.from_tensor(t) for n, t in tensors.items()}
+            features, feature_lens = mode.from_tensor(features), mode.from_tensor(feature_lens)
+        params = {_key(t) for t in list(tensors.values())[:n_params]}
+
+        def pack(t):
+            k = _key(t)
+            if k not in params:
+                # Keep the tensor: a freed storage's address could be reused and miscounted.
+                seen[k] = (t.untyped_storage().nbytes(), t)
+            return t
+
+        torch.manual_seed(seed)
+        random.seed(seed)
+        validate = getattr(model, "validate_inputs", None)
+        if fake and validate is not None:
+            model.validate_inputs = False  # data-dependent checks cannot run on fake tensors
+        try:
+            with use_backend(backend), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+                if fake:
+                    torch.func.functional_call(model, tensors, (features, feature_lens))
+                else:
+                    model.forward_encoder(features, feature_lens)
+        finally:
+            if validate is not None:
+                model.validate_inputs = validate
+    return {"bytes": int(sum(nb for nb, _ in seen.values())), "tensors": len(seen)}
+
+
+@contextlib.contextmanager
+def attention_reference():
+    import zipformer_fast.ops.attention as attention
+    saved = attention.use_triton_for
+    attention.use_triton_for = lambda *t: False
+    try:
+        yield
+    finally:
+        attention.use_triton_for = saved
+
+
+def main(argv=None) -> int:
+    from zipformer_fast.asr.model import AsrModel
+    from zipformer_fast.config import ZipformerConfig
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--preset", default="M")
+    ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--real", action="store_true", help="run the kernels (interpreter on CPU) instead of fake tensors")
+    ap.add_argument("--attention-reference", action="store_true")
+    ap.add_argument("--out-dir", default=str(ROOT / "bench" / "results" / "cpu"))
+    a = ap.parse_args(argv)
+    cfg = ZipformerConfig.preset(a.preset)
+    model = AsrModel(cfg, vocab_size=cfg.vocab_size, use_transducer=True, use_ctc=True)
+    T = int(round(a.seconds * 100))  # 100 fbank frames per second
+    features = torch.randn(a.batch, T, 80)
+    lens = torch.full((a.batch,), T, dtype=torch.long)
+    res = {}
+    ctx = attention_reference() if a.attention_reference else contextlib.nullcontext()
+    with ctx:
+        for backend in ("reference", "triton"):
+            res[backend] = saved_bytes(model, features, lens, backend, fake=not a.real)
+    ratio = res["triton"]["bytes"] / res["reference"]["bytes"]
+    out = dict(preset=a.preset, seconds=a.seconds, batch=a.batch, frames=T, fake=not a.real,
+               attention="reference" if a.attention_reference else "backend", torch=torch.__version__,
+               command="python " + " ".join(sys.argv), **{f"{k}_MiB": v["bytes"] / 2**20 for k, v in res.items()},
+               **{f"{k}_tensors": v["tensors"] for k, v in res.items()}, triton_over_reference=ratio)
+    print(f"Zipformer-{a.preset}, {a.batch} x {a.seconds:g} s, saved for backward (one training forward):")
+    for k, v in res.items():
+        print(f"  {k:10s} {v['bytes'] / 2**20:10.1f} MiB  ({v['tensors']} tensors)")
+    print(f"  triton / reference = {ratio:.3f}")
+    d = pathlib.Path(a.out_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    name = f"saved_bytes_{a.preset}_{a.seconds:g}s_b{a.batch}{'_attnref' if a.attention_reference else ''}.json"
+    (d / name).write_text(json.dumps(out, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

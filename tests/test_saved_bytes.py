@@ -1,0 +1,42 @@
+"""Training activation memory: bytes saved for backward by one training forward of the XS model
+(bench/saved_bytes.py: saved_tensors_hooks, each storage once, parameters excluded).
+
+- The fused backend saves strictly less than the reference (the fused ops keep x and tiny per-row
+  or per-channel statistics, never the activation outputs or differences the reference stores).
+- The fake-tensor count (used by bench/saved_bytes.py for Zipformer-M) equals the count of a real
+  run (kernels in the interpreter), for both backends.
+Attention runs its reference in both backends here (helper E measures its own kernels).
+"""
+import pathlib
+import sys
+
+import pytest
+import torch
+
+from zipformer_fast.asr.model import AsrModel
+from zipformer_fast.config import ZipformerConfig
+
+pytest.importorskip("triton")
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "bench"))
+from saved_bytes import attention_reference, saved_bytes  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def measured():
+    model = AsrModel(ZipformerConfig.preset("XS"), vocab_size=64, use_transducer=True, use_ctc=True)
+    features = torch.randn(2, 120, 80)
+    lens = torch.tensor([120, 97])
+    with attention_reference():
+        return {(b, fake): saved_bytes(model, features, lens, b, fake=fake)
+                for b in ("reference", "triton") for fake in (True, False)}
+
+
+def test_fused_backend_saves_strictly_less(measured):
+    ref, fused = measured[("reference", False)], measured[("triton", False)]
+    assert fused["bytes"] < ref["bytes"], (fused, ref)
+    assert fused["tensors"] < ref["tensors"]
+
+
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+def test_fake_tensor_count_equals_real_run(measured, backend):
+    assert measured[(backend, True)] == measured[(backend, False)]

@@ -13,22 +13,10 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from ..asr.decoder import Decoder
+from ..asr.joiner import Joiner
+from ..nn.linear import ScaledLinear
 from .conformer import ConformerConfig, ConformerEncoder
-
-
-class _StatelessDecoder(nn.Module):
-    def __init__(self, vocab_size: int, decoder_dim: int, context_size: int):
-        super().__init__()
-        self.embedding = nn.Embedding(vocab_size, decoder_dim)
-        self.conv = nn.Conv1d(decoder_dim, decoder_dim, context_size, groups=decoder_dim // 4, bias=False)
-
-
-class _Joiner(nn.Module):
-    def __init__(self, encoder_dim: int, decoder_dim: int, joiner_dim: int, vocab_size: int):
-        super().__init__()
-        self.encoder_proj = nn.Linear(encoder_dim, joiner_dim)
-        self.decoder_proj = nn.Linear(decoder_dim, joiner_dim)
-        self.output_linear = nn.Linear(joiner_dim, vocab_size)
 
 
 class ConformerAsrModel(nn.Module):
@@ -37,10 +25,11 @@ class ConformerAsrModel(nn.Module):
         self.cfg = cfg
         self.encoder = ConformerEncoder(cfg)
         if use_transducer:
-            self.decoder = _StatelessDecoder(cfg.vocab_size, cfg.decoder_dim, cfg.context_size)
-            self.joiner = _Joiner(cfg.d_model, cfg.decoder_dim, cfg.joiner_dim, cfg.vocab_size)
-            self.simple_am_proj = nn.Linear(cfg.d_model, cfg.vocab_size)
-            self.simple_lm_proj = nn.Linear(cfg.decoder_dim, cfg.vocab_size)
+            # The Zipformer AsrModel's own heads: the same shapes icefall gave its Conformer.
+            self.decoder = Decoder(cfg.vocab_size, cfg.decoder_dim, blank_id=0, context_size=cfg.context_size)
+            self.joiner = Joiner(cfg.d_model, cfg.decoder_dim, cfg.joiner_dim, cfg.vocab_size)
+            self.simple_am_proj = ScaledLinear(cfg.d_model, cfg.vocab_size, initial_scale=0.25)
+            self.simple_lm_proj = ScaledLinear(cfg.decoder_dim, cfg.vocab_size, initial_scale=0.25)
 
     def forward_encoder(self, features: Tensor, feature_lens: Tensor):
         """(B, T, 80), (B,) -> encoder output (B, T', d_model), output lengths (B,)."""

@@ -1,0 +1,140 @@
+#!/usr/bin/env bash
+# One-shot GPU validation, in under 10 minutes on one H100/H200 without network:
+#   bash bench/gpu_check.sh            (from anywhere; env: GPU_CHECK_DEADLINE=seconds, default 560)
+# Stages (each time-boxed with `timeout`; a failure or hang in one does not stop the next):
+#   env, install (pip -e . --no-build-isolation --no-deps; PYTHONPATH=. is set either way),
+#   gpu_tests (pytest on CUDA: -m gpu, tests/test_gpu_*.py and every test whose name says
+#   cuda/gpu/triton/kernel/fused), fig3 (encoder_latency: 6 models, reference + triton, fp32,
+#   the paper's 30 x 30 s), train (Zipformer-M training step, reference vs triton, fp32 + bf16),
+#   compile (torch.compile of the reference Zipformer-L), kernels (bench/kernels.py),
+#   optimizer (bench/optimizer.py), bf16 (Figure 3 in bf16), summary.
+# Results go to bench/results/<device>/ (CSV/JSON/PNG + one log per stage + summary.md); when
+# $OUT is set, a tarball of that folder, the log, summary.md, the latency CSV and figure3.png are
+# copied there too (5 files). Without CUDA it runs a CPU smoke of the same stages (tiny models,
+# seconds) and says what it skipped. GPU_CHECK_PLAN_ONLY=1 prints the stages and exits;
+# GPU_CHECK_RESULTS=DIR writes somewhere else than bench/results/<device>/ (the CPU smoke
+# writes to $TMPDIR/zipformer_fast_gpu_check/ by default).
+set -uo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONUNBUFFERED=1
+PY=${PYTHON:-python3}
+if [ -x "$ROOT/.venv/bin/python" ] && [ -z "${PYTHON:-}" ] && ! "$PY" -c "import torch" 2>/dev/null; then
+  PY="$ROOT/.venv/bin/python"
+fi
+DEADLINE=${GPU_CHECK_DEADLINE:-560}
+START=$(date +%s)
+
+if "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
+  GPU=1
+  SLUG=$("$PY" -c "import re, torch; print(re.sub(r'[^A-Za-z0-9._-]+', '_', torch.cuda.get_device_name(0)).strip('_'))")
+else
+  GPU=0
+  SLUG=cpu-smoke
+fi
+if [ "$GPU" = 1 ]; then RESULTS=${GPU_CHECK_RESULTS:-$ROOT/bench/results/$SLUG}
+else RESULTS=${GPU_CHECK_RESULTS:-${TMPDIR:-/tmp}/zipformer_fast_gpu_check/$SLUG}; fi  # keep smoke out of git
+mkdir -p "$RESULTS"
+LOG="$RESULTS/gpu_check.log"
+: > "$LOG"
+SUMMARY=()
+
+say() { echo "[gpu_check $(( $(date +%s) - START ))s] $*" | tee -a "$LOG"; }
+
+# stage NAME CAP_SECONDS COMMAND... : runs COMMAND with timeout min(CAP, time left), logs to
+# $RESULTS/NAME.log and to the main log, records ok / FAIL(rc) / TIMEOUT / SKIPPED.
+stage() {
+  local name=$1 cap=$2; shift 2
+  local left=$(( DEADLINE - ( $(date +%s) - START ) - 10 ))
+  local limit=$(( cap < left ? cap : left ))
+  if [ "${GPU_CHECK_PLAN_ONLY:-0}" = "1" ]; then
+    echo "stage $name (cap ${cap}s): $*"; SUMMARY+=("$name|planned|0"); return 0
+  fi
+  if [ "$limit" -lt 15 ]; then
+    say "SKIP $name: only ${left}s left before the ${DEADLINE}s deadline"
+    SUMMARY+=("$name|SKIPPED (deadline)|0"); return 0
+  fi
+  say "BEGIN $name (limit ${limit}s): $*"
+  local t0=$(date +%s)
+  timeout --kill-after=10 "$limit" "$@" > "$RESULTS/$name.log" 2>&1
+  local rc=$?
+  local dt=$(( $(date +%s) - t0 ))
+  tail -n 40 "$RESULTS/$name.log" >> "$LOG"
+  local status=ok
+  if [ $rc -eq 124 ] || [ $rc -eq 137 ]; then status="TIMEOUT after ${limit}s"
+  elif [ $rc -ne 0 ]; then status="FAIL (rc $rc)"; fi
+  say "END $name: $status in ${dt}s"
+  SUMMARY+=("$name|$status|$dt")
+}
+
+skip() { say "SKIP $1: $2"; SUMMARY+=("$1|SKIPPED ($2)|0"); }
+
+# The option name a helper's benchmark uses for its output folder (--out-dir or --out), if any.
+out_flag() { "$PY" "$1" --help 2>/dev/null | grep -oE -- '--out(-dir)?\b' | head -n1; }
+
+run_other_bench() {  # NAME SCRIPT CAP [ARGS...]
+  local name=$1 script=$2 cap=$3; shift 3
+  if [ ! -f "$script" ]; then skip "$name" "$script not found"; return; fi
+  local flag=--out-dir
+  [ "${GPU_CHECK_PLAN_ONLY:-0}" = "1" ] || flag=$(out_flag "$script")
+  if [ -n "$flag" ]; then stage "$name" "$cap" "$PY" "$script" "$@" "$flag" "$RESULTS"
+  else stage "$name" "$cap" "$PY" "$script" "$@"; fi
+}
+
+LAT="bench/encoder_latency.py --out-dir $RESULTS --append --no-plot"
+say "device: $SLUG (GPU=$GPU), python: $PY, deadline ${DEADLINE}s, results: $RESULTS"
+[ "${GPU_CHECK_PLAN_ONLY:-0}" = "1" ] || rm -f "$RESULTS/encoder_latency.csv" "$RESULTS/encoder_latency.json"
+
+stage env 30 bash -c "nvidia-smi 2>/dev/null || echo 'no nvidia-smi'; $PY -c 'import torch, sys; print(sys.version); print(\"torch\", torch.__version__, \"cuda\", torch.version.cuda, torch.cuda.is_available()); import triton; print(\"triton\", triton.__version__)'; git -C '$ROOT' log --oneline -3 || true"
+
+if [ "$GPU" = 1 ]; then
+  # The CUDA extension builds only for this machine's architecture (fast); a failed build or a
+  # timeout leaves PYTHONPATH=. in force, and the optimizer falls back to its JIT/foreach paths.
+  export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-$("$PY" -c "import torch; print('%d.%d' % torch.cuda.get_device_capability())")}
+  export MAX_JOBS=${MAX_JOBS:-16}
+  stage install 180 "$PY" -m pip install --no-build-isolation --no-deps -e .
+
+  # -k matches test, class and module names and marker names (case-insensitive): this takes
+  # tests/test_gpu_*.py, @pytest.mark.gpu tests and the suite's CUDA/kernel tests.
+  stage gpu_tests 150 "$PY" -m pytest -q -p no:cacheprovider tests \
+      -k "cuda or gpu or triton or kernel or fused" --junitxml "$RESULTS/gpu_tests.xml"
+
+  stage fig3 150 "$PY" $LAT --backends reference,triton --dtypes fp32 --modes infer
+  stage train 120 "$PY" $LAT --models zipformer-M --backends reference,triton --dtypes fp32,bf16 \
+      --modes train --warmup 2 --iters 5
+  stage compile 150 "$PY" $LAT --models zipformer-L --backends compile --dtypes fp32 --modes infer
+  run_other_bench kernels bench/kernels.py 75
+  run_other_bench optimizer bench/optimizer.py 60
+  stage bf16 100 "$PY" $LAT --backends reference,triton --dtypes bf16 --modes infer
+else
+  say "no CUDA device: CPU smoke mode (tiny models, seconds). SKIPPED here: pip install, GPU tests,"
+  say "  the paper-size Figure 3 runs, triton/compile backends, bf16, the kernels benchmark at size."
+  skip install "no GPU (PYTHONPATH=. is used)"
+  skip gpu_tests "no GPU"
+  stage fig3 120 "$PY" $LAT --device cpu --models zipformer-XS,conformer-XS --batch-size 2 --duration 2 \
+      --backends reference --dtypes fp32 --modes infer,train --warmup 0 --iters 1
+  run_other_bench kernels bench/kernels.py 60 --smoke
+  run_other_bench optimizer bench/optimizer.py 60 --smoke
+fi
+
+stage plot 60 "$PY" bench/plot_figure3.py "$RESULTS/encoder_latency.csv" -o "$RESULTS/figure3.png"
+stage summary 30 "$PY" bench/make_readme_table.py --results "$RESULTS" --targets --output "$RESULTS/summary.md"
+
+{
+  echo
+  echo "== gpu_check summary ($SLUG, $(( $(date +%s) - START ))s) =="
+  printf '%-10s %-28s %6s\n' stage status seconds
+  for s in "${SUMMARY[@]}"; do IFS='|' read -r n st dt <<< "$s"; printf '%-10s %-28s %6s\n' "$n" "$st" "$dt"; done
+  [ -f "$RESULTS/summary.md" ] && cat "$RESULTS/summary.md"
+} | tee -a "$LOG"
+
+if [ -n "${OUT:-}" ] && [ "${GPU_CHECK_PLAN_ONLY:-0}" != "1" ]; then
+  mkdir -p "$OUT"
+  tar -czf "$OUT/results_$SLUG.tar.gz" -C "$(dirname "$RESULTS")" "$(basename "$RESULTS")"
+  for f in gpu_check.log summary.md encoder_latency.csv figure3.png; do
+    [ -f "$RESULTS/$f" ] && cp "$RESULTS/$f" "$OUT/"
+  done
+  echo "copied results to \$OUT: $(ls "$OUT" | tr '\n' ' ')"
+fi
+exit 0

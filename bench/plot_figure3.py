@@ -1,0 +1,89 @@
+"""Draw the paper's Figure 3 from encoder_latency rows: (left) averaged inference time vs WER,
+(right) peak memory vs WER, one point per model, one line per (family, backend, dtype).
+
+    python bench/plot_figure3.py bench/results/<device>/encoder_latency.csv [-o figure3.png]
+
+The WERs are the paper's (Table 2, averaged over test-clean and test-other): we time and measure
+the encoders, we do not retrain them, so the y axis places each model where the paper's training
+put it and the x axis is what this machine measured. Only inference rows ("infer") are drawn.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from models import PAPER, parse_name  # noqa: E402
+
+FAMILY_STYLE = {"zipformer": dict(marker="o", label="Zipformer"), "conformer": dict(marker="s", label="Conformer")}
+BACKEND_COLOR = {"reference": "tab:blue", "triton": "tab:red", "compile": "tab:green"}
+DTYPE_LINE = {"fp32": "-", "bf16": "--", "fp16": ":"}
+
+
+def _series(rows, metric):
+    """{(family, backend, dtype): [(x, wer, size), ...]} for inference rows of `metric`."""
+    out = {}
+    for r in rows:
+        if r["mode"] != "infer" or r["metric"] != metric or r["model"] not in PAPER:
+            continue
+        family, size, _ = parse_name(r["model"])
+        x = float(r["mean"])
+        if x != x:  # NaN: a failed case
+            continue
+        out.setdefault((family, r["backend"], r["dtype"]), []).append((x, PAPER[r["model"]].wer_avg, size))
+    for points in out.values():
+        points.sort(key=lambda p: "SML".index(p[2]))
+    return out
+
+
+def plot(rows, path: str) -> str:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = list(rows)
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5.2))
+    panels = (("time_ms", "Averaged inference time (ms per batch)"), ("peak_mem_mb", "Peak memory (MB)"))
+    for ax, (metric, xlabel) in zip(axes, panels):
+        series = _series(rows, metric)
+        for (family, backend, dtype), points in sorted(series.items()):
+            xs, ys, sizes = zip(*points)
+            ax.plot(xs, ys, DTYPE_LINE.get(dtype, "-"), marker=FAMILY_STYLE[family]["marker"], markersize=8,
+                    color=BACKEND_COLOR.get(backend, "gray"),
+                    label=f"{FAMILY_STYLE[family]['label']} {backend} {dtype}")
+            for x, y, size in points:
+                ax.annotate(f"{family[0].upper()}-{size}", (x, y), textcoords="offset points",
+                            xytext=(6, 4), fontsize=8)
+        if not series:
+            ax.text(0.5, 0.5, f"no '{metric}' rows measured", ha="center", va="center", transform=ax.transAxes)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("WER % (paper; mean of test-clean and test-other)")
+        ax.grid(alpha=0.3)
+    handles, labels = axes[0].get_legend_handles_labels()
+    if handles:
+        axes[0].legend(fontsize=8, loc="upper right")
+    first = rows[0] if rows else {}
+    fig.suptitle(f"Encoder inference, batch {first.get('batch_size', '?')} x {first.get('duration_s', '?')} s "
+                 f"on {first.get('device', '?')}  (lower-left is better)", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description="Draw Figure 3 from encoder_latency.csv")
+    ap.add_argument("csv")
+    ap.add_argument("-o", "--output", default=None, help="default: figure3.png beside the CSV")
+    args = ap.parse_args(argv)
+    with open(args.csv, newline="") as f:
+        rows = list(csv.DictReader(f))
+    out = args.output or os.path.join(os.path.dirname(os.path.abspath(args.csv)), "figure3.png")
+    print(plot(rows, out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,131 @@
+"""CPU smoke of the benchmarks (bench/): Figure 3 harness end to end on tiny models, its memory
+and statistics helpers on cases with known answers, the Table 2 check, the README table renderer
+and gpu_check.sh's wiring. Runs in well under a minute on 2 cores."""
+import csv
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+import torch
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+import encoder_latency  # noqa: E402
+import make_readme_table  # noqa: E402
+import table2  # noqa: E402
+from cpu_memory import PeakTensorMemory  # noqa: E402
+
+MiB = 1 << 20
+
+
+def test_percentiles_interpolate_linearly():
+    p20, p50, p80, mean = encoder_latency.percentiles([5.0, 1.0, 3.0, 2.0, 4.0])
+    assert (p20, p50, p80, mean) == (pytest.approx(1.8), 3.0, pytest.approx(4.2), 3.0)
+    assert encoder_latency.percentiles([7.0])[:3] == (7.0, 7.0, 7.0)
+
+
+def test_peak_tensor_memory_counts_live_storages_once():
+    weight = torch.randn(256, 256)
+    with PeakTensorMemory() as mem:
+        a = torch.empty(MiB // 4)      # 1 MiB of fp32
+        b = a * 2                      # 2 MiB live
+        del a
+        c = b + 1                      # b, c: 2 MiB
+        view = c.view(-1)[:10]         # a view keeps c's storage, adds nothing
+        del c
+        _ = weight.t()                 # a view of memory from before the block: not counted
+        e = torch.empty(MiB // 2)      # b, c (via view), e: 4 MiB
+    assert mem.peak == 4 * MiB
+    assert mem.current == 4 * MiB
+    del b, view, e
+
+
+def test_saved_activation_bytes_counts_each_storage_once():
+    x = torch.randn(1000, requires_grad=True)
+
+    def step():
+        y = x.exp()        # exp saves its output y
+        z = y.sin()        # sin saves its input: the same storage as y
+        (z * x).sum()      # mul saves z and x; x is excluded below
+    excluded = {x.untyped_storage().data_ptr()}
+    assert encoder_latency.saved_activation_bytes(step, excluded) == 2 * 1000 * 4
+
+
+def test_encoder_latency_end_to_end_on_cpu(tmp_path):
+    # 0.5 s = 50 frames: the smallest input both tiny models take comfortably. FLOPs are checked
+    # by the Table 2 tests below, so not counted here.
+    rc = encoder_latency.main([
+        "--device", "cpu", "--models", "zipformer-XS,conformer-XS", "--batch-size", "2",
+        "--duration", "0.5", "--modes", "infer,train", "--warmup", "0", "--iters", "2",
+        "--no-flops", "--out-dir", str(tmp_path)])
+    assert rc == 0
+    with open(tmp_path / "encoder_latency.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    got = {(r["model"], r["mode"], r["metric"]) for r in rows}
+    for model in ("zipformer-XS", "conformer-XS"):
+        assert (model, "static", "params_m") in got
+        for mode in ("infer", "train"):
+            assert {(model, mode, "time_ms"), (model, mode, "peak_mem_mb")} <= got
+        assert (model, "train", "saved_act_mb") in got
+    for r in rows:
+        assert r["device"] == "cpu" and r["torch"] == torch.__version__
+        assert float(r["p20"]) <= float(r["p50"]) <= float(r["p80"])
+        if r["metric"] in ("time_ms", "peak_mem_mb", "saved_act_mb"):
+            assert float(r["p50"]) > 0
+    # Training keeps activations for backward: it must need more memory than inference.
+    peak = {(r["model"], r["mode"]): float(r["p50"]) for r in rows if r["metric"] == "peak_mem_mb"}
+    assert peak[("conformer-XS", "train")] > peak[("conformer-XS", "infer")]
+    png = tmp_path / "figure3.png"
+    assert png.exists()
+    import matplotlib.image
+    h, w = matplotlib.image.imread(str(png)).shape[:2]
+    assert w > 2 * h * 0.9, "two panels side by side"
+
+
+def test_bad_arguments_fail_clearly():
+    with pytest.raises(SystemExit):
+        encoder_latency.parse_args(["--backends", "tensorrt"])
+    with pytest.raises(SystemExit):
+        encoder_latency.parse_args(["--models", "transformer-S"])
+
+
+@pytest.mark.parametrize("name", ["zipformer-S", "conformer-S"])
+def test_table2_rows_within_tolerance(name, tmp_path):
+    row = table2.measure(name)
+    assert row["within_tolerance"] is True, row
+    table2.write([row], str(tmp_path))
+    assert "| " + name in (tmp_path / "table2.md").read_text()
+
+
+def _row(model, backend, mode, metric, value, dtype="fp32"):
+    return dict(model=model, backend=backend, dtype=dtype, mode=mode, metric=metric, p20=value, p50=value,
+                p80=value, batch_size=30, duration_s=30, device="GPU", torch="x", git_commit="c")
+
+
+def test_targets_table_computes_ratios_against_limits():
+    rows = [_row("zipformer-L", "reference", "infer", "time_ms", 100), _row("zipformer-L", "triton", "infer", "time_ms", 45),
+            _row("zipformer-L", "compile", "infer", "time_ms", 60),
+            _row("zipformer-L", "reference", "infer", "peak_mem_mb", 1000),
+            _row("zipformer-L", "triton", "infer", "peak_mem_mb", 500)]
+    text = make_readme_table.targets_table(rows)
+    lines = {line.split("|")[1].strip(): line for line in text.splitlines()[2:]}
+    assert "| 0.45 | 0.50 | yes |" in lines["Zipformer-L inference time, triton / reference"]
+    assert "| 0.50 | 0.40 | NO |" in lines["Zipformer-L inference peak memory, triton / reference"]
+    assert "| 0.75 | 1.00 | yes |" in lines["Zipformer-L inference time, triton / torch.compile"]
+    assert "not measured" in lines["Zipformer-M training step time, triton / reference"]
+    block = make_readme_table.replace_block("a\n<!-- bench:begin -->\nold\n<!-- bench:end -->\nb", "new")
+    assert block == "a\n<!-- bench:begin -->\nnew\n<!-- bench:end -->\nb"
+
+
+def test_gpu_check_script_parses_and_plans_every_stage(tmp_path):
+    script = ROOT / "bench" / "gpu_check.sh"
+    subprocess.run(["bash", "-n", str(script)], check=True)
+    env = dict(os.environ, GPU_CHECK_PLAN_ONLY="1", GPU_CHECK_RESULTS=str(tmp_path), PYTHON=sys.executable)
+    env.pop("OUT", None)
+    res = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    for stage in ("env", "fig3", "plot", "summary"):
+        assert f"stage {stage} " in res.stdout or f"{stage} " in res.stdout
+    assert "== gpu_check summary" in res.stdout

@@ -12,11 +12,11 @@ materialised-weight backward. fp32 (IEEE dots) compiles too but slowly (up to ~9
 all variants were compiled once with the full list, and fp32 numerics are covered by the
 interpreter tests and the GPU runs.
 """
-from .attention_autograd import AttentionHandle, MaterializedWeights, apply_handle, attention_handle
+from .attention_autograd import AttentionHandle, apply_handle, attention_handle, materialized_weights
 from .attention_bwd import _bwd_dkdv_kernel, _bwd_dq_kernel, attention_bwd
 from .attention_fwd import _apply_fwd_kernel, _stats_kernel, attention_apply_fwd, attention_stats
 
-__all__ = ["AttentionHandle", "MaterializedWeights", "apply_handle", "attention_handle",
+__all__ = ["AttentionHandle", "materialized_weights", "apply_handle", "attention_handle",
            "attention_bwd", "attention_apply_fwd", "attention_stats", "aot_specs"]
 
 _GPU_TILE = dict(BM=64, BN=64, NW=128)

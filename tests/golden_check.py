@@ -15,7 +15,15 @@ was made. tests/data/golden_XS_fired.json lists them (recovered from the golden 
 file's "how"); during the gradient run exactly those fire, all others stay off. This also checks our
 Balancer and Whiten backward formulas against icefall's.
 
-Returns {name: relative error}; raises AssertionError naming every entry above `rtol`.
+Tolerance: every entry must satisfy err <= max(rtol, 3 * cond), where cond is the float32 rounding
+sensitivity of that entry, measured by re-running our reference model in float64 (grads only;
+forward entries use rtol alone). A few gradients are differences of nearly equal terms (the
+SimpleDownsample softmax biases, whose components sum to zero; the attention in_proj, whose key part
+has zero-sum gradients; depthwise-conv biases behind a Balancer whose clamp sits on a boundary) and
+differ between float32 and float64 by up to ~2e-2; comparing them at 1e-5 would test luck, not
+correctness. All other entries (features_grad included) are held to rtol.
+
+Returns {name: relative error}; raises AssertionError naming every entry above its tolerance.
 """
 from __future__ import annotations
 
@@ -87,31 +95,63 @@ def golden_forward_errors(model, golden) -> Dict[str, float]:
     return errs
 
 
-def golden_grad_errors(model, golden, fired: Optional[Iterable[str]] = None) -> Dict[str, float]:
-    fired = load_fired_set() if fired is None else fired
+def model_grads(model, golden, fired: Iterable[str], dtype=torch.float32) -> Dict[str, torch.Tensor]:
+    """The golden gradient computation on `model` (in eval mode) with exactly `fired` shapers acting."""
     model.zero_grad(set_to_none=True)
-    features = golden["features"].clone().requires_grad_(True)
+    features = golden["features"].to(dtype).clone().requires_grad_(True)
     with forced_grad_shapers(model, fired):
         enc, lens = model.forward_encoder(features, golden["feature_lens"])
         valid = (torch.arange(enc.shape[1])[None, :] < lens[:, None]).unsqueeze(-1).to(enc.dtype)
-        loss = (enc * golden["grad_weights"] * valid).sum()
+        loss = (enc * golden["grad_weights"].to(dtype) * valid).sum()
         loss.backward()
-    errs = {"grad_loss": rel_err(loss, golden["grad_loss"]), "features_grad": rel_err(features.grad, golden["features_grad"])}
+    out = {"grad_loss": loss.detach(), "features_grad": features.grad}
     params = dict(model.named_parameters())
-    for name, ref in golden["param_grads"].items():
-        grad = params[name].grad
-        errs[f"param_grads[{name}]"] = float("inf") if grad is None else rel_err(grad, ref)
-    return errs
+    for name in golden["param_grads"]:
+        out[f"param_grads[{name}]"] = params[name].grad
+    return out
+
+
+def _reference(golden) -> Dict[str, torch.Tensor]:
+    out = {"grad_loss": golden["grad_loss"], "features_grad": golden["features_grad"]}
+    out.update({f"param_grads[{k}]": v for k, v in golden["param_grads"].items()})
+    return out
+
+
+def golden_grad_errors(model, golden, fired: Optional[Iterable[str]] = None) -> Dict[str, float]:
+    fired = load_fired_set() if fired is None else fired
+    ours = model_grads(model, golden, fired)
+    return {k: float("inf") if ours[k] is None else rel_err(ours[k], ref) for k, ref in _reference(golden).items()}
+
+
+def float32_sensitivity(golden, fired: Optional[Iterable[str]] = None) -> Dict[str, float]:
+    """Per gradient entry: relative difference between our reference model in float32 and float64."""
+    from zipformer_fast import use_backend
+    from zipformer_fast.asr.model import AsrModel
+    from zipformer_fast.config import ZipformerConfig
+    fired = load_fired_set() if fired is None else fired
+    grads = {}
+    for dtype in (torch.float32, torch.float64):
+        model = AsrModel(ZipformerConfig.preset("XS"), vocab_size=64, use_transducer=True, use_ctc=True)
+        model.load_state_dict(golden["state_dict"], strict=True)
+        model.eval().to(dtype)
+        with use_backend("reference"):
+            grads[dtype] = model_grads(model, golden, fired, dtype)
+    return {k: rel_err(grads[torch.float32][k], grads[torch.float64][k]) for k in grads[torch.float32]}
 
 
 def check_against_golden(model, golden, rtol: float = 1e-5, grads: bool = True) -> Dict[str, float]:
     model.load_state_dict(golden["state_dict"], strict=True)
     model.eval()
     errs = golden_forward_errors(model, golden)
+    tol = {k: rtol for k in errs}
     if grads:
-        errs.update(golden_grad_errors(model, golden))
-    bad = {k: v for k, v in errs.items() if not v <= rtol}
+        grad_errs = golden_grad_errors(model, golden)
+        cond = float32_sensitivity(golden)
+        errs.update(grad_errs)
+        tol.update({k: max(rtol, 3.0 * cond[k]) for k in grad_errs})
+    bad = {k: (v, tol[k]) for k, v in errs.items() if not v <= tol[k]}
     if bad:
-        worst = sorted(bad.items(), key=lambda kv: -kv[1])[:20]
-        raise AssertionError(f"{len(bad)} of {len(errs)} golden comparisons exceed rtol={rtol}: {worst}")
+        worst = sorted(bad.items(), key=lambda kv: -kv[1][0])[:20]
+        raise AssertionError(f"{len(bad)} of {len(errs)} golden comparisons exceed their tolerance "
+                             f"(name: (error, tolerance)): {worst}")
     return errs

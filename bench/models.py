@@ -60,7 +60,10 @@ def parse_name(name: str):
 def build_model(name: str, device: Optional[torch.device] = None) -> torch.nn.Module:
     """A freshly initialised model (eval mode) on `device` (the meta device works too)."""
     family, size, head = parse_name(name)
-    with torch.device(device or "cpu"):
+    device = torch.device(device or "cpu")
+    # Built on the meta device directly (no memory), otherwise on CPU and then moved, so that no
+    # constructor has to honour a default-device context.
+    with torch.device("meta" if device.type == "meta" else "cpu"):
         if family == "zipformer":
             from zipformer_fast import AsrModel, ZipformerConfig
             cfg = ZipformerConfig.preset(size)
@@ -71,4 +74,4 @@ def build_model(name: str, device: Optional[torch.device] = None) -> torch.nn.Mo
         else:
             from zipformer_fast.baselines import ConformerAsrModel, ConformerConfig
             model = ConformerAsrModel(ConformerConfig.preset(size))
-    return model.eval()
+    return model.to(device).eval()

@@ -13,8 +13,8 @@ entries to SPECS directly. `make_signature` builds a signature from the kernel's
 `*_ptr` arguments are pointers (dtype from `ptr_dtypes`, else `default`), names in `floats` are
 fp32 scalars, constexprs come from `constexprs`, everything else is i32.
 
-CLI: python tests/aot_compile.py [--arch 80 90] [--only swoosh,bias_norm] -> prints one line per
-compile and exits 1 if any failed.
+CLI: python tests/aot_compile.py [--arch 80 90] [--only swoosh,bias_norm] [--jobs N] -> prints one
+line per compile and exits 1 if any failed (N forked compile processes, default: all cores).
 """
 import argparse
 import dataclasses
@@ -109,10 +109,25 @@ def _register_optional():
             SPECS[name] = (lambda m=mod: m.aot_specs(spec, list(DTYPES)))
 
 
-def run(archs: Sequence[int] = ARCHS, only: Optional[Sequence[str]] = None) -> List[str]:
-    """Compile every registered spec for every arch; returns the failure messages."""
+_TASKS: List[tuple] = []  # (group, KernelSpec, arch); module-level so forked workers inherit it
+
+
+def _compile_task(i: int):
+    group, s, arch = _TASKS[i]
+    t0 = time.time()
+    try:
+        compiled = compile_kernel(s.kernel, s.signature, s.constexprs, arch, s.num_warps, s.num_stages)
+        assert "cubin" in compiled.asm and len(compiled.asm["cubin"]) > 0
+        return True, f"ok   sm_{arch} {group}.{s.name} ({time.time() - t0:.1f}s)"
+    except Exception:
+        return False, f"FAIL sm_{arch} {group}.{s.name}:\n{traceback.format_exc(limit=3)}"
+
+
+def run(archs: Sequence[int] = ARCHS, only: Optional[Sequence[str]] = None, jobs: int = 1) -> List[str]:
+    """Compile every registered spec for every arch (in `jobs` forked processes); returns failures."""
     _register_optional()
     failures = []
+    _TASKS.clear()
     for group, make in SPECS.items():
         if only and group not in only:
             continue
@@ -121,17 +136,18 @@ def run(archs: Sequence[int] = ARCHS, only: Optional[Sequence[str]] = None) -> L
         except Exception as e:  # a spec list that cannot even be built is a failure too
             failures.append(f"{group}: building specs failed: {e!r}")
             continue
-        for s in specs:
-            for arch in archs:
-                t0 = time.time()
-                try:
-                    compiled = compile_kernel(s.kernel, s.signature, s.constexprs, arch, s.num_warps, s.num_stages)
-                    assert "cubin" in compiled.asm and len(compiled.asm["cubin"]) > 0
-                    print(f"ok   sm_{arch} {group}.{s.name} ({time.time() - t0:.1f}s)", flush=True)
-                except Exception:
-                    msg = f"FAIL sm_{arch} {group}.{s.name}:\n{traceback.format_exc(limit=3)}"
-                    print(msg, flush=True)
-                    failures.append(msg)
+        _TASKS.extend((group, s, arch) for s in specs for arch in archs)
+    if jobs > 1 and len(_TASKS) > 1:
+        import multiprocessing
+
+        with multiprocessing.get_context("fork").Pool(jobs) as pool:
+            results = pool.map(_compile_task, range(len(_TASKS)), chunksize=1)
+    else:
+        results = [_compile_task(i) for i in range(len(_TASKS))]
+    for ok, msg in results:
+        print(msg, flush=True)
+        if not ok:
+            failures.append(msg)
     return failures
 
 
@@ -139,8 +155,9 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--arch", type=int, nargs="+", default=list(ARCHS))
     p.add_argument("--only", default="", help="comma-separated SPECS groups")
+    p.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="parallel compile processes")
     a = p.parse_args(argv)
-    failures = run(a.arch, [g for g in a.only.split(",") if g] or None)
+    failures = run(a.arch, [g for g in a.only.split(",") if g] or None, a.jobs)
     print(f"{len(failures)} failure(s)")
     return 1 if failures else 0
 

@@ -63,7 +63,7 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 BACKENDS = ("reference", "triton", "compile")
 MODES = ("infer", "train")
 FIELDS = ["model", "backend", "dtype", "mode", "metric", "unit", "p20", "p50", "p80", "mean", "n",
-          "batch_size", "duration_s", "device", "torch", "triton", "zipformer_fast", "git_commit",
+          "batch_size", "duration_s", "device", "threads", "torch", "triton", "zipformer_fast", "git_commit",
           "timestamp", "command"]
 MB = 2.0 ** 20
 
@@ -272,9 +272,11 @@ class Results:
         if append and os.path.exists(self.csv_path):
             with open(self.csv_path, newline="") as f:
                 self.rows = list(csv.DictReader(f))
-        else:
-            with open(self.csv_path, "w", newline="") as f:
-                csv.DictWriter(f, fieldnames=FIELDS).writeheader()
+        # Header written anew (with any kept rows) so appended rows always match it.
+        with open(self.csv_path, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=FIELDS, restval="", extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(self.rows)
         self.new_rows = []
 
     def add(self, model, backend, dtype, mode, metric, unit, values):
@@ -307,6 +309,9 @@ def parse_args(argv=None):
     ap.add_argument("--append", action="store_true", help="add to the existing CSV instead of starting anew")
     ap.add_argument("--no-flops", action="store_true", help="skip the GFLOPs count (meta device, ~1 s/model)")
     ap.add_argument("--no-plot", action="store_true")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch CPU threads (default: torch's). On a shared, loaded CPU, 1 thread is "
+                         "faster and steadier than several that wait for each other")
     args = ap.parse_args(argv)
     for name, allowed in (("backends", BACKENDS), ("dtypes", tuple(DTYPES)), ("modes", MODES)):
         values = [v for v in getattr(args, name).split(",") if v]
@@ -337,9 +342,11 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     out_dir = args.out_dir or os.path.join(HERE, "results", device_slug(device))
     base = dict(environment(), batch_size=args.batch_size, duration_s=args.duration,
-                device=device_name(device),
+                device=device_name(device), threads=torch.get_num_threads(),
                 command="python bench/encoder_latency.py " + " ".join(sys.argv[1:] if argv is None else argv))
     results = Results(out_dir, args.append, base)
     failures = 0

@@ -18,7 +18,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from models import PAPER, parse_name  # noqa: E402
 
 FAMILY_STYLE = {"zipformer": dict(marker="o", label="Zipformer"), "conformer": dict(marker="s", label="Conformer")}
-BACKEND_COLOR = {"reference": "tab:blue", "triton": "tab:red", "compile": "tab:green"}
+# Colour by family and backend: the baseline in greys/olive so the two families part at a glance.
+COLOR = {("zipformer", "reference"): "tab:blue", ("zipformer", "triton"): "tab:red",
+         ("zipformer", "compile"): "tab:green", ("conformer", "reference"): "dimgray",
+         ("conformer", "compile"): "tab:olive"}
 DTYPE_LINE = {"fp32": "-", "bf16": "--", "fp16": ":"}
 
 
@@ -45,13 +48,16 @@ def plot(rows, path: str) -> str:
 
     rows = list(rows)
     fig, axes = plt.subplots(1, 2, figsize=(13, 5.2))
-    panels = (("time_ms", "Averaged inference time (ms per batch)"), ("peak_mem_mb", "Peak memory (MB)"))
+    on_cpu = bool(rows) and rows[0].get("device") == "cpu"
+    mem_label = ("Peak memory (MB; CPU: live tensor storages + weights, a lower bound)" if on_cpu
+                 else "Peak memory (MB, torch.cuda.max_memory_allocated)")
+    panels = (("time_ms", "Averaged inference time (ms per batch)"), ("peak_mem_mb", mem_label))
     for ax, (metric, xlabel) in zip(axes, panels):
         series = _series(rows, metric)
         for (family, backend, dtype), points in sorted(series.items()):
             xs, ys, sizes = zip(*points)
             ax.plot(xs, ys, DTYPE_LINE.get(dtype, "-"), marker=FAMILY_STYLE[family]["marker"], markersize=8,
-                    color=BACKEND_COLOR.get(backend, "gray"),
+                    color=COLOR.get((family, backend), "gray"),
                     label=f"{FAMILY_STYLE[family]['label']} {backend} {dtype}")
             for x, y, size in points:
                 ax.annotate(f"{family[0].upper()}-{size}", (x, y), textcoords="offset points",
@@ -66,7 +72,9 @@ def plot(rows, path: str) -> str:
         axes[0].legend(fontsize=8, loc="upper right")
     first = rows[0] if rows else {}
     fig.suptitle(f"Encoder inference, batch {first.get('batch_size', '?')} x {first.get('duration_s', '?')} s "
-                 f"on {first.get('device', '?')}  (lower-left is better)", fontsize=11)
+                 f"on {first.get('device', '?')}"
+                 f"{' (' + str(first['threads']) + ' thread)' if on_cpu and first.get('threads') else ''}"
+                 f"  (lower-left is better)", fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

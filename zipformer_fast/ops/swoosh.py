@@ -36,8 +36,11 @@ COMPACT_FLOOR = -0.08
 def swoosh_reference(x: Tensor, shift: float, offset: float) -> Tensor:
     xf = x.float()
     z = xf - shift
-    log_sum = torch.log1p(torch.exp(z))
-    log_sum = torch.where(torch.isinf(log_sum), z, log_sum)
+    # Where exp(z) overflows the value is z. The overflowing entries are also kept out of exp's
+    # input: autograd through where() multiplies the unused branch's gradient (inf/inf = NaN) by 0,
+    # which is still NaN, so large activations would poison the whole backward.
+    overflow = torch.isinf(torch.exp(z.detach()))
+    log_sum = torch.where(overflow, z, torch.log1p(torch.exp(z.masked_fill(overflow, 0.0))))
     return (log_sum - 0.08 * xf - offset).to(x.dtype)
 
 

@@ -282,9 +282,11 @@ def main(argv=None) -> dict:
                         format=f"%(asctime)s [rank {info.rank}] %(message)s", stream=sys.stderr)
     if args.threads:
         torch.set_num_threads(args.threads)
+    from zipformer_fast.backend import use_backend
     try:
-        trainer = Trainer(args, info)
-        summary = trainer.train()
+        with use_backend(args.backend):
+            trainer = Trainer(args, info)
+            summary = trainer.train()
     except (FileNotFoundError, ImportError) as exc:
         raise SystemExit(f"error: {exc}") from exc
     finally:

@@ -64,6 +64,8 @@ def get_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("run")
     g.add_argument("--exp-dir", required=True)
     g.add_argument("--device", default="auto", help="auto, cpu, cuda")
+    g.add_argument("--backend", default="auto", choices=["auto", "triton", "reference"],
+                   help="fused-op implementation (zipformer_fast.backend); auto = Triton on CUDA")
     g.add_argument("--threads", type=int, default=0, help="torch CPU threads per process (0: torch default)")
     g.add_argument("--resume", default="auto",
                    help="auto: latest checkpoint in --exp-dir if any; none: start over; or a checkpoint path")

@@ -70,9 +70,24 @@ def synthesize(utt: dict, wav: Path) -> None:
                            f"sox: {sox.stderr.decode()[-300:]!r}")
 
 
+def write_manifests(data_dir: Path, plan: Dict[str, List[dict]], speed_perturb_train: bool = False) -> None:
+    """manifests/cuts_<split>.jsonl.gz with Fbank for wavs at wav/<split>/<id>.wav."""
+    from zipformer_fast.data.manifests import Utterance, compute_fbank, cuts_from_utterances, speed_perturb
+    man = data_dir / "manifests"
+    man.mkdir(parents=True, exist_ok=True)
+    for split, utts in plan.items():
+        cuts = cuts_from_utterances(
+            Utterance(u["id"], data_dir / "wav" / split / f"{u['id']}.wav", u["text"], u.get("speaker"))
+            for u in utts)
+        if split == "train" and speed_perturb_train:
+            cuts = speed_perturb(cuts, (0.9, 1.1))
+        cuts = compute_fbank(cuts, man / f"feats_{split}", num_jobs=1)
+        cuts.to_file(man / f"cuts_{split}.jsonl.gz")
+        hours = sum(c.duration for c in cuts) / 3600
+        print(f"[prepare] {split}: {len(cuts)} cuts, {hours:.2f} h")
+
+
 def prepare(args) -> Path:
-    from zipformer_fast.data.manifests import (Utterance, compute_fbank, cuts_from_utterances,
-                                               speed_perturb)
     from zipformer_fast.data.tokenizer import train_bpe
 
     check_tools()
@@ -99,21 +114,8 @@ def prepare(args) -> Path:
     t1 = time.time()
     print(f"[prepare] synthesized {len(jobs)} utterances in {t1 - t0:.1f}s")
 
-    man = data_dir / "manifests"
-    man.mkdir(parents=True, exist_ok=True)
-    for split, utts in plan.items():
-        cuts = cuts_from_utterances(
-            Utterance(u["id"], data_dir / "wav" / split / f"{u['id']}.wav", u["text"], u["speaker"])
-            for u in utts)
-        if split == "train" and args.speed_perturb:
-            cuts = speed_perturb(cuts, (0.9, 1.1))
-        cuts = compute_fbank(cuts, man / f"feats_{split}", num_jobs=1)
-        cuts.to_file(man / f"cuts_{split}.jsonl.gz")
-        hours = sum(c.duration for c in cuts) / 3600
-        print(f"[prepare] {split}: {len(cuts)} cuts, {hours:.2f} h")
-    t2 = time.time()
-    print(f"[prepare] fbank in {t2 - t1:.1f}s")
-
+    write_manifests(data_dir, plan, speed_perturb_train=bool(args.speed_perturb))
+    print(f"[prepare] manifests + fbank in {time.time() - t1:.1f}s")
     train_bpe((u["text"] for u in plan["train"]), data_dir / "lang" / "bpe", args.vocab_size,
               model_type=args.bpe_type)
     stamp_path.write_text(json.dumps(settings, indent=1))

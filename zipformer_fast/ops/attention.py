@@ -199,9 +199,12 @@ _FUSED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 def _autocast_dtype(t: Tensor) -> Optional[torch.dtype]:
-    if torch.is_autocast_enabled(t.device.type):
-        return torch.get_autocast_dtype(t.device.type)
-    return None
+    """The autocast dtype for t's device inside an autocast region, else None."""
+    try:
+        enabled = torch.is_autocast_enabled(t.device.type)
+    except RuntimeError:  # a device type autocast does not know (meta: offline memory counts)
+        return None
+    return torch.get_autocast_dtype(t.device.type) if enabled else None
 
 
 def _fused_supported(q, k, p, pos_proj, key_padding_mask, attn_mask) -> bool:
@@ -222,7 +225,7 @@ def _fused_supported(q, k, p, pos_proj, key_padding_mask, attn_mask) -> bool:
 
 
 def _fused_attention_weights(q, k, p, pos_proj, key_padding_mask, attn_mask, penalize):
-    from zipformer_fast.kernels.attention_autograd import MaterializedWeights, attention_handle
+    from zipformer_fast.kernels.attention_autograd import attention_handle, materialized_weights
 
     T, B, H, dp = p.shape
     dtype = _autocast_dtype(q)
@@ -240,5 +243,5 @@ def _fused_attention_weights(q, k, p, pos_proj, key_padding_mask, attn_mask, pen
     penalize = bool(penalize) and torch.is_grad_enabled() and any(
         t.requires_grad for t in (q, k, p) + ((pos_t,) if pos_t is not None else ()))
     if attention_mode_for(T) == "materialize":
-        return MaterializedWeights.apply(q, k, p, pos_t, key_padding_mask, attn_mask, penalize)
+        return materialized_weights(q, k, p, pos_t, key_padding_mask, attn_mask, penalize)
     return attention_handle(q, k, p, pos_t, key_padding_mask, attn_mask, penalize)

@@ -7,7 +7,7 @@ GB/s and % of the device's peak bandwidth (bytes = inputs read once + outputs wr
 cases_memory_bound). A `copy` row (x.copy_ of 1 GiB) gives the achievable bandwidth for scale.
 
     python bench/kernels.py [--dtypes bf16,fp16,fp32] [--ops swoosh_l,bias_norm,...] [--attention]
-                            [--providers triton,reference,torch_compile] [--time-budget 65]
+                            [--providers triton,reference,torch_compile] [--time-budget 60 (0: all)]
                             [--out-dir bench/results/<device>] [--smoke]
 
 Output: one long-format table, rows (op, provider, mode, metric, p20, p50, p80, shape, dtype,
@@ -202,7 +202,8 @@ def main(argv=None) -> int:
     ap.add_argument("--ops", default="", help="comma-separated op names (default: all)")
     ap.add_argument("--providers", default=",".join(PROVIDERS))
     ap.add_argument("--attention", action="store_true", help="also run bench/cases_attention.py")
-    ap.add_argument("--time-budget", type=float, default=0.0, help="stop starting new cases after S seconds (0: none)")
+    ap.add_argument("--time-budget", type=float, default=60.0,
+                    help="stop starting new runs after S seconds (0: no limit); the default fits gpu_check.sh's 75 s cap")
     ap.add_argument("--out-dir", default="")
     ap.add_argument("--smoke", action="store_true")
     a = ap.parse_args(argv)

@@ -1,8 +1,13 @@
 """The tiny XS model with backend "triton" (kernels in the interpreter) equals the reference model.
 
 1. Against icefall's golden_XS.pt (tests/golden_check.py): eval forward (embed, six stacks,
-   encoder, heads) and every parameter gradient, relative error <= 1e-5 (the reference model's
-   own tolerance, fp32).
+   encoder, heads) relative error <= 1e-5 (measured ~1e-6); every gradient within
+   check_against_golden's per-entry tolerance max(rtol, 3 x the reference's own fp32-vs-fp64
+   difference) with rtol = 3e-5 instead of the reference's 1e-5. Why: a different fp32 summation
+   order is a different round-off sample. Measured (fp64 reference as truth): the fused path's
+   largest gradient error is 0.0214 vs 0.0223 for the fp32 reference (the sum-to-zero entries),
+   median 2.1e-6 vs 1.3e-6; against golden, three stack-0 attention gradients differ by
+   1.3e-5 .. 2.6e-5 where the reference's own sensitivity gives them 1e-5 .. 1.8e-5.
 2. Against the reference backend in TRAINING mode (dropout masks, layer-drop (B, D) bypass
    scales, feature masks, Balancer/Whiten draws -- same seeds for both runs): encoder output
    relative error <= 1e-5; parameter gradients: median relative error <= 5e-6 and every one
@@ -46,8 +51,10 @@ def build_xs():
 
 def test_triton_backend_matches_golden(golden, fused_backend):
     with use_backend(fused_backend):
-        errs = check_against_golden(build_xs(), golden, rtol=RTOL, grads=True)
+        errs = check_against_golden(build_xs(), golden, rtol=3e-5, grads=True)
     assert len(errs) > 280
+    forward = {k: v for k, v in errs.items() if not k.startswith(("param_grads", "features_grad", "grad_loss"))}
+    assert forward and max(forward.values()) <= RTOL, forward
 
 
 def _train_step(model, golden, backend, seed):

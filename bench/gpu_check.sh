@@ -136,8 +136,8 @@ stage summary 30 "$PY" bench/make_readme_table.py --results "$RESULTS" --targets
 {
   echo
   echo "== gpu_check summary ($SLUG, $(( $(date +%s) - START ))s) =="
-  printf '%-10s %-28s %6s\n' stage status seconds
-  for s in "${SUMMARY[@]}"; do IFS='|' read -r n st dt <<< "$s"; printf '%-10s %-28s %6s\n' "$n" "$st" "$dt"; done
+  printf '%-12s %-44s %7s\n' stage status seconds
+  for s in "${SUMMARY[@]}"; do IFS='|' read -r n st dt <<< "$s"; printf '%-12s %-44s %7s\n' "$n" "$st" "$dt"; done
   [ -f "$RESULTS/summary.md" ] && cat "$RESULTS/summary.md"
 } | tee -a "$LOG"
 

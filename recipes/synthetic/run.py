@@ -70,6 +70,8 @@ def main(argv=None) -> dict:
     p.add_argument("--data-dir", default=None, help="default: data/synthetic[-quick]")
     p.add_argument("--exp-dir", default=None, help="default: exp/synthetic[-quick]")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--backend", default="auto", choices=["auto", "triton", "reference"],
+                   help="fused-op implementation; auto = Triton kernels on CUDA, PyTorch on CPU")
     p.add_argument("--train-minutes", type=float, default=None, help="override the training time budget")
     p.add_argument("--resume", action="store_true",
                    help="continue the training in --exp-dir (default: start over, deleting it)")
@@ -100,7 +102,8 @@ def main(argv=None) -> dict:
     train_settings = dict(s["train"])
     if args.train_minutes is not None:
         train_settings["max_minutes"] = args.train_minutes
-    targv = train_argv(data_dir, exp_dir, train_settings, device=args.device, threads=args.threads)
+    targv = train_argv(data_dir, exp_dir, train_settings, device=args.device, threads=args.threads,
+                       backend=args.backend)
     print("[run] python -m recipes.train " + " ".join(targv), flush=True)
     t1 = time.time()
     train_summary = train_mod.main(targv)
@@ -109,7 +112,7 @@ def main(argv=None) -> dict:
     results = {}
     for method in ("greedy_search", "modified_beam_search"):
         dargv = decode_argv(data_dir, exp_dir, method, s["decode"]["avg"], device=args.device,
-                            threads=args.threads)
+                            threads=args.threads, backend=args.backend)
         print("[run] python -m recipes.decode " + " ".join(dargv), flush=True)
         t2 = time.time()
         results[method] = decode_mod.main(dargv)["test"]

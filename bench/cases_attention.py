@@ -17,6 +17,15 @@ returns a zero-argument callable running one iteration (pass_ "fwd" or "fwdbwd")
 (inputs allocated) so peak memory can be measured around it. Standalone:
 
     python bench/cases_attention.py [--T 250 750 1500] [--batch 30] [--impls ...] [--stacks 0 3]
+
+Saved-for-backward bytes of a whole model's training forward (device-independent, runs on CPU):
+
+    python bench/cases_attention.py --saved-bytes M --seconds 30 --batch 1
+
+counts every storage autograd saves (once; weights and input excluded) with saved_tensors_hooks,
+for the reference backend and the fused backend in each attention mode. The fused kernels are NOT
+executed there (the interpreter's launch is stubbed: the outputs stay uninitialised) - what is saved
+depends only on shapes, and running every kernel in the interpreter at 30 s would take hours.
 """
 from __future__ import annotations
 
@@ -136,8 +145,52 @@ def measure(step: Callable[[], None], device: str, warmup: int = 2, iters: int =
     return out
 
 
+def model_saved_bytes(preset: str, seconds: float, batch: int) -> dict:
+    """{config: MiB saved for backward} of AsrModel.forward_encoder in training mode (fp32, CPU)."""
+    import os
+    import random
+
+    os.environ["TRITON_INTERPRET"] = "1"  # before any kernel module is imported
+    import triton.runtime.interpreter as interp
+
+    interp.InterpretedFunction.run = lambda self, *args, **kwargs: None  # shapes only, see docstring
+    from zipformer_fast.asr.model import AsrModel
+    from zipformer_fast.backend import use_backend
+    from zipformer_fast.config import ZipformerConfig
+    from zipformer_fast.ops import attention as A
+
+    model = AsrModel(ZipformerConfig.preset(preset), vocab_size=500, use_transducer=True, use_ctc=True)
+    model.train()
+    frames = int(seconds * 100)
+    skip = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    result = {}
+    for backend, mode in (("reference", "auto"), ("triton", "auto"), ("triton", "recompute"),
+                          ("triton", "materialize")):
+        torch.manual_seed(0)
+        random.seed(0)
+        feats = torch.randn(batch, frames, 80)
+        lens = torch.full((batch,), frames, dtype=torch.long)
+        seen = {}
+
+        def pack(x):
+            st = x.untyped_storage()
+            if st.data_ptr() not in skip and st.data_ptr() != feats.untyped_storage().data_ptr():
+                seen[st.data_ptr()] = st.nbytes()
+            return x
+
+        with use_backend(backend), A.use_attention_mode(mode), \
+                torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x):
+            out = model.forward_encoder(feats, lens)
+        del out
+        result[f"{backend}/{mode}"] = sum(seen.values()) / 2**20
+    return result
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--saved-bytes", default="", metavar="PRESET",
+                    help="instead of timing: saved-for-backward MiB of a whole model (see docstring)")
+    ap.add_argument("--seconds", type=float, default=30.0)
     ap.add_argument("--T", type=int, nargs="+", default=[250, 750, 1500])
     ap.add_argument("--batch", type=int, default=30)
     ap.add_argument("--stacks", type=int, nargs="+", default=[0, 3])
@@ -146,6 +199,12 @@ def main(argv=None) -> int:
     ap.add_argument("--iters", type=int, default=5)
     ap.add_argument("--json", default="")
     a = ap.parse_args(argv)
+    if a.saved_bytes:
+        res = model_saved_bytes(a.saved_bytes, a.seconds, a.batch)
+        for k, v in res.items():
+            print(f"{a.saved_bytes} {a.seconds:g}s x{a.batch} {k:22s} {v:9.1f} MiB "
+                  f"({100 * v / res['reference/auto']:.0f}% of reference)")
+        return 0
     device = "cuda" if torch.cuda.is_available() else "cpu"
     rows = []
     for case in cases(device, a.T, a.batch, a.stacks):

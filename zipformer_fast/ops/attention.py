@@ -151,9 +151,12 @@ def attention_apply(weights, v: Tensor) -> Tensor:
 
 # --------------------------------------------------------------------------- mode selection
 ATTENTION_MODES = ("auto", "recompute", "materialize")
-# "auto": materialise the weights up to this many frames (faster: three cuBLAS matmuls), recompute
-# beyond (memory linear in T). Chosen from H100 measurements of bench/cases_attention.py.
-MATERIALIZE_MAX_T = 256
+# "auto": materialise the weights up to this many frames, recompute beyond. Measured on an H100
+# (bench/cases_attention.py, Zipformer-M stack 0: B=30, H=4, bf16 autocast; weights + NLA + SA1 +
+# SA2, forward+backward, median of 3): T=250: reference 3.44 ms, materialize 2.76, recompute 4.81;
+# T=750: 6.25 / 5.61 / 6.63; T=1500: 22.6 / 19.3 / 18.9. Materialised weights cost (H,B,T,T) in the
+# compute dtype (saved for backward in training), recompute stays linear in T.
+MATERIALIZE_MAX_T = 1024
 _mode_override: list = []
 
 

@@ -35,7 +35,7 @@ QUICK = dict(
     train=dict(max_duration=20, num_buckets=2, base_lr=0.05, lr_batches=300, lr_epochs=10,
                lr_warmup_batches=10, warm_step=20, ref_duration=1, average_period=5,
                save_every_n=10, log_interval=5, valid_interval=1000, spec_aug_time_warp=20,
-               use_ctc=1, max_steps=30, num_epochs=100),
+               use_ctc=1, max_steps=60, num_epochs=100),
     decode=dict(avg=1),
 )
 MODEL_CONFIG = str(Path(__file__).resolve().parent / "model_tiny.json")
@@ -65,7 +65,7 @@ def decode_argv(data_dir, exp_dir, method: str, avg: int, **overrides) -> List[s
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="CI smoke run (tiny corpus, 30 steps)")
+    p.add_argument("--quick", action="store_true", help="CI smoke run (tiny corpus, 60 steps)")
     p.add_argument("--device", default="auto")
     p.add_argument("--data-dir", default=None, help="default: data/synthetic[-quick]")
     p.add_argument("--exp-dir", default=None, help="default: exp/synthetic[-quick]")

@@ -87,11 +87,11 @@ class AsrDataModule:
     def eval_dataloader(self, cuts, max_duration: Optional[float] = None,
                         shard: bool = True) -> torch.utils.data.DataLoader:
         """Deterministic batches without augmentation. shard=True splits the cuts over the ranks."""
-        from lhotse.dataset import DynamicBucketingSampler, K2SpeechRecognitionDataset
+        from lhotse.dataset import K2SpeechRecognitionDataset, SimpleCutSampler
         dataset = K2SpeechRecognitionDataset(return_cuts=True, input_strategy=self._input_strategy())
-        sampler = DynamicBucketingSampler(
-            cuts, max_duration=max_duration or self.config.max_duration,
-            num_buckets=min(self.config.num_buckets, 10), shuffle=False, drop_last=False,
+        # In manifest order (no duration bins to estimate: works for any number of cuts).
+        sampler = SimpleCutSampler(
+            cuts, max_duration=max_duration or self.config.max_duration, shuffle=False, drop_last=False,
             world_size=self.world_size if shard else 1, rank=self.rank if shard else 0)
         return self._loader(SeededBatchDataset(dataset, self.config.seed, self.rank), ResumableSampler(sampler))
 

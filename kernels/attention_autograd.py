@@ -2,7 +2,7 @@
 that stands for the shared weights, and the two ways of using them.
 
 Custom ops (namespace zipformer_fast, fake impls for torch.compile / FakeTensorMode, autograd
-registered): attn_weights (softmax statistics lse2, optionally the materialised weights),
+registered): attn_weights (per-row softmax statistics, optionally the materialised weights),
 attn_apply (weights @ v recomputed from the statistics) and attn_bwd (every gradient of one use,
 or of the materialised weights). No `from __future__ import annotations` here: custom_op reads the
 annotations as real types.
@@ -49,13 +49,13 @@ def _row_dot(a: Tensor, b: Tensor) -> Tensor:
 def _weights_fake(q, k, p, pos_t, kpm, am, write_weights, penalize):
     T, B, H, _ = q.shape
     w_shape = (H, B, T, T) if write_weights else (0,)
-    return q.new_empty((B, H, T), dtype=torch.float32), q.new_empty(w_shape)
+    return q.new_empty((2, B, H, T), dtype=torch.float32), q.new_empty(w_shape)
 
 
 @custom_op("attn_weights", fake=_weights_fake)
 def _attn_weights(q: Tensor, k: Tensor, p: Tensor, pos_t: Optional[Tensor], kpm: Optional[Tensor],
                   am: Optional[Tensor], write_weights: bool, penalize: bool) -> Tuple[Tensor, Tensor]:
-    """lse2 (B, H, T) fp32 and W (H, B, T, T) in q's dtype (empty unless write_weights);
+    """row statistics (2, B, H, T) fp32 (max, 1/sum; see kernels/attention_common.probs) and W (H, B, T, T) in q's dtype (empty unless write_weights);
     kpm / am are uint8 masks (1 = masked). `penalize` only matters to the backward."""
     q, k, p = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, p))
     lse2, w = attention_stats(q, k, p, pos_t, kpm if kpm is not None else q,

@@ -4,7 +4,7 @@ One backward serves every use of the shared weights. For a use out = W @ v with 
 dP = dout @ v^T and D_i = rowsum(dout * out); for the materialised weights dP = dW (the sum over
 all uses, accumulated by autograd) and D_i = rowsum(dW * W). Either way
 dS = P * (dP - D_i) (zero where masked) [+ icefall's penalty], with P recomputed from the saved
-lse2, and
+row statistics, and
 
     dq = dS @ k,  dk = dS^T @ q,  dp[i] = sum_j dS[i,j] pos[(T-1)-i+j],
     dpos[n] = sum_{b,i} dS[b,i,i+n-(T-1)] p[b,i]       (the skew of common.py, then two small dots).
@@ -18,8 +18,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .attention_common import (LOG2E, grad_scores, load_rows, score_tile, skew_to_offsets,
-                               window_rows)
+from .attention_common import (grad_scores, load_rows, load_stats, probs, score_tile,
+                               skew_to_offsets, window_rows)
 from .attention_fwd import _blocks, common_meta, qkp_strides, value_block
 
 
@@ -67,8 +67,7 @@ def _bwd_dq_kernel(q_ptr, k_ptr, p_ptr, pos_ptr, kpm_ptr, am_ptr, lse_ptr, delta
     k_base = k_ptr + b * sk_b + h * sk_h
     pos_base = pos_ptr + h * DP * (2 * T - 1)
     kpm_base = kpm_ptr + b * T
-    # Rows past T get lse = +inf, so their P is exactly 0.
-    lse2 = tl.load(lse_ptr + (b * H + h) * T + offs_m, mask=in_m, other=float("inf"))
+    m2, il = load_stats(lse_ptr, (b * H + h) * T, offs_m, in_m, B * H * T)
     row = (hs * B + b) * T + offs_m
     delta = tl.load(delta_ptr + row, mask=in_m, other=0.0)
     do_base = do_ptr + (hs * B + b) * T * DV
@@ -82,7 +81,7 @@ def _bwd_dq_kernel(q_ptr, k_ptr, p_ptr, pos_ptr, kpm_ptr, am_ptr, lse_ptr, delta
         raw, s, keep, kt, pwin = score_tile(q, p, k_base, pos_base, kpm_base, am_ptr, offs_m, n0, m0,
                                             T, sk_t, HAS_POS, HAS_KPM, HAS_AM, DQ, DP, BM, BN,
                                             BDQ, BDP, NW, PREC)
-        pr = tl.exp2(s * LOG2E - lse2[:, None])
+        pr = probs(s, m2, il)
         offs_n = n0 + tl.arange(0, BN)
         in_n = offs_n < T
         dpt = _dp_tile(do_base, v_base, dw_rows, offs_m, in_m, offs_n, in_n, sv_t, LOAD_DP, DV,
@@ -139,11 +138,11 @@ def _bwd_dkdv_kernel(q_ptr, k_ptr, p_ptr, pos_ptr, kpm_ptr, am_ptr, lse_ptr, del
         in_m = offs_m < T
         q, p = load_rows(q_ptr + b * sq_b + h * sq_h, p_ptr + b * sp_b + h * sp_h, offs_m, in_m,
                          sq_t, sp_t, HAS_POS, DQ, DP, BM, BDQ, BDP)
-        lse2 = tl.load(lse_ptr + (b * H + h) * T + offs_m, mask=in_m, other=float("inf"))
+        m2, il = load_stats(lse_ptr, (b * H + h) * T, offs_m, in_m, B * H * T)
         raw, s, keep, kt, pwin = score_tile(q, p, k_base, pos_base, kpm_base, am_ptr, offs_m, n0, m0,
                                             T, sk_t, HAS_POS, HAS_KPM, HAS_AM, DQ, DP, BM, BN,
                                             BDQ, BDP, NW, PREC)
-        pr = tl.exp2(s * LOG2E - lse2[:, None])
+        pr = probs(s, m2, il)
         row = (hs * B + b) * T + offs_m
         if CONST:
             cnt = tl.load(cnt_ptr + row, mask=in_m, other=1.0)

@@ -114,6 +114,23 @@ def pow2_at_least_16(n: int) -> int:
 
 
 @triton.jit
+def load_stats(stats_ptr, row0, offs_m, in_m, BHT):
+    """Row max m2 (log2 units) and 1/sum of one (batch, head)'s rows; rows past T get (+inf, 0) so
+    their probabilities are exactly 0. stats is (2, B, H, T) fp32; row0 = (b * H + h) * T."""
+    m2 = tl.load(stats_ptr + row0 + offs_m, mask=in_m, other=float("inf"))
+    il = tl.load(stats_ptr + BHT + row0 + offs_m, mask=in_m, other=0.0)
+    return m2, il
+
+
+@triton.jit
+def probs(s, m2, il):
+    """P = 2^(S log2e - m2) / l. Keeping the max and the sum apart (not one log-sum-exp) keeps
+    sum_j P = 1 to a few ulps even for scores ~100, so sum_j dS = 0 as in torch's softmax backward
+    (dq = dS @ k cancels the keys' common part only if it does)."""
+    return tl.exp2(s * LOG2E - m2[:, None]) * il[:, None]
+
+
+@triton.jit
 def grad_scores(pr, dpt, delta, keep, raw, in_m, in_n, PENALIZE: tl.constexpr):
     """dS of one use: softmax backward P * (dP - D_i) on kept positions (masked_fill passes no
     gradient, so a fully masked row gets none), plus icefall's penalty on the unmasked scores

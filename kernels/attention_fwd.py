@@ -1,10 +1,10 @@
 """Forward kernels of the fused Zipformer attention and their launchers.
 
-- `attention_stats`: per-row softmax statistics of the shared weights, lse2 = log2(sum_j 2^(S*log2e))
-  (log base 2, fp32, shape (B, H, T)); optionally also writes the weights W = softmax(S) once, in
+- `attention_stats`: per-row softmax statistics of the shared weights, stats (2, B, H, T) fp32:
+  [0] = row max of S*log2e, [1] = 1 / sum_j 2^(S*log2e - max) (see common.probs); optionally also writes the weights W = softmax(S) once, in
   the compute dtype, (H, B, T, T) ("materialize" mode).
 - `attention_apply_fwd`: out = W[h] @ v[h] for the selected heads (all, or head 0 for non-linear
-  attention), recomputing W tile by tile from q, k, p, pos and lse2 (flash-attention style; nothing
+  attention), recomputing W tile by tile from q, k, p, pos and the stats (flash-attention style; nothing
   T x T is stored). `const=True` gives icefall's constant attention: uniform weights over the keys
   whose recomputed weight is > 0; the per-row count is returned for the backward.
 
@@ -15,7 +15,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .attention_common import INTERPRET, LOG2E, load_rows, pow2_at_least_16, score_tile
+from .attention_common import (INTERPRET, LOG2E, load_rows, load_stats, pow2_at_least_16, probs,
+                               score_tile)
 
 # Tile sizes. GPU: 64 x 64 tiles (the pos window is then 128 wide). Interpreter: 64 by default;
 # tests use 32 so that their short sequences cross tile edges (fewer, larger tiles interpret faster).
@@ -74,15 +75,16 @@ def _stats_kernel(q_ptr, k_ptr, p_ptr, pos_ptr, kpm_ptr, am_ptr, lse_ptr, w_ptr,
         m_new = tl.maximum(m_i, tl.max(s2, 1))
         l_i = l_i * tl.exp2(m_i - m_new) + tl.sum(tl.exp2(s2 - m_new[:, None]), 1)
         m_i = m_new
-    lse2 = m_i + tl.log2(l_i)
-    tl.store(lse_ptr + pid_bh * T + offs_m, lse2, mask=in_m)
+    il = 1.0 / l_i
+    tl.store(lse_ptr + pid_bh * T + offs_m, m_i, mask=in_m)
+    tl.store(lse_ptr + B * H * T + pid_bh * T + offs_m, il, mask=in_m)
     if WRITE_W:
         w_rows = w_ptr + ((h * B + b) * T + offs_m[:, None]).to(tl.int64) * T
         for n0 in range(0, T, BN):
             raw, s, keep, kt, pwin = score_tile(q, p, k_base, pos_base, kpm_base, am_ptr, offs_m, n0,
                                                 m0, T, sk_t, HAS_POS, HAS_KPM, HAS_AM, DQ, DP, BM,
                                                 BN, BDQ, BDP, NW, PREC)
-            pr = tl.exp2(s * LOG2E - lse2[:, None])
+            pr = probs(s, m_i, il)
             offs_n = n0 + tl.arange(0, BN)
             tl.store(w_rows + offs_n[None, :], pr.to(w_ptr.dtype.element_ty),
                      mask=in_m[:, None] & (offs_n[None, :] < T))
@@ -110,7 +112,7 @@ def _apply_fwd_kernel(q_ptr, k_ptr, p_ptr, pos_ptr, kpm_ptr, am_ptr, lse_ptr, v_
     k_base = k_ptr + b * sk_b + h * sk_h
     pos_base = pos_ptr + h * DP * (2 * T - 1)
     kpm_base = kpm_ptr + b * T
-    lse2 = tl.load(lse_ptr + (b * H + h) * T + offs_m, mask=in_m, other=0.0)
+    m2, il = load_stats(lse_ptr, (b * H + h) * T, offs_m, in_m, B * H * T)
     offs_v = pid_v * BDV + tl.arange(0, BDV)
     v_base = v_ptr + hs * sv_h + b * sv_b
     acc = tl.zeros([BM, BDV], dtype=tl.float32)
@@ -119,7 +121,7 @@ def _apply_fwd_kernel(q_ptr, k_ptr, p_ptr, pos_ptr, kpm_ptr, am_ptr, lse_ptr, v_
         raw, s, keep, kt, pwin = score_tile(q, p, k_base, pos_base, kpm_base, am_ptr, offs_m, n0, m0,
                                             T, sk_t, HAS_POS, HAS_KPM, HAS_AM, DQ, DP, BM, BN,
                                             BDQ, BDP, NW, PREC)
-        pr = tl.exp2(s * LOG2E - lse2[:, None])
+        pr = probs(s, m2, il)
         if CONST:
             pr = tl.where(pr > 0.0, 1.0, 0.0)
             cnt += tl.sum(pr, 1)
@@ -146,10 +148,10 @@ def qkp_strides(q, k, p):
 
 
 def attention_stats(q, k, p, pos_t, kpm, am, mask_flags, write_weights: bool):
-    """lse2 (B, H, T) fp32 and, if asked, the weights (H, B, T, T) in q's dtype."""
+    """stats (2, B, H, T) fp32 and, if asked, the weights (H, B, T, T) in q's dtype."""
     T, B, H, _ = q.shape
     blocks = _blocks()
-    lse2 = torch.empty((B, H, T), device=q.device, dtype=torch.float32)
+    lse2 = torch.empty((2, B, H, T), device=q.device, dtype=torch.float32)
     w = torch.empty((H, B, T, T), device=q.device, dtype=q.dtype) if write_weights else lse2
     grid = (triton.cdiv(T, blocks["BM"]), B * H)
     _stats_kernel[grid](

@@ -307,3 +307,36 @@ def test_torch_compile_fullgraph_matches_eager(mode):
         assert_close_fp32(o, r, "compiled output")
     for name, a, b in zip("q k p pos v1 v2 x".split(), got, want):
         assert_close_fp32(a, b, f"compiled d{name}")
+
+
+def test_dq_precision_with_large_scores_and_common_key_part():
+    """Scores ~100 and keys sharing a large common part: dq = dS @ k cancels that part only if
+    sum_j dS[i, j] = 0 to round-off, i.e. the recomputed probabilities sum to 1 to a few ulps
+    (row max and 1/sum are kept apart; a single fp32 log-sum-exp of ~150 is off by ~1e-5).
+    Relative error vs an fp64 reference must stay within 3x the fp32 reference's own."""
+    T, B, H = 21, 1, 1
+    g = torch.Generator().manual_seed(7)
+    base = dict(q=torch.randn(T, B, H, 16, generator=g) * 2.5,
+                k=torch.randn(T, B, H, 16, generator=g) * 0.5 + 5.0 * torch.randn(16, generator=g),
+                p=torch.randn(T, B, H, 4, generator=g), pos=torch.randn(2 * T - 1, H, 4, generator=g))
+    v = torch.randn(H, B, T, 8, generator=g)
+    dout = torch.randn(H, B, T, 8, generator=g)
+
+    def dq(dtype, fused):
+        ins = [base[n].to(DEVICE, dtype).requires_grad_() for n in ("q", "k", "p", "pos")]
+        if fused:
+            with use_backend("triton"), A.use_attention_mode("recompute"):
+                out = A.attention_apply(A.attention_weights(*ins, None, None), v.to(DEVICE, dtype))
+        else:
+            out = A.attention_apply(A.attention_weights_reference(*ins, None, None), v.to(DEVICE, dtype))
+        return torch.autograd.grad(out, ins[0], dout.to(DEVICE, dtype))[0].double()
+
+    with torch.no_grad():
+        assert A.attention_scores_reference(base["q"], base["k"], base["p"], base["pos"], None, None).abs().max() > 60
+    truth = dq(torch.float64, False)
+
+    def rel(x):
+        return ((x - truth).norm() / truth.norm()).item()
+
+    fused_err, ref_err = rel(dq(torch.float32, True)), rel(dq(torch.float32, False))
+    assert fused_err <= 3 * ref_err + 1e-7, (fused_err, ref_err)

@@ -73,8 +73,11 @@ class Trainer:
         seed_everything(args.seed)  # identical initial weights on every rank
         self.model = build_model(config, self.tok.vocab_size, args.use_transducer, args.use_ctc).to(self.device)
         base_lr = args.base_lr if args.base_lr is not None else default_base_lr(args.model_config)
-        self.optimizer = ScaledAdam(list(self.model.named_parameters()), lr=base_lr,
-                                    clipping_scale=args.clipping_scale)
+        if args.optimizer == "adam":
+            self.optimizer = torch.optim.Adam(self.model.parameters(), lr=base_lr)
+        else:
+            self.optimizer = ScaledAdam(list(self.model.named_parameters()), lr=base_lr,
+                                        clipping_scale=args.clipping_scale)
         self.scheduler = Eden(self.optimizer, args.lr_batches, args.lr_epochs,
                               warmup_batches=args.lr_warmup_batches, warmup_start=args.lr_warmup_start)
         self.scaler = make_scaler(self.device, args.dtype)

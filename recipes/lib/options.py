@@ -52,6 +52,8 @@ def get_parser() -> argparse.ArgumentParser:
     g.add_argument("--lr-warmup-batches", type=float, default=500, help="Eden warmup_batches")
     g.add_argument("--lr-warmup-start", type=float, default=0.1, help="Eden warmup_start (icefall recipe: 0.1)")
     g.add_argument("--clipping-scale", type=float, default=2.0)
+    g.add_argument("--optimizer", default="scaled_adam", choices=["scaled_adam", "adam"],
+                   help="adam: torch.optim.Adam at --base-lr (a diagnostic baseline, not icefall)")
     g.add_argument("--ref-duration", type=float, default=600.0,
                    help="model schedules advance by batch * max_duration * world_size / ref_duration")
     g.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default="fp32",

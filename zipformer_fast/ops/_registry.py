@@ -65,14 +65,19 @@ def as_tbc(x: torch.Tensor) -> torch.Tensor:
     return x if x.stride(2) == 1 else x.contiguous()
 
 
+def autocast_enabled(x: torch.Tensor) -> bool:
+    """Whether an autocast region is active for x's device type."""
+    dev = x.device.type
+    if _AUTOCAST_TAKES_DEVICE:
+        return torch.is_autocast_enabled(dev)
+    # torch < 2.4-style API
+    return torch.is_autocast_enabled() if dev == "cuda" else torch.is_autocast_cpu_enabled()
+
+
 def compute_dtype(x: torch.Tensor) -> torch.dtype:
     """dtype a GEMM runs in: the autocast dtype inside an autocast region for x's device, else x's dtype."""
     dev = x.device.type
-    if _AUTOCAST_TAKES_DEVICE:
-        enabled = torch.is_autocast_enabled(dev)
-    else:  # torch < 2.4-style API
-        enabled = torch.is_autocast_enabled() if dev == "cuda" else torch.is_autocast_cpu_enabled()
-    if not enabled:
+    if not autocast_enabled(x):
         return x.dtype
     if hasattr(torch, "get_autocast_dtype"):
         return torch.get_autocast_dtype(dev)

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from ..backend import use_triton_for
-from ._registry import compute_dtype, contiguous_rows, custom_op, kernels, register_autograd
+from ._registry import autocast_enabled, compute_dtype, contiguous_rows, custom_op, kernels, register_autograd
 from .swoosh import (SWOOSH_L_OFFSET, SWOOSH_L_SHIFT, SWOOSH_R_OFFSET, SWOOSH_R_SHIFT, swoosh_l_reference,
                      swoosh_r_reference)
 
@@ -157,11 +157,13 @@ def _linear_act_fwd(x: Tensor, weight: Tensor, bias: Optional[Tensor], shift: fl
 
 
 # ---------------------------------------------------------------------------------- dispatch
-def _gemm_weight(x: Tensor, weight: Tensor, name: str) -> Tensor:
+def _gemm_operands(x: Tensor, weight: Tensor, name: str) -> Tuple[Tensor, Tensor]:
+    """(x, weight) in the dtype the GEMM runs in: autocast's dtype inside an autocast region (as
+    F.linear would be autocast), else both must already agree."""
     cdt = compute_dtype(x)
-    if cdt == x.dtype and weight.dtype != x.dtype:
+    if cdt == x.dtype and weight.dtype != x.dtype and not autocast_enabled(x):
         raise TypeError(f"{name}: x is {x.dtype} but weight is {weight.dtype} (outside autocast they must match)")
-    return weight if weight.dtype == cdt else weight.to(cdt)
+    return (x if x.dtype == cdt else x.to(cdt)), (weight if weight.dtype == cdt else weight.to(cdt))
 
 
 def activation_dropout_linear(
@@ -169,7 +171,7 @@ def activation_dropout_linear(
 ) -> Tensor:
     shift, offset = _activation_constants(activation)
     if x.numel() > 0 and use_triton_for(x, weight, bias, dropout_mask):
-        w = _gemm_weight(x, weight, "activation_dropout_linear")
+        x, w = _gemm_operands(x, weight, "activation_dropout_linear")
         return _act_linear_fwd(x, w, bias, dropout_mask, shift, offset)
     return activation_dropout_linear_reference(x, weight, bias, activation, dropout_mask)
 
@@ -179,5 +181,6 @@ def linear_swoosh(x: Tensor, weight: Tensor, bias: Optional[Tensor], activation:
     shift, offset = _activation_constants(activation)
     needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias))
     if not needs_grad and x.numel() > 0 and use_triton_for(x, weight, bias):
-        return _linear_act_fwd(x, _gemm_weight(x, weight, "linear_swoosh"), bias, shift, offset)
+        x, w = _gemm_operands(x, weight, "linear_swoosh")
+        return _linear_act_fwd(x, w, bias, shift, offset)
     return linear_swoosh_reference(x, weight, bias, activation)

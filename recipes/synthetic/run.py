@@ -24,7 +24,7 @@ FULL = dict(
     prepare=dict(train_sentences=1500, train_repeats=2, dev_sentences=50, test_sentences=100,
                  test_repeats=2, speed_perturb=0, vocab_size=128),
     train=dict(max_duration=40, num_buckets=10, base_lr=0.05, lr_batches=300, lr_epochs=10,
-               lr_warmup_batches=50, warm_step=200, ref_duration=1, average_period=20,
+               lr_warmup_batches=100, warm_step=200, ref_duration=6, average_period=20,
                save_every_n=100, log_interval=20, valid_interval=100, spec_aug_time_warp=20,
                use_ctc=1, max_minutes=11.0, num_epochs=100),
     decode=dict(avg=3),

@@ -83,6 +83,22 @@ def test_autocast_fp16_runs_the_gemm_in_fp16():
     assert_close(y, yr.float(), torch.float16, "output under autocast")
 
 
+def test_autocast_accepts_half_input_with_fp32_weight():
+    # Inside an autocast model the previous layer's output is already half while the weights stay
+    # fp32 (the case that failed on the H100 in bf16 training); autocast casts the weight.
+    x, w, b, m = _make(6, 2, 40, 24, torch.float32)
+    xh = x.detach().half().requires_grad_()
+    w.requires_grad_()
+    with torch.autocast("cpu", dtype=torch.float16):
+        with use_backend("triton"):
+            y = AL.activation_dropout_linear(xh, w, b, "SwooshL", m.half())
+        yr = AL.activation_dropout_linear_reference(xh, w, b, "SwooshL", m.half())
+    assert y.dtype == yr.dtype == torch.float16
+    assert_close(y, yr.float(), torch.float16, "half input, fp32 weight under autocast")
+    y.float().sum().backward()
+    assert w.grad is not None and w.grad.dtype == torch.float32 and xh.grad.dtype == torch.float16
+
+
 def test_dtype_mismatch_outside_autocast_is_an_error():
     x, w, b, m = _make(2, 1, 8, 4, torch.float32)
     with use_backend("triton"), pytest.raises(TypeError, match="autocast"):

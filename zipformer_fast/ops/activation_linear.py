@@ -160,9 +160,9 @@ def _linear_act_fwd(x: Tensor, weight: Tensor, bias: Optional[Tensor], shift: fl
 def _gemm_operands(x: Tensor, weight: Tensor, name: str) -> Tuple[Tensor, Tensor]:
     """(x, weight) in the dtype the GEMM runs in: autocast's dtype inside an autocast region (as
     F.linear would be autocast), else both must already agree."""
-    cdt = compute_dtype(x)
-    if cdt == x.dtype and weight.dtype != x.dtype and not autocast_enabled(x):
+    if not autocast_enabled(x) and weight.dtype != x.dtype:
         raise TypeError(f"{name}: x is {x.dtype} but weight is {weight.dtype} (outside autocast they must match)")
+    cdt = compute_dtype(x)
     return (x if x.dtype == cdt else x.to(cdt)), (weight if weight.dtype == cdt else weight.to(cdt))
 
 

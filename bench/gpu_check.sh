@@ -111,7 +111,9 @@ if [ "$GPU" = 1 ]; then
   # the reference Zipformer-L; then the per-op kernel table, the fp32 Figure 3, the optimizer.
   # -k matches test, class and module names and marker names (case-insensitive): this takes
   # tests/test_gpu_*.py, @pytest.mark.gpu tests and the suite's CUDA/kernel tests.
-  stage gpu_tests 110 "$PY" -m pytest -q -p no:cacheprovider tests \
+  # -v names each test as it finishes, so a failure is identified even when the stage times out
+  # before pytest's summary (the H100 run of session 1 lost its one failure's name that way).
+  stage gpu_tests 110 "$PY" -m pytest -v -rfE -p no:cacheprovider tests \
       -k "cuda or gpu or triton or kernel or fused" --junitxml "$RESULTS/gpu_tests.xml"
   stage bf16 110 "$PY" $LAT --backends reference,triton --dtypes bf16 --modes infer --iters 5
   stage train 70 "$PY" $LAT --models zipformer-M --backends reference,triton --dtypes bf16 \

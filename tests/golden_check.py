@@ -15,9 +15,17 @@ was made. tests/data/golden_XS_fired.json lists them (recovered from the golden 
 file's "how"); during the gradient run exactly those fire, all others stay off. This also checks our
 Balancer and Whiten backward formulas against icefall's.
 
-Tolerance: every entry must satisfy err <= max(rtol, 3 * cond), where cond is the float32 rounding
-sensitivity of that entry, measured by re-running our reference model in float64 (grads only;
-forward entries use rtol alone). A few gradients are differences of nearly equal terms (the
+Tolerance: forward entries must satisfy err <= rtol. Gradient entries must satisfy
+err <= max(grad_floor, 3 * cond), where cond is the float32 rounding sensitivity of that entry,
+measured by re-running our reference model in float64. Why a gradient floor above rtol: golden_XS.pt
+is itself a float32 result with its own summation order, and its own round-off is visible against
+our float64 gradients: 3.1e-5 on encoder.downsample_output.bias (whose sensitivity here is only
+2.6e-6), 3.5e-5 / 4.3e-5 on two attention in_proj biases, 6.4e-6 on features_grad. At a 1e-5 floor the
+check failed on one 2-core CPU and passed on another, on which entry depending on the BLAS path
+(encoder_embed.out_norm.bias at 1.06e-5 in one process, downsample_output.bias at 2.9e-5 in
+another): that floor tested the machine, not the model. GOLDEN_GRAD_FLOOR = 5e-5 sits above the
+largest such golden round-off seen (4.3e-5); a real gradient defect is far larger (see
+tests/test_golden.py: a 1e-3 change to one weight, or a Balancer left out). A few gradients are differences of nearly equal terms (the
 SimpleDownsample softmax biases, whose components sum to zero; the attention in_proj, whose key part
 has zero-sum gradients; depthwise-conv biases behind a Balancer whose clamp sits on a boundary) and
 differ between float32 and float64 by up to ~2e-2; comparing them at 1e-5 would test luck, not
@@ -139,7 +147,11 @@ def float32_sensitivity(golden, fired: Optional[Iterable[str]] = None) -> Dict[s
     return {k: rel_err(grads[torch.float32][k], grads[torch.float64][k]) for k in grads[torch.float32]}
 
 
-def check_against_golden(model, golden, rtol: float = 1e-5, grads: bool = True) -> Dict[str, float]:
+GOLDEN_GRAD_FLOOR = 5e-5
+
+
+def check_against_golden(model, golden, rtol: float = 1e-5, grads: bool = True,
+                         grad_floor: float = GOLDEN_GRAD_FLOOR) -> Dict[str, float]:
     model.load_state_dict(golden["state_dict"], strict=True)
     model.eval()
     errs = golden_forward_errors(model, golden)
@@ -148,7 +160,7 @@ def check_against_golden(model, golden, rtol: float = 1e-5, grads: bool = True) 
         grad_errs = golden_grad_errors(model, golden)
         cond = float32_sensitivity(golden)
         errs.update(grad_errs)
-        tol.update({k: max(rtol, 3.0 * cond[k]) for k in grad_errs})
+        tol.update({k: max(rtol, grad_floor, 3.0 * cond[k]) for k in grad_errs})
     bad = {k: (v, tol[k]) for k, v in errs.items() if not v <= tol[k]}
     if bad:
         worst = sorted(bad.items(), key=lambda kv: -kv[1][0])[:20]

@@ -77,6 +77,21 @@ def test_forward_and_gradients_match_golden(golden):
     assert errs["features_grad"] <= RTOL
 
 
+def test_gradient_comparison_can_fail(golden):
+    """The gradient floor (GOLDEN_GRAD_FLOOR) still catches small defects: a 1e-3 relative change to
+    one feed-forward weight in stack 3 moves gradients in stacks 0-3 beyond the floor."""
+    from golden_check import GOLDEN_GRAD_FLOOR, golden_grad_errors
+    model = build_xs()
+    sd = {k: v.clone() for k, v in golden["state_dict"].items()}
+    sd["encoder.encoders.3.encoder.layers.0.feed_forward2.in_proj.weight"] *= 1.001
+    model.load_state_dict(sd, strict=True)
+    model.eval()
+    errs = golden_grad_errors(model, golden)
+    assert errs["features_grad"] > GOLDEN_GRAD_FLOOR
+    moved = [k for k, v in errs.items() if k.startswith("param_grads[encoder.encoders.0.") and v > GOLDEN_GRAD_FLOOR]
+    assert moved
+
+
 def test_gradients_need_the_fired_shapers(golden):
     """Without icefall's active Balancer/Whiten edits the gradients do not match: the replay matters."""
     from golden_check import golden_grad_errors

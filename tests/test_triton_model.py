@@ -2,9 +2,10 @@
 
 1. Against icefall's golden_XS.pt (tests/golden_check.py): eval forward (embed, six stacks,
    encoder, heads) relative error <= 1e-5 (measured ~1e-6); every gradient within
-   check_against_golden's per-entry tolerance max(rtol, 3 x the reference's own fp32-vs-fp64
-   difference) with rtol = 3e-5 instead of the reference's 1e-5. Why: a different fp32 summation
-   order is a different round-off sample. Measured (fp64 reference as truth): the fused path's
+   check_against_golden's per-entry tolerance max(GOLDEN_GRAD_FLOOR = 5e-5, 3 x the reference's own
+   fp32-vs-fp64 difference), the same as the reference backend's (golden's own float32 round-off
+   reaches 4.3e-5, see golden_check.py). A different fp32 summation order is a different
+   round-off sample. Measured (fp64 reference as truth): the fused path's
    largest gradient error is 0.0214 vs 0.0223 for the fp32 reference (the sum-to-zero entries),
    median 2.1e-6 vs 1.3e-6; against golden, three stack-0 attention gradients differ by
    1.3e-5 .. 2.6e-5 where the reference's own sensitivity gives them 1e-5 .. 1.8e-5.

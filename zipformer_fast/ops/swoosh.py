@@ -35,12 +35,12 @@ COMPACT_FLOOR = -0.08
 # ---------------------------------------------------------------------------------- reference
 def swoosh_reference(x: Tensor, shift: float, offset: float) -> Tensor:
     xf = x.float()
-    z = xf - shift
-    # Where exp(z) overflows the value is z. The overflowing entries are also kept out of exp's
-    # input: autograd through where() multiplies the unused branch's gradient (inf/inf = NaN) by 0,
-    # which is still NaN, so large activations would poison the whole backward.
-    overflow = torch.isinf(torch.exp(z.detach()))
-    log_sum = torch.where(overflow, z, torch.log1p(torch.exp(z.masked_fill(overflow, 0.0))))
+    # softplus(z) = log1p(exp(z)) below its threshold (20) and z above it, where the two agree to
+    # within exp(-20) relative, far below a float32 ulp: the same values as icefall's
+    # logaddexp(0, z) with its overflow-to-z rule, and a finite gradient sigmoid(z) everywhere. One
+    # fused op (and one in backward) instead of exp/isinf/where/log1p: the reference training step
+    # on CPU spent ~15 % of its time here.
+    log_sum = torch.nn.functional.softplus(xf - shift)
     return (log_sum - 0.08 * xf - offset).to(x.dtype)
 
 

@@ -34,8 +34,11 @@ def _key(t):
     return t.untyped_storage()._cdata
 
 
-def saved_bytes(model, features, feature_lens, backend: str, fake: bool = True, seed: int = 0) -> dict:
-    """{'bytes': total, 'tensors': count} saved by one training forward of model.forward_encoder."""
+def saved_bytes(model, features, feature_lens, backend: str, fake: bool = True, seed: int = 0,
+                observe=None) -> dict:
+    """{'bytes': total, 'tensors': count} saved by one training forward of model.forward_encoder.
+    observe(tensor, storage_key), if given, is called for every saved non-parameter tensor (each
+    time it is saved; bench/saved_bytes_breakdown.py uses it to say who saved what)."""
     model.train()
     mode = contextlib.nullcontext()
     if fake:
@@ -56,6 +59,8 @@ def saved_bytes(model, features, feature_lens, backend: str, fake: bool = True, 
             if k not in params:
                 # Keep the tensor: a freed storage's address could be reused and miscounted.
                 seen[k] = (t.untyped_storage().nbytes(), t)
+                if observe is not None:
+                    observe(t, k)
             return t
 
         torch.manual_seed(seed)

@@ -4,6 +4,7 @@ None of them changes a forward value; each edits gradients in backward, and each
 Python's `random` (as icefall does, in the same order) whether to act on a given call:
 - Balancer: per-channel limits on mean/std ("proportion positive") and RMS ("abs value").
   Applied whenever the input requires grad -- also in eval mode -- with probability `prob`.
+  The gradient math is zipformer_fast.ops.balancer (shared with ops that recompute their input).
 - Whiten: pushes the channel covariance towards a multiple of I when a whiteness metric exceeds
   `whitening_limit`; its probability switches between min_prob/max_prob after each backward.
 - ScaleGrad: gradient x alpha (training only).
@@ -19,6 +20,7 @@ from typing import Optional, Tuple, Union
 import torch
 from torch import Tensor, nn
 
+from ..ops.balancer import BalancerConfig, balancer
 from .scheduled_float import FloatLike, ScheduledFloat
 
 
@@ -39,39 +41,6 @@ class _CutoffEstimator:
             q = abs(delta)
             self.cutoff = x * q + self.cutoff * (1 - q)
         return above
-
-
-class _BalancerFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: Tensor, min_mean: float, max_mean: float, min_rms: float, max_rms: float,
-                grad_scale: float, channel_dim: int) -> Tensor:
-        ctx.save_for_backward(x)
-        ctx.config = (min_mean, max_mean, min_rms, max_rms, grad_scale, channel_dim % x.ndim)
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        (x,) = ctx.saved_tensors
-        min_mean, max_mean, min_rms, max_rms, grad_scale, channel_dim = ctx.config
-        # The constraint loss is differentiated in fp32, outside autocast.
-        with torch.enable_grad(), torch.autocast(device_type=x.device.type, enabled=False):
-            xf = x.detach().to(torch.float32).requires_grad_(True)
-            dims = [d for d in range(xf.ndim) if d != channel_dim]
-            uncentered_var = (xf ** 2).mean(dim=dims, keepdim=True)
-            mean = xf.mean(dim=dims, keepdim=True)
-            stddev = (uncentered_var - mean * mean).clamp(min=1.0e-20).sqrt()
-            rms = uncentered_var.clamp(min=1.0e-20).sqrt()
-            m = mean / stddev
-            m_loss = (m - m.clamp(min=min_mean, max=max_mean)).abs()
-            r_loss = (rms.clamp(min=min_rms, max=max_rms) / rms).log().abs()
-            loss = m_loss + r_loss
-            (loss_grad,) = torch.autograd.grad(loss, xf, torch.ones_like(loss))
-        # Normalise the constraint gradient to RMS grad_scale per channel, then weight each
-        # element by |grad| (a noisy estimate of how much that element matters).
-        loss_grad_rms = (loss_grad ** 2).mean(dim=dims, keepdim=True).sqrt().clamp(min=1.0e-20)
-        loss_grad = loss_grad * (grad_scale / loss_grad_rms)
-        gf = grad.to(torch.float32)
-        return (gf + gf.abs() * loss_grad).to(grad.dtype), None, None, None, None, None, None
 
 
 def _proportion_positive_to_mean(p: float) -> float:
@@ -108,23 +77,31 @@ class Balancer(nn.Module):
         self.forced: Optional[bool] = None
 
     def forward(self, x: Tensor) -> Tensor:
-        if torch.jit.is_scripting() or not x.requires_grad or self.forced is False:
-            return x
+        config = self.draw(x.shape, x.device, x.requires_grad)
+        return x if config is None else balancer(x, config)
+
+    def draw(self, shape, device: torch.device, requires_grad: bool = True) -> Optional[BalancerConfig]:
+        """Whether this call acts (icefall's random draw, made as forward makes it) and with which
+        limits: a BalancerConfig, or None. For an input of `shape` on `device`; ops that compute
+        the balanced tensor themselves (ops.conv_chain, ops.gated_depthwise_conv1d) take the config
+        and apply it in their backward."""
+        if torch.jit.is_scripting() or not requires_grad or self.forced is False:
+            return None
         if self.forced is None:
-            if x.is_cuda and self.mem_cutoff(torch.cuda.memory_allocated()):
-                return x
+            if torch.device(device).type == "cuda" and self.mem_cutoff(torch.cuda.memory_allocated()):
+                return None
             prob = float(self.prob)
             if random.random() >= prob:
-                return x
+                return None
         min_mean = _proportion_positive_to_mean(float(self.min_positive))
         max_mean = _proportion_positive_to_mean(float(self.max_positive))
         min_rms = _abs_to_rms(float(self.min_abs))
         max_rms = _abs_to_rms(float(self.max_abs))
         grad_scale = float(self.grad_scale)
-        if x.shape[self.channel_dim] != self.num_channels:
+        if shape[self.channel_dim] != self.num_channels:
             raise ValueError(f"Balancer: expected {self.num_channels} channels on dim {self.channel_dim}, "
-                             f"got shape {tuple(x.shape)}")
-        return _BalancerFunction.apply(x, min_mean, max_mean, min_rms, max_rms, grad_scale, self.channel_dim)
+                             f"got shape {tuple(shape)}")
+        return BalancerConfig(min_mean, max_mean, min_rms, max_rms, grad_scale, self.channel_dim % len(shape))
 
 
 # ----------------------------------------------------------------------------------- Whiten

@@ -6,6 +6,9 @@
 - The fake-tensor count (used by bench/saved_bytes.py for Zipformer-M) equals the count of a real
   run (kernels in the interpreter), for both backends.
 Attention runs its reference in both backends here (helper E measures its own kernels).
+- Issue #4's target: for Zipformer-M on one 30 s utterance (fake tensors, attention auto, seed 0)
+  the fused backend saves at most half of what the reference saves (measured 0.45; the
+  recomputing ops of tests/test_ops_recompute.py brought it there from 0.67).
 """
 import pathlib
 import sys
@@ -40,3 +43,12 @@ def test_fused_backend_saves_strictly_less(measured):
 @pytest.mark.parametrize("backend", ["reference", "triton"])
 def test_fake_tensor_count_equals_real_run(measured, backend):
     assert measured[(backend, True)] == measured[(backend, False)]
+
+
+def test_zipformer_m_30s_fused_saves_at_most_half_of_reference():
+    cfg = ZipformerConfig.preset("M")
+    model = AsrModel(cfg, vocab_size=cfg.vocab_size, use_transducer=True, use_ctc=True)
+    features, lens = torch.randn(1, 3000, 80), torch.full((1,), 3000)
+    res = {b: saved_bytes(model, features, lens, b, fake=True) for b in ("reference", "triton")}
+    ratio = res["triton"]["bytes"] / res["reference"]["bytes"]
+    assert ratio <= 0.5, (ratio, res)

@@ -101,7 +101,9 @@ class SelfAttention(nn.Module):
 
 
 class NonlinAttention(nn.Module):
-    """s, x, y = in_proj chunks; out = out_proj(((x * tanh(s)) averaged by head-0 weights) * y)."""
+    """s, x, y = in_proj chunks; out = out_proj(((x * tanh(s)) averaged by head-0 weights) * y).
+    The two products run as ops.tanh_gate / ops.mul_linear (self.tanh, kept for icefall's module
+    tree, is not called; out_proj's parameters are used by mul_linear)."""
 
     def __init__(self, channels: int, hidden_channels: int):
         super().__init__()
@@ -123,10 +125,10 @@ class NonlinAttention(nn.Module):
         T, B, _ = x.shape
         h = self.hidden_channels
         s, x, y = self.in_proj(x).chunk(3, dim=-1)
-        s = self.tanh(self.balancer(s))
-        x = self.whiten1(x) * s
+        s = self.balancer(s)  # (the Balancer draws before whiten1, as in icefall)
+        x = ops.tanh_gate(self.whiten1(x), s)  # x * tanh(s)
         x = x.reshape(T, B, 1, h).permute(2, 1, 0, 3)          # (1,B,T,h): a single head
         x = ops.attention_apply(attn_weights_head0, x)
         x = x.permute(2, 1, 0, 3).reshape(T, B, h)
-        x = x * y
-        return self.whiten2(self.out_proj(x))
+        x = ops.mul_linear(x, y, self.out_proj.weight, self.out_proj.bias)  # out_proj(x * y)
+        return self.whiten2(x)

@@ -26,6 +26,9 @@ class BiasNorm(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if x.shape[-1] != self.num_channels:
             raise ValueError(f"BiasNorm: expected {self.num_channels} channels, got shape {tuple(x.shape)}")
-        log_scale = limit_param_value(self.log_scale, min=float(self.log_scale_min),
-                                      max=float(self.log_scale_max), training=self.training)
-        return ops.bias_norm(x, log_scale, self.bias)
+        return ops.bias_norm(x, self.limited_log_scale(), self.bias)
+
+    def limited_log_scale(self) -> Tensor:
+        """log_scale as forward uses it (in training through limit_param_value: one random draw)."""
+        return limit_param_value(self.log_scale, min=float(self.log_scale_min), max=float(self.log_scale_max),
+                                 training=self.training)

@@ -8,6 +8,7 @@ Eval: the raw parameter. The elementwise combine is zipformer_fast.ops.bypass.
 from __future__ import annotations
 
 import copy
+from typing import Optional
 
 import torch
 from torch import Tensor, nn
@@ -44,5 +45,12 @@ class BypassModule(nn.Module):
             ans = torch.maximum(ans, st.to(ans.dtype))
         return ans
 
-    def forward(self, src_orig: Tensor, src: Tensor) -> Tensor:
-        return ops.bypass(src_orig, src, self.get_scale(src.shape[1]))
+    def forward(self, src_orig: Tensor, src: Tensor, norm: Optional[nn.Module] = None) -> Tensor:
+        """src_orig + (src - src_orig) * c; with a BiasNorm `norm`, src is first normalised by it
+        (ops.bias_norm_bypass: the fused path then does not store the normalised tensor)."""
+        if norm is None:
+            return ops.bypass(src_orig, src, self.get_scale(src.shape[1]))
+        if src.shape[-1] != norm.num_channels:
+            raise ValueError(f"BiasNorm: expected {norm.num_channels} channels, got shape {tuple(src.shape)}")
+        log_scale = norm.limited_log_scale()  # drawn before the bypass scale, as norm(src) then bypass
+        return ops.bias_norm_bypass(src_orig, src, log_scale, norm.bias, self.get_scale(src.shape[1]))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from .. import ops
 from .grad_shapers import Balancer, Whiten, whitening_schedule
 from .linear import ActivationDropoutAndLinear
 from .scheduled_float import ScheduledFloat
@@ -89,16 +90,23 @@ class ConvolutionModule(nn.Module):
 
     def forward(self, x: Tensor, src_key_padding_mask: Tensor = None, chunk_size: int = -1) -> Tensor:
         """x (T, B, D) -> (T, B, D)."""
-        x, s = self.in_proj(x).chunk(2, dim=-1)
-        x = x * self.sigmoid(self.balancer1(s))
-        x = x.permute(1, 2, 0)  # (B, D, T)
-        if src_key_padding_mask is not None:
-            x = x.masked_fill(src_key_padding_mask.unsqueeze(1).expand_as(x), 0.0)
-        if chunk_size >= 0:
-            if not self.causal:
-                raise ValueError("ConvolutionModule: chunk_size >= 0 needs a model built with causal=True")
-            x = self.depthwise_conv(x, chunk_size=chunk_size)
+        if chunk_size >= 0 and not self.causal:
+            raise ValueError("ConvolutionModule: chunk_size >= 0 needs a model built with causal=True")
+        if not self.causal:
+            # in_proj, the gate (with balancer1 on its input) and the depthwise conv in one op: its
+            # fused path stores only the module input and recomputes the rest in backward.
+            D = self.in_proj.out_features // 2
+            needs_grad = torch.is_grad_enabled() and (x.requires_grad or any(
+                p.requires_grad for p in self.in_proj.parameters()))
+            balancer = self.balancer1.draw(tuple(x.shape[:-1]) + (D,), x.device, needs_grad)
+            x = ops.gated_depthwise_conv1d(x, self.in_proj.weight, self.in_proj.bias, src_key_padding_mask,
+                                           self.depthwise_conv.weight, self.depthwise_conv.bias, balancer)
         else:
-            x = self.depthwise_conv(x)
+            x, s = self.in_proj(x).chunk(2, dim=-1)
+            x = x * self.sigmoid(self.balancer1(s))
+            x = x.permute(1, 2, 0)  # (B, D, T)
+            if src_key_padding_mask is not None:
+                x = x.masked_fill(src_key_padding_mask.unsqueeze(1).expand_as(x), 0.0)
+            x = self.depthwise_conv(x, chunk_size=chunk_size) if chunk_size >= 0 else self.depthwise_conv(x)
         x = self.balancer2(x).permute(2, 0, 1)  # (T, B, D)
         return self.out_proj(self.whiten(x))

@@ -119,6 +119,5 @@ class Zipformer2EncoderLayer(nn.Module):
         ff3 = self.balancer_ff3(self.feed_forward3(src))
         src = src + self._masked(ff3, self._sequence_mask(src, ff3_skip_rate))
 
-        src = self.norm(self.balancer1(src))
-        src = self.bypass(src_orig, src)
+        src = self.bypass(src_orig, self.balancer1(src), norm=self.norm)  # bypass(src_orig, norm(src))
         return self.whiten(self.balancer2(src))

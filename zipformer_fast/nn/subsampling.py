@@ -2,6 +2,11 @@
 
 (N, T, 80) -> (N, (T-7)//2, D0). The `conv` Sequential indices (0, 4, 7 hold the Conv2d layers) and
 the channel-major flattening (feature index = channel*19 + freq) are what icefall checkpoints expect.
+
+Forward does not call the parameter-free SwooshR / SwooshL modules (conv[3], conv[6], conv[9],
+convnext.activation): each activation runs inside ops.conv_chain with the convolutions that read
+its output (same values; the fused path then stores only the pre-activation). The modules stay so
+that the module tree is icefall's.
 """
 from __future__ import annotations
 
@@ -10,12 +15,20 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor, nn
 
+from .. import ops
 from .activations import SwooshL, SwooshR
 from .bias_norm import BiasNorm
 from .dropout import Dropout3
 from .grad_shapers import Balancer, ScaleGrad, Whiten
 from .linear import ScaledConv2d
 from .scheduled_float import FloatLike, ScheduledFloat
+
+
+def _conv_spec(conv: nn.Conv2d):
+    """(weight, bias, stride, padding, groups) of a zero-padded, undilated Conv2d, for ops.conv_chain."""
+    if conv.padding_mode != "zeros" or tuple(conv.dilation) != (1, 1) or isinstance(conv.padding, str):
+        raise ValueError(f"{conv}: ops.conv_chain needs zero padding given as numbers and dilation 1")
+    return conv.weight, conv.bias, tuple(conv.stride), tuple(conv.padding), conv.groups
 
 
 class ConvNeXt(nn.Module):
@@ -40,17 +53,31 @@ class ConvNeXt(nn.Module):
                                      min_abs=1.0, max_abs=6.0)
         self.out_whiten = Whiten(num_groups=1, whitening_limit=5.0, prob=(0.025, 0.25), grad_scale=0.01)
 
-    def forward(self, x: Tensor) -> Tensor:
-        """x (N, C, T, F) -> same shape."""
+    def forward(self, x: Tensor, input_activation: Optional[str] = None) -> Tensor:
+        """x (N, C, T, F) -> same shape. With input_activation ("SwooshR"), x is the pre-activation
+        and the block starts with that activation (Conv2dSubsampling passes its last SwooshR here, so
+        that ops.conv_chain can fuse it with the convs that read its output)."""
         mask = None
         if self.training:
             rate = float(self.layerdrop_rate)
             if rate != 0.0:
                 mask = torch.rand((x.shape[0], 1, 1, 1), dtype=x.dtype, device=x.device) > rate
-        bypass = x
-        x = self.pointwise_conv1(self.depthwise_conv(x))
-        x = self.activation(self.hidden_balancer(x))
-        x = self.pointwise_conv2(x)
+        # depthwise -> pointwise1 -> hidden_balancer -> SwooshL -> pointwise2 as one ops.conv_chain
+        # (its fused path stores only the chain's input and recomputes the rest in backward).
+        stages = [("conv", _conv_spec(self.depthwise_conv)), ("conv", _conv_spec(self.pointwise_conv1)),
+                  ("balancer", None), ("swoosh", "SwooshL"), ("conv", _conv_spec(self.pointwise_conv2))]
+        if input_activation is not None:
+            stages.insert(0, ("swoosh", input_activation))
+        # The Balancer acts only on a tensor that requires grad (pointwise1's output).
+        front = list(self.depthwise_conv.parameters()) + list(self.pointwise_conv1.parameters())
+        needs_grad = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in front))
+        hidden_shape = (x.shape[0], self.pointwise_conv1.out_channels) + tuple(x.shape[2:])
+        stages[-3] = ("balancer", self.hidden_balancer.draw(hidden_shape, x.device, needs_grad))
+        if input_activation is None:
+            bypass = x
+            x = ops.conv_chain(x, stages)
+        else:
+            x, bypass = ops.conv_chain(x, stages, return_after=0)
         if mask is not None:
             x = x * mask
         x = self.out_balancer(bypass + x)
@@ -87,7 +114,13 @@ class Conv2dSubsampling(nn.Module):
 
     def forward(self, x: Tensor, x_lens: Tensor) -> Tuple[Tensor, Tensor]:
         """x (N, T, F), T >= 9 -> ((N, (T-7)//2, D0), (x_lens-7)//2)."""
-        x = self.convnext(self.conv(x.unsqueeze(1)))
+        c = self.conv  # conv, ScaleGrad, Balancer, SwooshR, conv, Balancer, SwooshR, conv, Balancer, SwooshR
+        x = c[2](c[1](c[0](x.unsqueeze(1))))
+        # Each SwooshR runs with the conv after it (ops.conv_chain: the fused path recomputes the
+        # activation in backward instead of storing it); the last one opens the ConvNeXt block.
+        x = c[5](ops.conv_chain(x, [("swoosh", "SwooshR"), ("conv", _conv_spec(c[4]))]))
+        x = c[8](ops.conv_chain(x, [("swoosh", "SwooshR"), ("conv", _conv_spec(c[7]))]))
+        x = self.convnext(x, input_activation="SwooshR")
         b, c, t, f = x.shape
         x = x.transpose(1, 2).reshape(b, t, c * f)   # channel-major features
         x = self.out_norm(self.out_whiten(self.out(x)))

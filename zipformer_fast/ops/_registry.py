@@ -84,6 +84,19 @@ def compute_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.get_autocast_gpu_dtype() if dev == "cuda" else torch.get_autocast_cpu_dtype()
 
 
+def linear_grads(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                 need_x: bool, need_w: bool, need_b: bool):
+    """Gradients of y = linear(x, weight, bias) given dL/dy, as two GEMMs on the flattened rows
+    (dx = dy W, dW = dy^T x; db = sum dy in fp32), in the dtype of `weight` (pass the autocast copies
+    of x and weight: the GEMMs then run in that dtype, as autograd's would). Each result is None
+    where not needed; dx has x's shape and dtype, dW and db the dtypes of `weight` / `bias`."""
+    g2 = grad.reshape(-1, weight.shape[0]).to(weight.dtype)
+    dx = (g2 @ weight).reshape(x.shape).to(x.dtype) if need_x else None
+    dw = g2.t() @ x.reshape(-1, weight.shape[1]).to(weight.dtype) if need_w else None
+    db = g2.float().sum(0).to(bias.dtype) if need_b and bias is not None else None
+    return dx, dw, db
+
+
 def _autocast_takes_device() -> bool:
     try:
         torch.is_autocast_enabled("cpu")

@@ -10,6 +10,12 @@ module; the op is the elementwise combination. Output dtype follows torch promot
 - upsample_bypass(x_orig, y_down, ds, scale) == bypass(x_orig, simple_upsample(y_down, ds, T), scale)
   without materialising the upsampled (T, B, D) tensor (forward reads y_down once per group of ds
   frames; backward sums the group's gradient in registers).
+- bias_norm_bypass(x_orig, x, log_scale, bias, scale) == bypass(x_orig, bias_norm(x, log_scale, bias), scale)
+  (the end of a Zipformer layer). Fused path: an autograd.Function around the two fused ops that
+  saves x, x_orig and the parameters but not the normalised y (nor the per-row rstd): backward
+  runs the BiasNorm forward kernel again (bit-identical y and rstd), then the bypass and BiasNorm
+  backward kernels, so the gradients equal the two fused ops'. Saves one (T, B, D) tensor per layer
+  for one extra BiasNorm pass in backward.
 
 Fused path (kernels/bypass.py): one read of each input and one write of out. Saved for backward:
 x_orig and x (or y_down) themselves, no new tensor (the reference autograd saves the difference
@@ -121,3 +127,36 @@ def upsample_bypass(x_orig: Tensor, y_down: Tensor, ds: int, scale: Tensor) -> T
     if ds >= 1 and _fused_ok(x_orig, y_down, scale):
         return _bypass_fwd(x_orig, y_down, scale, int(ds))
     return upsample_bypass_reference(x_orig, y_down, ds, scale)
+
+
+def bias_norm_bypass_reference(x_orig: Tensor, x: Tensor, log_scale: Tensor, bias: Tensor, scale: Tensor) -> Tensor:
+    from .bias_norm import bias_norm_reference
+    return bypass_reference(x_orig, bias_norm_reference(x, log_scale, bias), scale)
+
+
+class _BiasNormBypass(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x_orig, x, log_scale, bias, scale):
+        from .bias_norm import _bias_norm_fwd
+        y = _bias_norm_fwd(x, log_scale, bias)[0]
+        ctx.save_for_backward(x_orig, x, log_scale, bias, scale)
+        return _bypass_fwd(x_orig, y, scale, 0)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        from .bias_norm import _bias_norm_bwd, _bias_norm_fwd
+        x_orig, x, log_scale, bias, scale = ctx.saved_tensors
+        y, rstd = _bias_norm_fwd(x, log_scale, bias)
+        dxo, dy, dc = _bypass_bwd(grad, x_orig, y, scale, 0)
+        dx, dls, db = _bias_norm_bwd(dy, x, log_scale, bias, rstd)
+        return dxo, dx, dls, db, dc
+
+
+def bias_norm_bypass(x_orig: Tensor, x: Tensor, log_scale: Tensor, bias: Tensor, scale: Tensor) -> Tensor:
+    """x_orig + (bias_norm(x, log_scale, bias) - x_orig) * scale; see the module docstring."""
+    from .bias_norm import MAX_FUSED_DIM, bias_norm
+    if (x_orig.shape == x.shape and x.shape[-1] <= MAX_FUSED_DIM and _fused_ok(x_orig, x, scale)
+            and use_triton_for(log_scale, bias)):
+        return _BiasNormBypass.apply(x_orig, x, log_scale, bias, scale)
+    return bypass(x_orig, bias_norm(x, log_scale, bias), scale)

@@ -20,7 +20,7 @@ returns a zero-argument callable running one iteration (pass_ "fwd" or "fwdbwd")
 
 Saved-for-backward bytes of a whole model's training forward (device-independent, runs on CPU):
 
-    python bench/cases_attention.py --saved-bytes M --seconds 30 --batch 1
+    python bench/cases_attention.py --saved-bytes M --seconds 30 --batch 1 [--json FILE]
 
 counts every storage autograd saves (once; weights and input excluded) with saved_tensors_hooks,
 for the reference backend and the fused backend in each attention mode. The fused kernels are NOT
@@ -204,6 +204,11 @@ def main(argv=None) -> int:
         for k, v in res.items():
             print(f"{a.saved_bytes} {a.seconds:g}s x{a.batch} {k:22s} {v:9.1f} MiB "
                   f"({100 * v / res['reference/auto']:.0f}% of reference)")
+        if a.json:
+            with open(a.json, "w") as f:
+                json.dump(dict(preset=a.saved_bytes, seconds=a.seconds, batch=a.batch, torch=torch.__version__,
+                               command="python " + " ".join(sys.argv), MiB=res,
+                               over_reference={k: v / res["reference/auto"] for k, v in res.items()}), f, indent=1)
         return 0
     device = "cuda" if torch.cuda.is_available() else "cpu"
     rows = []

@@ -10,9 +10,11 @@ tests/test_saved_bytes.py checks that the fake count equals a real (interpreter)
 
     TRITON_INTERPRET=1 python bench/saved_bytes.py [--preset M] [--seconds 10] [--batch 1] [--real]
                                                    [--attention-reference] [--out-dir DIR]
+                                                   [--seeds 0 1 2] [--batch-counts 0 4000 20000]
 The triton backend needs triton importable and, on CPU, TRITON_INTERPRET=1. --attention-reference
 keeps the attention ops on their reference in both runs (isolates the memory-bound/GEMM ops).
-Writes <out-dir>/saved_bytes.json (default bench/results/cpu/) and prints a table.
+Writes <out-dir>/saved_bytes_<preset>_<seconds>s_b<batch>[_attnref][_sweep].json (default
+bench/results/cpu/) and prints a table.
 """
 import argparse
 import contextlib
@@ -102,29 +104,48 @@ def main(argv=None) -> int:
     ap.add_argument("--real", action="store_true", help="run the kernels (interpreter on CPU) instead of fake tensors")
     ap.add_argument("--attention-reference", action="store_true")
     ap.add_argument("--out-dir", default=str(ROOT / "bench" / "results" / "cpu"))
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0],
+                    help="torch/Python seeds (which Balancers, Whitens, layer skips fire); one run per seed")
+    ap.add_argument("--batch-counts", type=float, nargs="+", default=[None],
+                    help="set_batch_count values (schedules: skip rates, Balancer probabilities); default: none set")
     a = ap.parse_args(argv)
     cfg = ZipformerConfig.preset(a.preset)
     model = AsrModel(cfg, vocab_size=cfg.vocab_size, use_transducer=True, use_ctc=True)
     T = int(round(a.seconds * 100))  # 100 fbank frames per second
     features = torch.randn(a.batch, T, 80)
     lens = torch.full((a.batch,), T, dtype=torch.long)
-    res = {}
     ctx = attention_reference() if a.attention_reference else contextlib.nullcontext()
+    sweep = []
     with ctx:
-        for backend in ("reference", "triton"):
-            res[backend] = saved_bytes(model, features, lens, backend, fake=not a.real)
-    ratio = res["triton"]["bytes"] / res["reference"]["bytes"]
+        for batch_count in a.batch_counts:
+            if batch_count is not None:
+                from zipformer_fast.nn import set_batch_count
+                set_batch_count(model, batch_count)
+            for seed in a.seeds:
+                res = {b: saved_bytes(model, features, lens, b, fake=not a.real, seed=seed)
+                       for b in ("reference", "triton")}
+                sweep.append(dict(batch_count=batch_count, seed=seed,
+                                  **{f"{k}_MiB": v["bytes"] / 2**20 for k, v in res.items()},
+                                  **{f"{k}_tensors": v["tensors"] for k, v in res.items()},
+                                  triton_over_reference=res["triton"]["bytes"] / res["reference"]["bytes"]))
+    first = sweep[0]
     out = dict(preset=a.preset, seconds=a.seconds, batch=a.batch, frames=T, fake=not a.real,
                attention="reference" if a.attention_reference else "backend", torch=torch.__version__,
-               command="python " + " ".join(sys.argv), **{f"{k}_MiB": v["bytes"] / 2**20 for k, v in res.items()},
-               **{f"{k}_tensors": v["tensors"] for k, v in res.items()}, triton_over_reference=ratio)
+               command="python " + " ".join(sys.argv), **{k: v for k, v in first.items()
+                                                           if k not in ("batch_count", "seed")})
+    if len(sweep) > 1:
+        out["sweep"] = sweep
     print(f"Zipformer-{a.preset}, {a.batch} x {a.seconds:g} s, saved for backward (one training forward):")
-    for k, v in res.items():
-        print(f"  {k:10s} {v['bytes'] / 2**20:10.1f} MiB  ({v['tensors']} tensors)")
-    print(f"  triton / reference = {ratio:.3f}")
+    for row in sweep:
+        if len(sweep) > 1:
+            print(f" batch_count {row['batch_count']}, seed {row['seed']}:")
+        for k in ("reference", "triton"):
+            print(f"  {k:10s} {row[k + '_MiB']:10.1f} MiB  ({row[k + '_tensors']} tensors)")
+        print(f"  triton / reference = {row['triton_over_reference']:.3f}")
     d = pathlib.Path(a.out_dir)
     d.mkdir(parents=True, exist_ok=True)
-    name = f"saved_bytes_{a.preset}_{a.seconds:g}s_b{a.batch}{'_attnref' if a.attention_reference else ''}.json"
+    name = (f"saved_bytes_{a.preset}_{a.seconds:g}s_b{a.batch}{'_attnref' if a.attention_reference else ''}"
+            f"{'_sweep' if len(sweep) > 1 else ''}.json")
     (d / name).write_text(json.dumps(out, indent=1))
     return 0
 

@@ -20,9 +20,9 @@ from typing import Dict, List
 
 # Corpus sizes and training settings. The full run trains for a fixed wall-time budget (minutes),
 # the quick run for a fixed number of steps.
-# Why these settings (measured on the 2-core CPU, see README): escaping the blank plateau takes a
-# roughly fixed number of optimizer steps (~300-400 at 20 s or 40 s batches alike), so the recipe
-# buys steps: 20 s batches cost 0.28 s/step against 0.52 s at 40 s. The schedules keep icefall's
+# Why these settings (measured on the 2-core CPU, see README): escaping the blank plateau takes
+# ~400 optimizer steps at 40 s batches and ~600 at 20 s, while a 20 s step costs 0.28 s against
+# 0.52 s at 40 s: the smaller batch leaves the plateau sooner on the clock and buys more steps. The schedules keep icefall's
 # M-recipe pace per step: ref_duration 3 makes the model's batch count advance 20/3 = 6.7x per step
 # as icefall's (1000 s x 4 GPUs)/600; Eden's lr_batches 1000 and the loss warm-up (500 steps) are
 # sized for the ~2200 steps that fit in 14 minutes; the LR warm-up is 50 steps. Decoding uses the

@@ -1,9 +1,10 @@
 """The reference AsrModel reproduces icefall's golden_XS.pt (weights, activations and gradients).
 
-Tolerance: relative error ||ours - icefall|| / ||icefall|| <= 1e-5 for every forward tensor and
-gradient, except gradients whose own float32-vs-float64 difference is larger (see golden_check: they
-get 3x that sensitivity). Measured: forward <= 6e-7, features_grad ~7e-6, parameter gradients
-<= 5e-5 (the sum-to-zero ones), all within their tolerance.
+Tolerance: relative error ||ours - icefall|| / ||icefall|| <= 1e-5 for every forward tensor;
+every gradient within max(5e-5, 3 x its own float32-vs-float64 difference) (golden_check explains
+the floor: golden's own float32 round-off reaches 4.3e-5). Measured: forward <= 6e-7, features_grad
+7e-6 to 1.1e-5 (by thread count), parameter gradients mostly <= 3e-5, the sum-to-zero ones up to
+2e-2, all within their tolerance.
 
 The gradients include icefall's random Balancer/Whiten edits; golden_check replays the set that
 was active (tests/data/golden_XS_fired.json). The tests pin the reference backend; helpers for fused
@@ -74,7 +75,11 @@ def test_golden_comparison_can_fail(golden):
 def test_forward_and_gradients_match_golden(golden):
     errs = check_against_golden(build_xs(), golden, rtol=RTOL, grads=True)
     assert sum(k.startswith("param_grads[") for k in errs) == len(golden["param_grads"]) == 285
-    assert errs["features_grad"] <= RTOL
+    # features_grad is held to the same per-entry rule as the parameter gradients (inside
+    # check_against_golden), not to the forward's 1e-5: our own float32-vs-float64 difference on it
+    # is 6.1e-6 with one thread and 1.3e-5 with two (BLAS summation order), and golden's own
+    # round-off against our float64 is 6.4e-6. Measured errors: 6.7e-6 (1 thread), 1.09e-5 (2).
+    assert errs["features_grad"] <= 2e-5
 
 
 def test_gradient_comparison_can_fail(golden):

@@ -119,7 +119,9 @@ if [ "$GPU" = 1 ]; then
   stage train 70 "$PY" $LAT --models zipformer-M --backends reference,triton --dtypes bf16 \
       --modes train --warmup 2 --iters 5
   stage compile 90 "$PY" $LAT --models zipformer-L --backends compile --dtypes bf16 --modes infer --iters 5
-  run_other_bench kernels bench/kernels.py 60 --attention --dtypes bf16 --time-budget 45
+  # Attention first inside kernels.py (issue #4: fwd+bwd vs reference and vs torch.compile), then
+  # the memory-bound ops (issue #3) in the time left.
+  run_other_bench kernels bench/kernels.py 120 --attention --dtypes bf16 --time-budget 100
   stage fig3 90 "$PY" $LAT --models zipformer-S,zipformer-M,zipformer-L --backends reference,triton \
       --dtypes fp32 --modes infer --iters 5
   run_other_bench optimizer bench/optimizer.py 45

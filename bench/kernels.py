@@ -6,7 +6,7 @@ time (ms, p20/p50/p80), peak memory above the inputs (MB), and for memory-bound 
 GB/s and % of the device's peak bandwidth (bytes = inputs read once + outputs written once, see
 cases_memory_bound). A `copy` row (x.copy_ of 1 GiB) gives the achievable bandwidth for scale.
 
-    python bench/kernels.py [--dtypes bf16,fp16,fp32] [--ops swoosh_l,bias_norm,...] [--attention]
+    python bench/kernels.py [--dtypes bf16,fp16,fp32] [--ops swoosh_l,bias_norm,...] [--attention [--attention-only]]
                             [--providers triton,reference,torch_compile] [--time-budget 60 (0: all)]
                             [--out-dir bench/results/<device>] [--smoke]
 
@@ -159,28 +159,43 @@ def copy_rows(device, peak_bw):
     return rows
 
 
-def attention_rows(device, smoke, providers):
-    """E's attention cases (bench/cases_attention.py), if present, in the same table."""
+# Issue #4's question first: fwd+bwd of the fused modes against the reference, then torch.compile
+# of the reference (its compile is slow), then forward only. A GPU session's time budget usually
+# ends inside this list, so the order decides what gets measured.
+ATTENTION_ORDER = [("fwdbwd", "reference"), ("fwdbwd", "fused_recompute"), ("fwdbwd", "fused_materialize"),
+                   ("fwdbwd", "reference_compile"), ("fwd", "reference"), ("fwd", "fused_recompute"),
+                   ("fwd", "fused_materialize"), ("fwd", "reference_compile")]
+
+
+def attention_rows(device, smoke, providers, out_of_time=lambda: False, skipped=None):
+    """The attention cases (bench/cases_attention.py), if present, in the same table; yields one
+    batch of rows per (case, pass, impl) so that the caller can write them as they come."""
     try:
         import cases_attention as CA
     except ImportError:
-        return []
+        return
     kw = dict(Ts=(16,), batch=2, stacks=(0,)) if smoke else {}
-    rows = []
-    impls = [i for i in CA.IMPLS if not smoke or i == "reference"]
-    for case in CA.cases(device, **kw):
-        for pass_ in CA.PASSES:
-            for impl in impls:
-                step = case.make(impl, pass_)
-                p20, p50, p80 = timings(step, device, smoke)
-                mode = {"fwd": "forward", "fwdbwd": "full"}.get(pass_, pass_)
-                rows.append((case.name, impl, mode, "ms", p20, p50, p80, f"T={case.T},B={case.B},H={case.H},D={case.D}",
-                             str(case.dtype).replace("torch.", "")))
-                mb = peak_mb(step, device)
-                if mb is not None:
-                    rows.append((case.name, impl, mode, "peak_MB", mb, mb, mb, rows[-1][7], rows[-1][8]))
-                del step
-    return rows
+    all_cases = CA.cases(device, **kw)
+    for pass_, impl in ATTENTION_ORDER:
+        if impl not in CA.IMPLS or pass_ not in CA.PASSES or (smoke and impl != "reference"):
+            continue
+        for case in all_cases:
+            if out_of_time():
+                if skipped is not None:
+                    skipped.append(f"{case.name}[T={case.T}] {impl} {pass_}")
+                continue
+            step = case.make(impl, pass_)
+            p20, p50, p80 = timings(step, device, smoke)
+            mode = {"fwd": "forward", "fwdbwd": "full"}.get(pass_, pass_)
+            shape = f"T={case.T},B={case.B},H={case.H},D={case.D}"
+            dtype = str(case.dtype).replace("torch.", "")
+            rows = [(case.name, impl, mode, "ms", p20, p50, p80, shape, dtype)]
+            print(f"{case.name:28s} {shape:40s} {dtype:9s} {impl:18s} {mode:8s} ms p50={p50:10.4f}", flush=True)
+            mb = peak_mb(step, device)
+            if mb is not None:
+                rows.append((case.name, impl, mode, "peak_MB", mb, mb, mb, shape, dtype))
+            del step
+            yield rows
 
 
 FIELDS = ("op", "provider", "mode", "metric", "p20", "p50", "p80", "shape", "dtype", "device", "torch", "triton", "command")
@@ -201,7 +216,8 @@ def main(argv=None) -> int:
     ap.add_argument("--dtypes", default="bf16")
     ap.add_argument("--ops", default="", help="comma-separated op names (default: all)")
     ap.add_argument("--providers", default=",".join(PROVIDERS))
-    ap.add_argument("--attention", action="store_true", help="also run bench/cases_attention.py")
+    ap.add_argument("--attention", action="store_true", help="also run bench/cases_attention.py (first)")
+    ap.add_argument("--attention-only", action="store_true", help="with --attention: skip the memory-bound ops")
     ap.add_argument("--time-budget", type=float, default=60.0,
                     help="stop starting new runs after S seconds (0: no limit); the default fits gpu_check.sh's 75 s cap")
     ap.add_argument("--out-dir", default="")
@@ -237,12 +253,23 @@ def main(argv=None) -> int:
     wanted = {o for o in a.ops.split(",") if o}
     t_start = time.time()
     skipped = []
+
+    def out_of_time():
+        return bool(a.time_budget) and time.time() - t_start > a.time_budget
+
+    if a.attention:  # first: the attention targets, then the memory-bound ops in the time left
+        for batch in attention_rows(device, a.smoke or device == "cpu", providers, out_of_time, skipped):
+            for r in batch:
+                add(*r)
+            write(rows, out_dir)
     for case in cases(smoke=a.smoke or device == "cpu"):
+        if a.attention_only:
+            break
         if wanted and case.op not in wanted:
             continue
         for dt in dtypes:
             for prov in providers:
-                if a.time_budget and time.time() - t_start > a.time_budget:
+                if out_of_time():
                     skipped.append(f"{case.op}[{case.shape}] {dt} {prov}")
                     continue
                 try:
@@ -258,9 +285,6 @@ def main(argv=None) -> int:
                 if device == "cuda":
                     torch.cuda.empty_cache()
         write(rows, out_dir)
-    if a.attention:
-        for r in attention_rows(device, a.smoke or device == "cpu", providers):
-            add(*r)
     if skipped:
         print(f"time budget reached: skipped {len(skipped)} runs: {skipped}")
     write(rows, out_dir)

@@ -129,3 +129,18 @@ def test_gpu_check_script_parses_and_plans_every_stage(tmp_path):
     for stage in ("env", "fig3", "plot", "summary"):
         assert f"stage {stage} " in res.stdout or f"{stage} " in res.stdout
     assert "== gpu_check summary" in res.stdout
+
+
+def test_kernel_bench_measures_attention_before_the_memory_bound_ops(tmp_path):
+    """GPU time is short: with --attention, the attention rows (issue #4's fwd+bwd comparison) come
+    first and are on disk before any memory-bound op runs; --attention-only stops there."""
+    import kernels as kernel_bench
+    assert kernel_bench.main(["--smoke", "--attention", "--out-dir", str(tmp_path / "all")]) == 0
+    ops = [r["op"] for r in csv.DictReader(open(tmp_path / "all" / "kernels.csv"))]
+    first_other = next(i for i, op in enumerate(ops) if op not in ("copy",) and not op.startswith("attn_"))
+    assert any(op.startswith("attn_") for op in ops[:first_other])
+    assert not any(op.startswith("attn_") for op in ops[first_other:])
+    assert kernel_bench.main(["--smoke", "--attention", "--attention-only", "--out-dir", str(tmp_path / "attn")]) == 0
+    rows = list(csv.DictReader(open(tmp_path / "attn" / "kernels.csv")))
+    assert {r["op"] for r in rows} - {"copy"} and all(r["op"] == "copy" or r["op"].startswith("attn_") for r in rows)
+    assert rows[1]["mode"] == "full"  # fwd+bwd before forward-only

@@ -24,9 +24,12 @@ class BiasNorm(nn.Module):
         self.log_scale_max = log_scale_max
 
     def forward(self, x: Tensor) -> Tensor:
+        self.check_input(x)
+        return ops.bias_norm(x, self.limited_log_scale(), self.bias)
+
+    def check_input(self, x: Tensor) -> None:
         if x.shape[-1] != self.num_channels:
             raise ValueError(f"BiasNorm: expected {self.num_channels} channels, got shape {tuple(x.shape)}")
-        return ops.bias_norm(x, self.limited_log_scale(), self.bias)
 
     def limited_log_scale(self) -> Tensor:
         """log_scale as forward uses it (in training through limit_param_value: one random draw)."""

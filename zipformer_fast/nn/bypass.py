@@ -50,7 +50,6 @@ class BypassModule(nn.Module):
         (ops.bias_norm_bypass: the fused path then does not store the normalised tensor)."""
         if norm is None:
             return ops.bypass(src_orig, src, self.get_scale(src.shape[1]))
-        if src.shape[-1] != norm.num_channels:
-            raise ValueError(f"BiasNorm: expected {norm.num_channels} channels, got shape {tuple(src.shape)}")
+        norm.check_input(src)
         log_scale = norm.limited_log_scale()  # drawn before the bypass scale, as norm(src) then bypass
         return ops.bias_norm_bypass(src_orig, src, log_scale, norm.bias, self.get_scale(src.shape[1]))

@@ -38,8 +38,8 @@ def swoosh_reference(x: Tensor, shift: float, offset: float) -> Tensor:
     # softplus(z) = log1p(exp(z)) below its threshold (20) and z above it, where the two agree to
     # within exp(-20) relative, far below a float32 ulp: the same values as icefall's
     # logaddexp(0, z) with its overflow-to-z rule, and a finite gradient sigmoid(z) everywhere. One
-    # fused op (and one in backward) instead of exp/isinf/where/log1p: the reference training step
-    # on CPU spent ~15 % of its time here.
+    # fused op (and one in backward) instead of exp/isinf/where/log1p: the synthetic recipe's CPU
+    # training step went from 0.64 s to 0.53 s (40 s batches, same batches, versions alternated).
     log_sum = torch.nn.functional.softplus(xf - shift)
     return (log_sum - 0.08 * xf - offset).to(x.dtype)
 

@@ -24,6 +24,7 @@ setup(
     name="zipformer_fast",
     version="0.1.0",
     description="Zipformer ASR encoder with fused Triton kernels and a multi-tensor ScaledAdam",
+    license="Apache-2.0",
     python_requires=">=3.9",
     # Every zipformer_fast subpackage, plus kernels/ installed as zipformer_fast.kernels.
     packages=find_packages(include=["zipformer_fast", "zipformer_fast.*"]) + ["zipformer_fast.kernels"],

@@ -40,9 +40,7 @@ def ptxas_usage(ptx: str, arch: int) -> dict:
         print(log)
     regs = int(re.search(r"Used (\d+) registers", log).group(1))
     spill = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", log)
-    smem = re.search(r"(\d+) bytes smem", log)
-    return dict(registers=regs, spill_stores=int(spill.group(1)), spill_loads=int(spill.group(2)),
-                smem_bytes=int(smem.group(1)) if smem else 0)
+    return dict(registers=regs, spill_stores=int(spill.group(1)), spill_loads=int(spill.group(2)))
 
 
 def compile_spec(s, arch: int):

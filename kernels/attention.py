@@ -12,11 +12,11 @@ all masks and the positional term on, divisibility-16 specialisation of the inte
 real launch gets it): the statistics-only first pass, the first use online with its output
 (self-attention width 12 and non-linear attention widths 144..384), a later use, constant
 attention, materialised weights, and the backward of a self-attention use, of a non-linear
-attention use, of constant attention and of the materialised weights. Block sizes and warps are
+attention use (its two walks), of constant attention and of the materialised weights. Block sizes and warps are
 the launchers' own (fwd_blocks / bwd_blocks), so the register counts are those of real launches.
 """
 from .attention_autograd import AttentionHandle, apply_handle, attention_handle, materialized_weights
-from .attention_bwd import _bwd_kernel, _row_dot_kernel, attention_bwd, bwd_blocks, row_dot
+from .attention_bwd import _bwd_kernel, _row_dot_kernel, attention_bwd, bwd_blocks, offset_piece, row_dot
 from .attention_common import pow2_at_least_16
 from .attention_fwd import _fwd_kernel, attention_apply_fwd, attention_weights_fwd, fwd_blocks
 
@@ -74,7 +74,8 @@ def aot_specs(spec, dtypes):
 
     def bwd(dtype, tag, dv, **flags):
         bdv = pow2_at_least_16(dv)
-        add(_bwd_kernel, dtype, tag, bwd_blocks(bdv), DV=dv, BDV=bdv, BDP=16, **flags)
+        blocks = bwd_blocks(bdv)
+        add(_bwd_kernel, dtype, tag, blocks, DV=dv, BDV=bdv, BDP=16, NW=offset_piece(blocks), **flags)
 
     off = dict(CONST=False, WRITE_W=False)
     fwd("fp16", "stats_only", 0, ONLINE=True, HAS_V=False, **off)
@@ -86,8 +87,9 @@ def aot_specs(spec, dtypes):
     fwd("fp16", "weights", 0, ONLINE=True, HAS_V=False, CONST=False, WRITE_W=True)
     grads = dict(LOAD_DP=False, PENALIZE=True, CONST=False, COMPUTE_DS=True, COMPUTE_DV=True)
     bwd("fp16", "sa", SA_DV, **grads)
-    for dv in NLA_DV:
-        bwd("bf16", f"nla{dv}", dv, **dict(grads, PENALIZE=False))
+    for dv in NLA_DV:  # two walks (attention_bwd.SPLIT_DV_ABOVE)
+        bwd("bf16", f"nla{dv}_ds", dv, **dict(grads, PENALIZE=False, COMPUTE_DV=False))
+        bwd("bf16", f"nla{dv}_dv", dv, **dict(grads, PENALIZE=False, COMPUTE_DS=False))
     bwd("bf16", "const_nla144", NLA_DV[0], **dict(grads, CONST=True, COMPUTE_DS=False))
     bwd("fp16", "materialized", 1, **dict(grads, LOAD_DP=True, COMPUTE_DV=False))
     specs.append(spec(_row_dot_kernel, dict(BR=32, BC=128), ptr_dtypes=dict(out_ptr="fp32"),

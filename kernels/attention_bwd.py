@@ -10,14 +10,15 @@ For a use out = P @ v with incoming dout (or the materialised weights with their
 `_bwd_kernel` owns a block of keys of one (batch, head) and walks the query rows once, recomputing
 each score tile and P once: dk and dv accumulate in registers; dq, dp and dpos (whose owners are
 rows and offsets, not keys) are added atomically into fp32 buffers, as flash attention 2 does for
-dq. dp and dpos come from dS in offset coordinates (common.skew_piece, BN columns at a time), via
+dq. dp and dpos come from dS in offset coordinates (common.skew_piece, NW columns at a time), via
 two small dots per piece. D is a separate row-dot kernel (one read of dout and out).
 
-Why one pass per use and not one pass for all three uses: each use's dv is needed by autograd
+Non-linear attention (one head, values 144..384 wide) walks twice, dS then dv (SPLIT_DV_ABOVE):
+the register cap does not hold both. Why one pass per use and not one pass for all three uses: each use's dv is needed by autograd
 before the earlier uses' dout exist (SA2's v is computed from SA1's output, SA1's from non-linear
 attention's), so a use's backward must walk P itself; it computes its share of dS (dS is linear
 in (dP, D)) in the same walk. A layer's backward is therefore 2 all-head passes (the two
-self-attentions) plus a head-0 pass (non-linear attention).
+self-attentions) plus two head-0 walks (non-linear attention): 2 + 2/H.
 """
 import torch
 import triton
@@ -28,13 +29,25 @@ from .attention_common import (INTERPRET, grad_scores, load_head_rows, load_stat
 from . import attention_fwd as _fwd
 
 
-# (max value width, BM, BN, warps): the backward holds more per tile than the forward (P, dP, dS,
-# the offset pieces), so its tiles are smaller; wide uses keep a (BN, BDV) fp32 dv accumulator.
-BWD_TILES = ((32, 16, 32, 4), (1 << 30, 16, 16, 4))
+# (max value width, BM, BN, warps): the backward holds much more per tile than the forward (P, dP,
+# dS, the offset pieces, three atomic targets), and ptxas keeps many loop-invariant addresses live:
+# 16 x 16 tiles are what fits 168 registers without spills (bench/results/ptxas/attention.json).
+BWD_TILES = ((64, 16, 16, 4), (1 << 30, 16, 16, 8))
+# Above this value width a use's backward walks its key blocks twice (dS for dq/dk/dp/dpos, then
+# dv): the one-walk kernel with a (BN, BDV) dv accumulator and full-width dout tiles spills
+# hundreds of bytes per thread at BDV 256-512 under the cap. Only non-linear attention (head 0,
+# width 3D/4) is this wide, so the second walk costs 1/H of an all-head pass.
+SPLIT_DV_ABOVE = 64
 
 
 # value columns per step of dP's contraction for wide uses
 DP_CHUNK = tl.constexpr(64)
+
+
+def offset_piece(blocks) -> int:
+    """Width of the offset-coordinate pieces of a (BM, BN) tile: its whole BM + BN - 1 window at
+    once (one gather, one pos-window load, two dots and one atomic add per tile)."""
+    return triton.next_power_of_2(blocks["BM"] + blocks["BN"] - 1)
 
 
 def bwd_blocks(bdv: int) -> dict:
@@ -79,7 +92,8 @@ def _bwd_kernel(q_ptr, k_ptr, p_ptr, pos_ptr, kpm_ptr, am_ptr, stats_ptr, delta_
                 LOAD_DP: tl.constexpr, PENALIZE: tl.constexpr, CONST: tl.constexpr,
                 COMPUTE_DS: tl.constexpr, COMPUTE_DV: tl.constexpr, DQ: tl.constexpr,
                 DP: tl.constexpr, DV: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
-                BDQ: tl.constexpr, BDP: tl.constexpr, BDV: tl.constexpr, PREC: tl.constexpr):
+                BDQ: tl.constexpr, BDP: tl.constexpr, BDV: tl.constexpr, NW: tl.constexpr,
+                PREC: tl.constexpr):
     pid_n = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // HSEL
@@ -99,7 +113,7 @@ def _bwd_kernel(q_ptr, k_ptr, p_ptr, pos_ptr, kpm_ptr, am_ptr, stats_ptr, delta_
     in_v = offs_v < DV
     offs_dq = tl.arange(0, BDQ)
     offs_dp = tl.arange(0, BDP)
-    offs_w = tl.arange(0, BN)
+    offs_w = tl.arange(0, NW)
     v_base = v_ptr + hs * sv_h + b * sv_b
     if COMPUTE_DS:
         if not LOAD_DP:
@@ -157,9 +171,9 @@ def _bwd_kernel(q_ptr, k_ptr, p_ptr, pos_ptr, kpm_ptr, am_ptr, stats_ptr, delta_
                 p = load_head_rows(p_base, offs_m, in_m, sp_t, DP, BDP).to(q.dtype)
                 n_lo = (T - 1) - (m0 + BM - 1) + n0
                 dp_part = tl.zeros([BM, BDP], dtype=tl.float32)
-                for piece in tl.static_range((BM + 2 * BN - 2) // BN):
-                    dr = skew_piece(ds, piece, BM, BN)                     # (BM, BN)
-                    w = piece * BN + offs_w
+                for piece in tl.static_range((BM + BN - 2 + NW) // NW):
+                    dr = skew_piece(ds, piece, BM, BN, NW)                 # (BM, NW)
+                    w = piece * NW + offs_w
                     prow = n_lo + w
                     ok = (w < BM + BN - 1) & (prow >= 0) & (prow < nwin)
                     pw_off = h * DP * nwin + offs_dp[None, :] * nwin + prow[:, None]
@@ -214,18 +228,23 @@ def attention_bwd(q, k, p, pos_t, kpm, am, mask_flags, stats, *, h0: int, hsel: 
     dv = torch.empty((hsel, B, T, dv_dim), device=q.device, dtype=v.dtype) if need_v else None
     blocks = bwd_blocks(bdv)
     grid = (triton.cdiv(T, blocks["BN"]), B * hsel)
+    # Wide uses (non-linear attention): dS and dv in two walks, each within the register cap;
+    # see SPLIT_DV_ABOVE.
+    split = need_qk and need_v and bdv > SPLIT_DV_ABOVE
+    walks = [(need_qk, False), (False, need_v)] if split else [(need_qk, need_v)]
     dummy = stats
-    _bwd_kernel[grid](
-        q, k, p, pos_t if has_pos else q, kpm, am, stats,
-        delta if delta is not None else dummy, cnt if cnt is not None else dummy, dov,
-        vv if vv is not None else q, dw if load_dp else q,
-        dq32 if dq32 is not None else dummy, dk if dk is not None else q,
-        dp32 if dp32 is not None else dummy, dpos32 if dpos32 is not None else dummy,
-        dv if dv is not None else q,
-        T, B, H, h0, hsel, *_fwd.qkp_strides(q, k, p), *_fwd.value_strides(vv), am.stride(0),
-        LOAD_DP=load_dp, PENALIZE=penalize, CONST=const, COMPUTE_DS=need_qk, COMPUTE_DV=need_v,
-        DV=dv_dim, BDV=bdv, BDP=pow2_at_least_16(p.shape[-1]), **mask_flags,
-        **_fwd.common_meta(q, p, pos_t), **blocks)
+    for compute_ds, compute_dv in walks:
+        _bwd_kernel[grid](
+            q, k, p, pos_t if has_pos else q, kpm, am, stats,
+            delta if delta is not None else dummy, cnt if cnt is not None else dummy, dov,
+            vv if vv is not None else q, dw if load_dp else q,
+            dq32 if dq32 is not None else dummy, dk if dk is not None else q,
+            dp32 if dp32 is not None else dummy, dpos32 if dpos32 is not None else dummy,
+            dv if dv is not None else q,
+            T, B, H, h0, hsel, *_fwd.qkp_strides(q, k, p), *_fwd.value_strides(vv), am.stride(0),
+            LOAD_DP=load_dp, PENALIZE=penalize, CONST=const, COMPUTE_DS=compute_ds,
+            COMPUTE_DV=compute_dv, DV=dv_dim, BDV=bdv, BDP=pow2_at_least_16(p.shape[-1]),
+            NW=offset_piece(blocks), **mask_flags, **_fwd.common_meta(q, p, pos_t), **blocks)
     dq = dq32.to(q.dtype) if dq32 is not None else None
     dp = dp32.to(p.dtype) if dp32 is not None else None
     dpos = dpos32.to(pos_t.dtype) if dpos32 is not None else None

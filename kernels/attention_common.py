@@ -11,7 +11,7 @@ multiply-adds per score with the projections loaded straight from the tile's off
 pos[d, (T-1) - i + j] (contiguous along j: coalesced, and the band of BM + BN - 1 values per d
 stays in L1). No (BM, BM + BN) product tile and no register gather in the forward. The backward
 needs sums along the band's diagonals (dpos[n] = sum over i - j = const); `skew_piece` moves dS
-into offset coordinates one BN-wide piece at a time (see attention_bwd.py).
+into offset coordinates, NW columns at a time (see attention_bwd.py).
 
 pos is passed transposed per head, (H, DP, 2T-1) contiguous, so a band row load is contiguous.
 """
@@ -121,12 +121,12 @@ def grad_scores(pr, dpt, delta, keep, raw, in_m, in_n, PENALIZE: tl.constexpr):
 
 
 @triton.jit
-def skew_piece(ds, piece: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
-    """Columns piece*BN .. piece*BN+BN-1 of the (BM, BM+BN-1) offset-coordinate form of a (BM, BN)
-    tile: out[a, w] = ds[a, piece*BN + w + a - (BM-1)], zero outside the tile. Offset column w of
+def skew_piece(ds, piece: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, NW: tl.constexpr):
+    """Columns piece*NW .. piece*NW+NW-1 of the (BM, BM+BN-1) offset-coordinate form of a (BM, BN)
+    tile: out[a, w] = ds[a, piece*NW + w + a - (BM-1)], zero outside the tile. Offset column w of
     the tile at (m0, n0) is pos row (T-1) - (m0+BM-1) + n0 + w for every row a."""
     a = tl.arange(0, BM)[:, None]
-    col = piece * BN + tl.arange(0, BN)[None, :] + a - (BM - 1)
+    col = piece * NW + tl.arange(0, NW)[None, :] + a - (BM - 1)
     ok = (col >= 0) & (col < BN)
     g = tl.gather(ds, tl.minimum(tl.maximum(col, 0), BN - 1), axis=1)
     return tl.where(ok, g, 0.0)

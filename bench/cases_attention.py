@@ -135,7 +135,9 @@ def _flex_layer(t):
     """The forward of the three uses with FlexAttention (see the module docstring)."""
     from torch.nn.attention.flex_attention import flex_attention
 
-    flex = _COMPILED.setdefault("flex", torch.compile(flex_attention, dynamic=False))
+    if "flex" not in _COMPILED:
+        _COMPILED["flex"] = torch.compile(flex_attention, dynamic=False)
+    flex = _COMPILED["flex"]
     T = t["q"].shape[0]
     q, k, p = (t[n].permute(1, 2, 0, 3) for n in ("q", "k", "p"))  # (B, H, T, d)
     pos, kpm = t["pos"], t["kpm"]                                   # (2T-1, H, 4), (B, T)

@@ -6,6 +6,11 @@ Implementations per case:
   reference_compile  torch.compile of the same reference function
   fused_recompute    Triton kernels, weights recomputed per use (memory linear in T)
   fused_materialize  Triton kernels, weights written once in the compute dtype, cuBLAS uses
+  flex_forward       forward only: torch.nn.attention.flex_attention (compiled) with the relative
+                     position term and the key padding (-1000 fill, so fully masked rows stay
+                     uniform, as icefall) in score_mod, scale 1.0, value widths padded to 16: one
+                     call for non-linear attention (head 0) and one for both self-attentions
+                     (their values side by side), i.e. a yardstick for the forward's score passes
 
 Shapes: Zipformer-M stack 0 (H=4, query 32, pos 4, value 12, D=192 so NLA width 144; the stack at
 the full 50 Hz frame rate, where T is largest) and stack 3 (H=8, D=512, NLA width 384), at
@@ -13,7 +18,8 @@ T = 250, 750, 1500 frames (5, 15, 30 s), batch 30 (the paper's 30 x 30 s protoco
 bf16 leaves used under torch.autocast(bf16), as mixed-precision training runs them.
 
 Interface for bench/kernels.py: `cases(device)` returns `AttentionCase`s; `case.make(impl, pass_)`
-returns a zero-argument callable running one iteration (pass_ "fwd" or "fwdbwd"), built fresh
+returns a zero-argument callable running one iteration (pass_ "fwd", "bwd" or "fwdbwd"; "bwd"
+runs the forward once when built and times the backward alone, graph retained), built fresh
 (inputs allocated) so peak memory can be measured around it. Standalone:
 
     python bench/cases_attention.py [--T 250 750 1500] [--batch 30] [--impls ...] [--stacks 0 3]
@@ -38,8 +44,9 @@ from typing import Callable, List
 
 import torch
 
-IMPLS = ("reference", "reference_compile", "fused_recompute", "fused_materialize")
-PASSES = ("fwd", "fwdbwd")
+IMPLS = ("reference", "reference_compile", "fused_recompute", "fused_materialize", "flex_forward")
+PASSES = ("fwd", "bwd", "fwdbwd")
+FORWARD_ONLY = ("flex_forward",)
 STACKS = {0: dict(H=4, D=192), 3: dict(H=8, D=512)}  # Zipformer-M
 QHD, PHD, VHD = 32, 4, 12
 
@@ -72,23 +79,41 @@ class AttentionCase:
         from zipformer_fast.backend import use_backend
         from zipformer_fast.ops import attention as A
 
+        if impl in FORWARD_ONLY and pass_ != "fwd":
+            raise ValueError(f"{impl} is a forward-only yardstick")
         t = self.inputs()
         layer = _layer_fn(impl)
         backend = "reference" if impl.startswith("reference") else "triton"
         mode = {"fused_recompute": "recompute", "fused_materialize": "materialize"}.get(impl, "auto")
         leaves = [t[n] for n in ("q", "k", "p", "pos", "v1", "v2", "x")]
 
-        def step():
+        def forward():
             with use_backend(backend), A.use_attention_mode(mode), \
                     torch.autocast(self.device, dtype=self.dtype):
-                if pass_ == "fwd":
-                    with torch.no_grad():
-                        layer(t)
-                    return
-                outs = layer(t)
-            torch.autograd.backward(outs, [torch.ones_like(o) for o in outs])
+                return layer(t)
+
+        def clear():
             for x in leaves:
                 x.grad = None
+
+        if pass_ == "fwd":
+            def step():
+                with torch.no_grad():
+                    forward()
+            return step
+        if pass_ == "bwd":
+            outs = forward()
+            grads = [torch.ones_like(o) for o in outs]
+
+            def step():
+                torch.autograd.backward(outs, grads, retain_graph=True)
+                clear()
+            return step
+
+        def step():
+            outs = forward()
+            torch.autograd.backward(outs, [torch.ones_like(o) for o in outs])
+            clear()
 
         return step
 
@@ -101,10 +126,45 @@ def _layer(t):
             A.attention_apply(w, t["v2"]))
 
 
+def _pad_last(x, multiple=16):
+    pad = -x.shape[-1] % multiple
+    return torch.nn.functional.pad(x, (0, pad)) if pad else x
+
+
+def _flex_layer(t):
+    """The forward of the three uses with FlexAttention (see the module docstring)."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    if "flex" not in _COMPILED:
+        _COMPILED["flex"] = torch.compile(flex_attention, dynamic=False)
+    flex = _COMPILED["flex"]
+    T = t["q"].shape[0]
+    q, k, p = (t[n].permute(1, 2, 0, 3) for n in ("q", "k", "p"))  # (B, H, T, d)
+    pos, kpm = t["pos"], t["kpm"]                                   # (2T-1, H, 4), (B, T)
+
+    def score_mod(score, b, h, qi, kj):
+        n = T - 1 - qi + kj
+        rel = (p[b, h, qi, 0] * pos[n, h, 0] + p[b, h, qi, 1] * pos[n, h, 1]
+               + p[b, h, qi, 2] * pos[n, h, 2] + p[b, h, qi, 3] * pos[n, h, 3])
+        return torch.where(kpm[b, kj], -1000.0, score + rel)
+
+    def head0_mod(score, b, h, qi, kj):
+        return score_mod(score, b, h * 0, qi, kj)
+
+    x = _pad_last(t["x"].permute(1, 0, 2, 3))                      # (B, 1, T, hw)
+    nla = flex(q[:, :1], k[:, :1], x, score_mod=head0_mod, scale=1.0)
+    dv = t["v1"].shape[-1]
+    v12 = _pad_last(torch.cat([t["v1"], t["v2"]], -1).permute(1, 0, 2, 3))  # (B, H, T, 2dv)
+    sa = flex(q, k, v12, score_mod=score_mod, scale=1.0)
+    return nla, sa[..., :dv], sa[..., dv:2 * dv]
+
+
 _COMPILED = {}
 
 
 def _layer_fn(impl):
+    if impl == "flex_forward":
+        return _flex_layer
     if impl != "reference_compile":
         return _layer
     if "fn" not in _COMPILED:
@@ -215,6 +275,8 @@ def main(argv=None) -> int:
     for case in cases(device, a.T, a.batch, a.stacks):
         for pass_ in a.passes:
             for impl in a.impls:
+                if impl in FORWARD_ONLY and pass_ != "fwd":
+                    continue
                 step = None
                 try:
                     step = case.make(impl, pass_)

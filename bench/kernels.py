@@ -164,7 +164,9 @@ def copy_rows(device, peak_bw):
 # ends inside this list, so the order decides what gets measured.
 ATTENTION_ORDER = [("fwdbwd", "reference"), ("fwdbwd", "fused_recompute"), ("fwdbwd", "fused_materialize"),
                    ("fwdbwd", "reference_compile"), ("fwd", "reference"), ("fwd", "fused_recompute"),
-                   ("fwd", "fused_materialize"), ("fwd", "reference_compile")]
+                   ("fwd", "fused_materialize"), ("fwd", "flex_forward"), ("fwd", "reference_compile"),
+                   ("bwd", "reference"), ("bwd", "fused_recompute"), ("bwd", "fused_materialize"),
+                   ("bwd", "reference_compile")]
 
 
 def attention_rows(device, smoke, providers, out_of_time=lambda: False, skipped=None):
@@ -186,7 +188,7 @@ def attention_rows(device, smoke, providers, out_of_time=lambda: False, skipped=
                 continue
             step = case.make(impl, pass_)
             p20, p50, p80 = timings(step, device, smoke)
-            mode = {"fwd": "forward", "fwdbwd": "full"}.get(pass_, pass_)
+            mode = {"fwd": "forward", "bwd": "backward", "fwdbwd": "full"}.get(pass_, pass_)
             shape = f"T={case.T},B={case.B},H={case.H},D={case.D}"
             dtype = str(case.dtype).replace("torch.", "")
             rows = [(case.name, impl, mode, "ms", p20, p50, p80, shape, dtype)]

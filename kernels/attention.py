@@ -1,27 +1,36 @@
 """Fused Zipformer attention (shared-weight, relative-position, linear memory): entry points and
 the ahead-of-time compile list.
 
-The kernels live in attention_common.py (score tile, skew), attention_fwd.py (statistics,
-materialised weights, apply), attention_bwd.py (dq/dp/dpos, dk/dv) and the autograd wiring in
-attention_autograd.py; zipformer_fast.ops.attention dispatches to them.
+The kernels live in attention_common.py (score tile, softmax pieces, offset skew), attention_fwd.py
+(online-softmax first use, later uses, materialised weights), attention_bwd.py (one-pass backward
+of a use, row dots) and the autograd wiring in attention_autograd.py; zipformer_fast.ops.attention
+dispatches to them.
 
-`aot_specs` (used by tests/aot_compile.py) lists the variants compiled for sm_80 / sm_90 on CI:
-every kernel with all masks and the positional term on (fp16 self-attention shapes), plus bf16
-non-linear-attention shapes (one head of value width 576, tiled by 64), constant attention and the
-materialised-weight backward. fp32 (IEEE dots) compiles too but slowly (up to ~90 s per kernel);
-all variants were compiled once with the full list, and fp32 numerics are covered by the
-interpreter tests and the GPU runs.
+`aot_specs` (used by tests/aot_compile.py and bench/ptxas_report.py) lists the variants compiled
+for sm_80 / sm_90: every launch configuration the launchers use for Zipformer shapes (fp16/bf16,
+all masks and the positional term on, divisibility-16 specialisation of the integer arguments as a
+real launch gets it): the statistics-only first pass, the first use online with its output
+(self-attention width 12 and non-linear attention widths 144..384), a later use, constant
+attention, materialised weights, and the backward of a self-attention use, of a non-linear
+attention use (its two walks), of constant attention and of the materialised weights. Block sizes and warps are
+the launchers' own (fwd_blocks / bwd_blocks), so the register counts are those of real launches.
 """
 from .attention_autograd import AttentionHandle, apply_handle, attention_handle, materialized_weights
-from .attention_bwd import _bwd_dkdv_kernel, _bwd_dq_kernel, attention_bwd
-from .attention_fwd import _apply_fwd_kernel, _stats_kernel, attention_apply_fwd, attention_stats
+from .attention_bwd import _bwd_kernel, _row_dot_kernel, attention_bwd, bwd_blocks, offset_piece, row_dot
+from .attention_common import pow2_at_least_16
+from .attention_fwd import _fwd_kernel, attention_apply_fwd, attention_weights_fwd, fwd_blocks
 
 __all__ = ["AttentionHandle", "materialized_weights", "apply_handle", "attention_handle",
-           "attention_bwd", "attention_apply_fwd", "attention_stats", "aot_specs"]
+           "attention_bwd", "attention_apply_fwd", "attention_weights_fwd", "row_dot", "aot_specs"]
 
-_GPU_TILE = dict(BM=64, BN=64, NW=128)
+_FP32_BUFFERS = ("stats_ptr", "delta_ptr", "cnt_ptr", "dq_ptr", "dp_ptr", "dpos_ptr", "out_ptr")
+# Integer arguments a real launch sees as multiples of 16: strides of Zipformer's (T, B, H*d)
+# projections and the padded mask rows (T, B, H are not, so they are not declared divisible).
+_DIV16 = ("sq_t", "sq_b", "sk_t", "sk_b", "sv_h", "sv_b", "sv_t", "s_am")
 
-_FP32_BUFFERS = ("lse_ptr", "delta_ptr", "cnt_ptr", "dpos_ptr")
+# Zipformer-M: query head 32, pos head 4, value head 12; NLA width 3D/4 for D = 192 .. 512.
+SA_DV = 12
+NLA_DV = (144, 384)
 
 
 def _ptr_dtypes(kernel, dtype):
@@ -47,24 +56,42 @@ def aot_specs(spec, dtypes):
     """KernelSpecs for tests/aot_compile.py (see the module docstring for the choice)."""
     specs = []
     masks = dict(HAS_POS=True, HAS_KPM=True, HAS_AM=True)
-    heads = dict(DQ=32, DP=4, BDQ=32, BDP=16, **_GPU_TILE)
+    head = dict(DQ=32, DP=4, BDQ=32)
 
-    def add(kernel, dtype, tag, **constexprs):
-        prec = "tf32" if dtype != "fp32" else "ieee"
-        cx = dict(masks, **heads, PREC=prec, **constexprs)
-        specs.append(spec(kernel, cx, ptr_dtypes=_ptr_dtypes(kernel, dtype), default=dtype,
-                          tag=f"{dtype},{tag}", num_warps=4, num_stages=2))
+    def add(kernel, dtype, tag, blocks, **constexprs):
+        cx = dict(masks, **head, PREC="tf32", **constexprs)
+        cx.update(BM=blocks["BM"], BN=blocks["BN"])
+        s = spec(kernel, cx, ptr_dtypes=_ptr_dtypes(kernel, dtype), default=dtype,
+                 tag=f"{dtype},{tag}", num_warps=blocks["num_warps"], num_stages=blocks["num_stages"])
+        s.maxnreg = blocks.get("maxnreg")
+        # pointers and these strides are multiples of 16 in a real launch (tt.divisibility)
+        s.divisible16 = [n for n in s.signature if n.endswith("_ptr") or n in _DIV16]
+        specs.append(s)
 
-    sa = dict(DV=12, BDV=16)
-    nla = dict(DV=576, BDV=64)
-    # One variant per kernel and code path (compiling is slow: ~10 s each per arch on CI).
-    add(_stats_kernel, "fp16", "weights", WRITE_W=True)
-    add(_apply_fwd_kernel, "fp16", "sa", CONST=False, **sa)
-    add(_bwd_dq_kernel, "fp16", "sa", LOAD_DP=False, PENALIZE=True, **sa)
-    add(_bwd_dkdv_kernel, "fp16", "sa", LOAD_DP=False, PENALIZE=True, CONST=False, COMPUTE_DK=True,
-        COMPUTE_DV=True, **sa)
-    add(_apply_fwd_kernel, "bf16", "nla_const", CONST=True, **nla)
-    add(_bwd_dq_kernel, "bf16", "materialized", LOAD_DP=True, PENALIZE=True, DV=1, BDV=16)
-    add(_bwd_dkdv_kernel, "bf16", "nla_const_dv", LOAD_DP=False, PENALIZE=False, CONST=True,
-        COMPUTE_DK=False, COMPUTE_DV=True, **nla)
+    def fwd(dtype, tag, dv, **flags):
+        bdv = pow2_at_least_16(dv) if dv else 16
+        add(_fwd_kernel, dtype, tag, fwd_blocks(bdv if dv else 0), DV=max(dv, 1), BDV=bdv, **flags)
+
+    def bwd(dtype, tag, dv, **flags):
+        bdv = pow2_at_least_16(dv)
+        blocks = bwd_blocks(bdv)
+        add(_bwd_kernel, dtype, tag, blocks, DV=dv, BDV=bdv, BDP=16, NW=offset_piece(blocks), **flags)
+
+    off = dict(CONST=False, WRITE_W=False)
+    fwd("fp16", "stats_only", 0, ONLINE=True, HAS_V=False, **off)
+    fwd("fp16", "first_sa", SA_DV, ONLINE=True, HAS_V=True, **off)
+    fwd("fp16", "later_sa", SA_DV, ONLINE=False, HAS_V=True, **off)
+    for dv in NLA_DV:
+        fwd("bf16", f"first_nla{dv}", dv, ONLINE=True, HAS_V=True, **off)
+    fwd("bf16", "const_nla144", NLA_DV[0], ONLINE=False, HAS_V=True, CONST=True, WRITE_W=False)
+    fwd("fp16", "weights", 0, ONLINE=True, HAS_V=False, CONST=False, WRITE_W=True)
+    grads = dict(LOAD_DP=False, PENALIZE=True, CONST=False, COMPUTE_DS=True, COMPUTE_DV=True)
+    bwd("fp16", "sa", SA_DV, **grads)
+    for dv in NLA_DV:  # two walks (attention_bwd.SPLIT_DV_ABOVE)
+        bwd("bf16", f"nla{dv}_ds", dv, **dict(grads, PENALIZE=False, COMPUTE_DV=False))
+        bwd("bf16", f"nla{dv}_dv", dv, **dict(grads, PENALIZE=False, COMPUTE_DS=False))
+    bwd("bf16", "const_nla144", NLA_DV[0], **dict(grads, CONST=True, COMPUTE_DS=False))
+    bwd("fp16", "materialized", 1, **dict(grads, LOAD_DP=True, COMPUTE_DV=False))
+    specs.append(spec(_row_dot_kernel, dict(BR=32, BC=128), ptr_dtypes=dict(out_ptr="fp32"),
+                      default="bf16", tag="bf16"))
     return specs

@@ -1,166 +1,190 @@
-"""Backward kernels of the fused Zipformer attention and their launcher.
+"""Backward kernel of the fused Zipformer attention and its launcher: one score pass per use.
 
-One backward serves every use of the shared weights. For a use out = W @ v with incoming dout,
-dP = dout @ v^T and D_i = rowsum(dout * out); for the materialised weights dP = dW (the sum over
-all uses, accumulated by autograd) and D_i = rowsum(dW * W). Either way
-dS = P * (dP - D_i) (zero where masked) [+ icefall's penalty], with P recomputed from the saved
-row statistics, and
+For a use out = P @ v with incoming dout (or the materialised weights with their summed dW):
 
+    dP = dout @ v^T  (or dW),  D_i = rowsum(dout * out)  (or rowsum(dW * W)),
+    dS = P * (dP - D_i) (zero where masked) [+ icefall's penalty],  dv = P^T @ dout,
     dq = dS @ k,  dk = dS^T @ q,  dp[i] = sum_j dS[i,j] pos[(T-1)-i+j],
-    dpos[n] = sum_{b,i} dS[b,i,i+n-(T-1)] p[b,i]       (the skew of common.py, then two small dots).
+    dpos[n] = sum_{b,i} dS[b,i,i+n-(T-1)] p[b,i].
 
-Kernels: `_bwd_dq_kernel` walks keys for a row block (dq, dp, dpos; dpos is atomically added
-into a per-batch fp32 buffer summed afterwards); `_bwd_dkdv_kernel` walks rows for a key block
-(dk and/or dv; dv may be tiled over the value dim, which non-linear attention needs). Constant
-attention has a gradient only for v.
+`_bwd_kernel` owns a block of keys of one (batch, head) and walks the query rows once, recomputing
+each score tile and P once: dk and dv accumulate in registers; dq, dp and dpos (whose owners are
+rows and offsets, not keys) are added atomically into fp32 buffers, as flash attention 2 does for
+dq. dp and dpos come from dS in offset coordinates (common.skew_piece, NW columns at a time), via
+two small dots per piece. D is a separate row-dot kernel (one read of dout and out).
+
+Non-linear attention (one head, values 144..384 wide) walks twice, dS then dv (SPLIT_DV_ABOVE):
+the register cap does not hold both. Why one pass per use and not one pass for all three uses: each use's dv is needed by autograd
+before the earlier uses' dout exist (SA2's v is computed from SA1's output, SA1's from non-linear
+attention's), so a use's backward must walk P itself; it computes its share of dS (dS is linear
+in (dP, D)) in the same walk. A layer's backward is therefore 2 all-head passes (the two
+self-attentions) plus two head-0 walks (non-linear attention): 2 + 2/H.
 """
 import torch
 import triton
 import triton.language as tl
 
-from .attention_common import (grad_scores, load_rows, load_stats, probs, score_tile,
-                               skew_to_offsets, window_rows)
-from .attention_fwd import _blocks, common_meta, qkp_strides, value_block
+from .attention_common import (INTERPRET, grad_scores, load_head_rows, load_stats, pick_tiles,
+                               pow2_at_least_16, probs, score_tile, skew_piece)
+from . import attention_fwd as _fwd
+
+
+# (max value width, BM, BN, warps): the backward holds much more per tile than the forward (P, dP,
+# dS, the offset pieces, three atomic targets), and ptxas keeps many loop-invariant addresses live:
+# 16 x 16 tiles are what fits 168 registers without spills (bench/results/ptxas/attention.json).
+BWD_TILES = ((64, 16, 16, 4), (1 << 30, 16, 16, 8))
+# Above this value width a use's backward walks its key blocks twice (dS for dq/dk/dp/dpos, then
+# dv): the one-walk kernel with a (BN, BDV) dv accumulator and full-width dout tiles spills
+# hundreds of bytes per thread at BDV 256-512 under the cap. Only non-linear attention (head 0,
+# width 3D/4) is this wide, so the second walk costs 1/H of an all-head pass.
+SPLIT_DV_ABOVE = 64
+
+
+# value columns per step of dP's contraction for wide uses
+DP_CHUNK = tl.constexpr(64)
+
+
+def offset_piece(blocks) -> int:
+    """Width of the offset-coordinate pieces of a (BM, BN) tile: its whole BM + BN - 1 window at
+    once (one gather, one pos-window load, two dots and one atomic add per tile)."""
+    return triton.next_power_of_2(blocks["BM"] + blocks["BN"] - 1)
+
+
+def bwd_blocks(bdv: int) -> dict:
+    """Launch options for the backward of a use of value width bdv."""
+    return pick_tiles(BWD_TILES, bdv, _fwd.INTERPRETER_BLOCK)
 
 
 @triton.jit
-def _dp_tile(do_base, v_base, dw_rows, offs_m, in_m, offs_n, in_n, sv_t, LOAD_DP: tl.constexpr,
-             DV: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BDV: tl.constexpr,
-             PREC: tl.constexpr):
-    """dP tile (BM, BN) fp32: loaded from dW, or dout @ v^T accumulated over value-dim chunks."""
-    if LOAD_DP:
-        dpt = tl.load(dw_rows + offs_n[None, :], mask=in_m[:, None] & in_n[None, :],
-                      other=0.0).to(tl.float32)
-    else:
-        dpt = tl.zeros([BM, BN], dtype=tl.float32)
-        for c0 in range(0, DV, BDV):
-            offs_v = c0 + tl.arange(0, BDV)
-            in_v = offs_v < DV
-            do = tl.load(do_base + offs_m[:, None] * DV + offs_v[None, :],
-                         mask=in_m[:, None] & in_v[None, :], other=0.0)
-            vt = tl.load(v_base + offs_n[None, :] * sv_t + offs_v[:, None],
-                         mask=in_n[None, :] & in_v[:, None], other=0.0)
-            dpt += tl.dot(do, vt, input_precision=PREC, out_dtype=tl.float32)
-    return dpt
+def _row_dot_kernel(a_ptr, b_ptr, out_ptr, R, C, BR: tl.constexpr, BC: tl.constexpr):
+    """out[r] = sum_c a[r, c] * b[r, c] in fp32; a, b contiguous (R, C)."""
+    offs_r = tl.program_id(0) * BR + tl.arange(0, BR)
+    in_r = offs_r < R
+    acc = tl.zeros([BR], dtype=tl.float32)
+    for c0 in range(0, C, BC):
+        offs_c = c0 + tl.arange(0, BC)
+        msk = in_r[:, None] & (offs_c[None, :] < C)
+        off = offs_r[:, None].to(tl.int64) * C + offs_c[None, :]
+        x = tl.load(a_ptr + off, mask=msk, other=0.0).to(tl.float32)
+        y = tl.load(b_ptr + off, mask=msk, other=0.0).to(tl.float32)
+        acc += tl.sum(x * y, 1)
+    tl.store(out_ptr + offs_r, acc, mask=in_r)
+
+
+def row_dot(a, b):
+    """rowsum(a * b) over the last dim in fp32, shape a.shape[:-1]."""
+    a, b = a.contiguous(), b.contiguous()
+    C = a.shape[-1]
+    R = a.numel() // C
+    out = torch.empty(a.shape[:-1], device=a.device, dtype=torch.float32)
+    BC = min(128, triton.next_power_of_2(C))
+    BR = 32 if INTERPRET else max(16, 4096 // BC)
+    _row_dot_kernel[(triton.cdiv(R, BR),)](a, b, out, R, C, BR=BR, BC=BC)
+    return out
 
 
 @triton.jit
-def _bwd_dq_kernel(q_ptr, k_ptr, p_ptr, pos_ptr, kpm_ptr, am_ptr, lse_ptr, delta_ptr, do_ptr, v_ptr,
-                   dw_ptr, dq_ptr, dp_ptr, dpos_ptr,
-                   T, B, H, H0, HSEL, sq_t, sq_b, sq_h, sk_t, sk_b, sk_h, sp_t, sp_b, sp_h,
-                   sv_h, sv_b, sv_t,
-                   HAS_POS: tl.constexpr, HAS_KPM: tl.constexpr, HAS_AM: tl.constexpr,
-                   LOAD_DP: tl.constexpr, PENALIZE: tl.constexpr, DQ: tl.constexpr,
-                   DP: tl.constexpr, DV: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
-                   BDQ: tl.constexpr, BDP: tl.constexpr, BDV: tl.constexpr, NW: tl.constexpr,
-                   PREC: tl.constexpr):
-    pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = pid_bh // HSEL
-    hs = pid_bh % HSEL
-    h = H0 + hs
-    m0 = pid_m * BM
-    offs_m = m0 + tl.arange(0, BM)
-    in_m = offs_m < T
-    q, p = load_rows(q_ptr + b * sq_b + h * sq_h, p_ptr + b * sp_b + h * sp_h, offs_m, in_m,
-                     sq_t, sp_t, HAS_POS, DQ, DP, BM, BDQ, BDP)
-    k_base = k_ptr + b * sk_b + h * sk_h
-    pos_base = pos_ptr + h * DP * (2 * T - 1)
-    kpm_base = kpm_ptr + b * T
-    m2, il = load_stats(lse_ptr, (b * H + h) * T, offs_m, in_m, B * H * T)
-    row = (hs * B + b) * T + offs_m
-    delta = tl.load(delta_ptr + row, mask=in_m, other=0.0)
-    do_base = do_ptr + (hs * B + b) * T * DV
-    v_base = v_ptr + hs * sv_h + b * sv_b
-    dw_rows = dw_ptr + ((h * B + b) * T + offs_m[:, None]).to(tl.int64) * T
-    dpos_base = dpos_ptr + (b * H + h) * DP * (2 * T - 1)
-    offs_dp = tl.arange(0, BDP)
-    dq_acc = tl.zeros([BM, BDQ], dtype=tl.float32)
-    dp_acc = tl.zeros([BM, BDP], dtype=tl.float32)
-    for n0 in range(0, T, BN):
-        raw, s, keep, kt, pwin = score_tile(q, p, k_base, pos_base, kpm_base, am_ptr, offs_m, n0, m0,
-                                            T, sk_t, HAS_POS, HAS_KPM, HAS_AM, DQ, DP, BM, BN,
-                                            BDQ, BDP, NW, PREC)
-        pr = probs(s, m2, il)
-        offs_n = n0 + tl.arange(0, BN)
-        in_n = offs_n < T
-        dpt = _dp_tile(do_base, v_base, dw_rows, offs_m, in_m, offs_n, in_n, sv_t, LOAD_DP, DV,
-                       BM, BN, BDV, PREC)
-        ds = grad_scores(pr, dpt, delta, keep, raw, in_m, in_n, PENALIZE).to(q.dtype)
-        dq_acc += tl.dot(ds, tl.trans(kt), input_precision=PREC, out_dtype=tl.float32)
-        if HAS_POS:
-            dr = skew_to_offsets(ds, BM, BN, NW)                      # (BM, NW)
-            dp_acc += tl.dot(dr, tl.trans(pwin), input_precision=PREC, out_dtype=tl.float32)
-            dposw = tl.dot(tl.trans(dr), p, input_precision=PREC, out_dtype=tl.float32)
-            rows, ok = window_rows(m0, n0, T, BM, BN, NW)
-            tl.atomic_add(dpos_base + offs_dp[None, :] * (2 * T - 1) + rows[:, None], dposw,
-                          mask=ok[:, None] & (offs_dp[None, :] < DP))
-    # dq, dp: contiguous (T, B, H, d)
-    offs_dq = tl.arange(0, BDQ)
-    tl.store(dq_ptr + ((offs_m[:, None] * B + b) * H + h) * DQ + offs_dq[None, :],
-             dq_acc.to(dq_ptr.dtype.element_ty), mask=in_m[:, None] & (offs_dq[None, :] < DQ))
-    if HAS_POS:
-        tl.store(dp_ptr + ((offs_m[:, None] * B + b) * H + h) * DP + offs_dp[None, :],
-                 dp_acc.to(dp_ptr.dtype.element_ty), mask=in_m[:, None] & (offs_dp[None, :] < DP))
-
-
-@triton.jit
-def _bwd_dkdv_kernel(q_ptr, k_ptr, p_ptr, pos_ptr, kpm_ptr, am_ptr, lse_ptr, delta_ptr, cnt_ptr,
-                     do_ptr, v_ptr, dw_ptr, dk_ptr, dv_ptr,
-                     T, B, H, H0, HSEL, sq_t, sq_b, sq_h, sk_t, sk_b, sk_h, sp_t, sp_b, sp_h,
-                     sv_h, sv_b, sv_t,
-                     HAS_POS: tl.constexpr, HAS_KPM: tl.constexpr, HAS_AM: tl.constexpr,
-                     LOAD_DP: tl.constexpr, PENALIZE: tl.constexpr, CONST: tl.constexpr,
-                     COMPUTE_DK: tl.constexpr, COMPUTE_DV: tl.constexpr, DQ: tl.constexpr,
-                     DP: tl.constexpr, DV: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
-                     BDQ: tl.constexpr, BDP: tl.constexpr, BDV: tl.constexpr, NW: tl.constexpr,
-                     PREC: tl.constexpr):
+def _bwd_kernel(q_ptr, k_ptr, p_ptr, pos_ptr, kpm_ptr, am_ptr, stats_ptr, delta_ptr, cnt_ptr,
+                do_ptr, v_ptr, dw_ptr, dq_ptr, dk_ptr, dp_ptr, dpos_ptr, dv_ptr,
+                T, B, H, H0, HSEL, sq_t, sq_b, sq_h, sk_t, sk_b, sk_h, sp_t, sp_b, sp_h,
+                sv_h, sv_b, sv_t, s_am,
+                HAS_POS: tl.constexpr, HAS_KPM: tl.constexpr, HAS_AM: tl.constexpr,
+                LOAD_DP: tl.constexpr, PENALIZE: tl.constexpr, CONST: tl.constexpr,
+                COMPUTE_DS: tl.constexpr, COMPUTE_DV: tl.constexpr, DQ: tl.constexpr,
+                DP: tl.constexpr, DV: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+                BDQ: tl.constexpr, BDP: tl.constexpr, BDV: tl.constexpr, NW: tl.constexpr,
+                PREC: tl.constexpr):
     pid_n = tl.program_id(0)
     pid_bh = tl.program_id(1)
-    pid_v = tl.program_id(2)
     b = pid_bh // HSEL
     hs = pid_bh % HSEL
     h = H0 + hs
     n0 = pid_n * BN
     offs_n = n0 + tl.arange(0, BN)
     in_n = offs_n < T
-    k_base = k_ptr + b * sk_b + h * sk_h
-    pos_base = pos_ptr + h * DP * (2 * T - 1)
+    k = load_head_rows(k_ptr + b * sk_b + h * sk_h, offs_n, in_n, sk_t, DQ, BDQ)
+    q_base = q_ptr + b * sq_b + h * sq_h
+    p_base = p_ptr + b * sp_b + h * sp_h
+    nwin = 2 * T - 1
+    pos_base = pos_ptr + h * DP * nwin
     kpm_base = kpm_ptr + b * T
     do_base = do_ptr + (hs * B + b) * T * DV
-    v_base = v_ptr + hs * sv_h + b * sv_b
-    offs_v = pid_v * BDV + tl.arange(0, BDV)
+    offs_v = tl.arange(0, BDV)
     in_v = offs_v < DV
+    offs_dq = tl.arange(0, BDQ)
+    offs_dp = tl.arange(0, BDP)
+    offs_w = tl.arange(0, NW)
+    v_base = v_ptr + hs * sv_h + b * sv_b
+    if COMPUTE_DS:
+        if not LOAD_DP:
+            if BDV <= DP_CHUNK:
+                vt = tl.load(v_base + offs_n[None, :] * sv_t + offs_v[:, None],
+                             mask=in_n[None, :] & in_v[:, None], other=0.0)
     dk_acc = tl.zeros([BN, BDQ], dtype=tl.float32)
     dv_acc = tl.zeros([BN, BDV], dtype=tl.float32)
     for m0 in range(0, T, BM):
         offs_m = m0 + tl.arange(0, BM)
         in_m = offs_m < T
-        q, p = load_rows(q_ptr + b * sq_b + h * sq_h, p_ptr + b * sp_b + h * sp_h, offs_m, in_m,
-                         sq_t, sp_t, HAS_POS, DQ, DP, BM, BDQ, BDP)
-        m2, il = load_stats(lse_ptr, (b * H + h) * T, offs_m, in_m, B * H * T)
-        raw, s, keep, kt, pwin = score_tile(q, p, k_base, pos_base, kpm_base, am_ptr, offs_m, n0, m0,
-                                            T, sk_t, HAS_POS, HAS_KPM, HAS_AM, DQ, DP, BM, BN,
-                                            BDQ, BDP, NW, PREC)
+        q = load_head_rows(q_base, offs_m, in_m, sq_t, DQ, BDQ)
+        m2, il = load_stats(stats_ptr, (b * H + h) * T, offs_m, in_m, B * H * T)
+        raw, s, keep = score_tile(q, k, p_base, pos_base, kpm_base, am_ptr, offs_m, in_m, offs_n,
+                                  in_n, T, sp_t, s_am, HAS_POS, HAS_KPM, HAS_AM, DP, PREC)
         pr = probs(s, m2, il)
         row = (hs * B + b) * T + offs_m
-        if CONST:
-            cnt = tl.load(cnt_ptr + row, mask=in_m, other=1.0)
-            pr = tl.where(pr > 0.0, 1.0, 0.0) / cnt[:, None]
-        if COMPUTE_DV:
+        if COMPUTE_DV or (not LOAD_DP):
             do = tl.load(do_base + offs_m[:, None] * DV + offs_v[None, :],
                          mask=in_m[:, None] & in_v[None, :], other=0.0)
-            dv_acc += tl.dot(tl.trans(pr.to(do.dtype)), do, input_precision=PREC,
+        if COMPUTE_DV:
+            pv = pr
+            if CONST:
+                c = tl.load(cnt_ptr + row, mask=in_m, other=1.0)
+                pv = tl.where(pr > 0.0, 1.0, 0.0) / c[:, None]
+            dv_acc += tl.dot(tl.trans(pv.to(do.dtype)), do, input_precision=PREC,
                              out_dtype=tl.float32)
-        if COMPUTE_DK:
+        if COMPUTE_DS:
+            if LOAD_DP:
+                dw_rows = dw_ptr + ((h * B + b) * T + offs_m[:, None]).to(tl.int64) * T
+                dpt = tl.load(dw_rows + offs_n[None, :], mask=in_m[:, None] & in_n[None, :],
+                              other=0.0).to(tl.float32)
+            elif BDV <= DP_CHUNK:
+                dpt = tl.dot(do, vt, input_precision=PREC, out_dtype=tl.float32)
+            else:
+                # wide values: dP's contraction in chunks, so that small (BM, BN) tiles do not
+                # hold (BM, BDV) and (BDV, BN) operands in every warp at once
+                dpt = tl.zeros([BM, BN], dtype=tl.float32)
+                for c0 in range(0, DV, DP_CHUNK):
+                    offs_c = c0 + tl.arange(0, DP_CHUNK)
+                    in_c = offs_c < DV
+                    doc = tl.load(do_base + offs_m[:, None] * DV + offs_c[None, :],
+                                  mask=in_m[:, None] & in_c[None, :], other=0.0)
+                    vtc = tl.load(v_base + offs_n[None, :] * sv_t + offs_c[:, None],
+                                  mask=in_n[None, :] & in_c[:, None], other=0.0)
+                    dpt += tl.dot(doc, vtc, input_precision=PREC, out_dtype=tl.float32)
             delta = tl.load(delta_ptr + row, mask=in_m, other=0.0)
-            dw_rows = dw_ptr + ((h * B + b) * T + offs_m[:, None]).to(tl.int64) * T
-            dpt = _dp_tile(do_base, v_base, dw_rows, offs_m, in_m, offs_n, in_n, sv_t, LOAD_DP,
-                           DV, BM, BN, BDV, PREC)
             ds = grad_scores(pr, dpt, delta, keep, raw, in_m, in_n, PENALIZE).to(q.dtype)
             dk_acc += tl.dot(tl.trans(ds), q, input_precision=PREC, out_dtype=tl.float32)
-    if COMPUTE_DK:
-        offs_dq = tl.arange(0, BDQ)
+            dq_part = tl.dot(ds, k, input_precision=PREC, out_dtype=tl.float32)
+            rows_bh = (offs_m[:, None] * B + b) * H + h
+            tl.atomic_add(dq_ptr + rows_bh * DQ + offs_dq[None, :], dq_part,
+                          mask=in_m[:, None] & (offs_dq[None, :] < DQ))
+            if HAS_POS:
+                p = load_head_rows(p_base, offs_m, in_m, sp_t, DP, BDP).to(q.dtype)
+                n_lo = (T - 1) - (m0 + BM - 1) + n0
+                dp_part = tl.zeros([BM, BDP], dtype=tl.float32)
+                for piece in tl.static_range((BM + BN - 2 + NW) // NW):
+                    dr = skew_piece(ds, piece, BM, BN, NW)                 # (BM, NW)
+                    w = piece * NW + offs_w
+                    prow = n_lo + w
+                    ok = (w < BM + BN - 1) & (prow >= 0) & (prow < nwin)
+                    pw_off = h * DP * nwin + offs_dp[None, :] * nwin + prow[:, None]
+                    pw_mask = ok[:, None] & (offs_dp[None, :] < DP)
+                    pwin = tl.load(pos_ptr + pw_off, mask=pw_mask, other=0.0).to(q.dtype)
+                    dp_part += tl.dot(dr, pwin, input_precision=PREC, out_dtype=tl.float32)
+                    dposw = tl.dot(tl.trans(dr), p, input_precision=PREC, out_dtype=tl.float32)
+                    tl.atomic_add(dpos_ptr + pw_off, dposw, mask=pw_mask)
+                tl.atomic_add(dp_ptr + rows_bh * DP + offs_dp[None, :], dp_part,
+                              mask=in_m[:, None] & (offs_dp[None, :] < DP))
+    if COMPUTE_DS:
         tl.store(dk_ptr + ((offs_n[:, None] * B + b) * H + h) * DQ + offs_dq[None, :],
                  dk_acc.to(dk_ptr.dtype.element_ty), mask=in_n[:, None] & (offs_dq[None, :] < DQ))
     if COMPUTE_DV:
@@ -168,67 +192,60 @@ def _bwd_dkdv_kernel(q_ptr, k_ptr, p_ptr, pos_ptr, kpm_ptr, am_ptr, lse_ptr, del
                  dv_acc.to(dv_ptr.dtype.element_ty), mask=in_n[:, None] & in_v[None, :])
 
 
-def attention_bwd(q, k, p, pos_t, kpm, am, mask_flags, lse2, *, h0: int, hsel: int, delta=None,
-                  dout=None, v=None, dw=None, cnt=None, const=False, penalize=False,
+def attention_bwd(q, k, p, pos_t, kpm, am, mask_flags, stats, *, h0: int, hsel: int, dout=None,
+                  v=None, out=None, dw=None, w=None, cnt=None, const=False, penalize=False,
                   need_qk=True, need_v=True):
-    """Gradients (dq, dk, dp, dpos_t, dv) of one use (dout, v) or of the materialised weights (dw).
+    """Gradients (dq, dk, dp, dpos_t, dv) of one use (dout, v, out) or of the materialised weights
+    (dw, w), in one score pass.
 
-    dq/dk/dp are (T, B, H, d) contiguous, zero outside the selected heads; dpos_t is (H, DP, 2T-1)
-    like pos_t. Entries not asked for (or meaningless, e.g. q grads of constant attention) are None.
+    dq/dk/dp are (T, B, H, d), zero outside the selected heads; dpos_t is (H, DP, 2T-1) like pos_t.
+    Entries not asked for (or meaningless, e.g. q grads of constant attention) are None.
     """
     T, B, H, dqd = q.shape
-    blocks = _blocks()
-    meta = common_meta(q, k, p, pos_t, blocks)
     load_dp = dw is not None
+    need_qk = need_qk and not const
+    need_v = need_v and not load_dp
+    if not (need_qk or need_v):
+        return None, None, None, None, None
     if load_dp:
-        dv_dim, bdv, vv, dov, sv = 1, 16, q, q, (0, 0, 0)
+        dv_dim, vv, dov = 1, None, q
     else:
         dv_dim = v.shape[-1]
-        bdv = value_block(dv_dim)
         vv = v if v.stride(-1) == 1 else v.contiguous()
         dov = dout.contiguous()
-        sv = (vv.stride(0), vv.stride(1), vv.stride(2))
-    dwv = dw if load_dp else q
-    need_qk = need_qk and not const
-    dq = dk = dp = dpos = dv = None
-    args_tail = (T, B, H, h0, hsel, *qkp_strides(q, k, p), *sv)
-    pos_arg = pos_t if pos_t is not None else q
+    bdv = pow2_at_least_16(dv_dim)
+    delta = None
     if need_qk:
-        alloc = torch.zeros if hsel != H else torch.empty
-        dq = alloc(q.shape, device=q.device, dtype=q.dtype)
-        dk = alloc(k.shape, device=q.device, dtype=k.dtype)
-        dp = alloc(p.shape, device=q.device, dtype=p.dtype) if pos_t is not None else q
-        dpos_b = (torch.zeros((B,) + tuple(pos_t.shape), device=q.device, dtype=torch.float32)
-                  if pos_t is not None else q)
-        grid = (triton.cdiv(T, blocks["BM"]), B * hsel)
-        _bwd_dq_kernel[grid](q, k, p, pos_arg, kpm, am, lse2, delta, dov, vv, dwv, dq, dp, dpos_b,
-                             *args_tail, LOAD_DP=load_dp, PENALIZE=penalize, DV=dv_dim, BDV=bdv,
-                             **mask_flags, **meta, **blocks)
-        if pos_t is not None:
-            dpos = dpos_b.sum(0).to(pos_t.dtype)
-        else:
-            dp = None
-    if need_v and not load_dp:
-        dv = torch.empty((hsel, B, T, dv_dim), device=q.device, dtype=v.dtype)
-    one_pass = need_qk and dv is not None and dv_dim <= bdv
-    launches = []
-    if one_pass:
-        launches.append((True, True, 1))
-    else:
-        if need_qk:
-            launches.append((True, False, 1))
-        if dv is not None:
-            launches.append((False, True, triton.cdiv(dv_dim, bdv)))
-    for compute_dk, compute_dv, n_v in launches:
-        if compute_dk:
-            dk_buf = dk
-        else:
-            dk_buf = q
-        grid = (triton.cdiv(T, blocks["BN"]), B * hsel, n_v)
-        _bwd_dkdv_kernel[grid](q, k, p, pos_arg, kpm, am, lse2, delta if delta is not None else lse2,
-                               cnt if cnt is not None else lse2, dov, vv, dwv, dk_buf,
-                               dv if dv is not None else q, *args_tail, LOAD_DP=load_dp,
-                               PENALIZE=penalize, CONST=const, COMPUTE_DK=compute_dk,
-                               COMPUTE_DV=compute_dv, DV=dv_dim, BDV=bdv, **mask_flags, **meta,
-                               **blocks)
+        delta = row_dot(dw, w) if load_dp else row_dot(dov, out)
+    f32 = dict(device=q.device, dtype=torch.float32)
+    has_pos = pos_t is not None
+    dq32 = torch.zeros(q.shape, **f32) if need_qk else None
+    dp32 = torch.zeros(p.shape, **f32) if need_qk and has_pos else None
+    dpos32 = torch.zeros(pos_t.shape, **f32) if need_qk and has_pos else None
+    dk = None
+    if need_qk:
+        dk = (torch.zeros if hsel != H else torch.empty)(k.shape, device=q.device, dtype=k.dtype)
+    dv = torch.empty((hsel, B, T, dv_dim), device=q.device, dtype=v.dtype) if need_v else None
+    blocks = bwd_blocks(bdv)
+    grid = (triton.cdiv(T, blocks["BN"]), B * hsel)
+    # Wide uses (non-linear attention): dS and dv in two walks, each within the register cap;
+    # see SPLIT_DV_ABOVE.
+    split = need_qk and need_v and bdv > SPLIT_DV_ABOVE
+    walks = [(need_qk, False), (False, need_v)] if split else [(need_qk, need_v)]
+    dummy = stats
+    for compute_ds, compute_dv in walks:
+        _bwd_kernel[grid](
+            q, k, p, pos_t if has_pos else q, kpm, am, stats,
+            delta if delta is not None else dummy, cnt if cnt is not None else dummy, dov,
+            vv if vv is not None else q, dw if load_dp else q,
+            dq32 if dq32 is not None else dummy, dk if dk is not None else q,
+            dp32 if dp32 is not None else dummy, dpos32 if dpos32 is not None else dummy,
+            dv if dv is not None else q,
+            T, B, H, h0, hsel, *_fwd.qkp_strides(q, k, p), *_fwd.value_strides(vv), am.stride(0),
+            LOAD_DP=load_dp, PENALIZE=penalize, CONST=const, COMPUTE_DS=compute_ds,
+            COMPUTE_DV=compute_dv, DV=dv_dim, BDV=bdv, BDP=pow2_at_least_16(p.shape[-1]),
+            NW=offset_piece(blocks), **mask_flags, **_fwd.common_meta(q, p, pos_t), **blocks)
+    dq = dq32.to(q.dtype) if dq32 is not None else None
+    dp = dp32.to(p.dtype) if dp32 is not None else None
+    dpos = dpos32.to(pos_t.dtype) if dpos32 is not None else None
     return dq, dk, dp, dpos, dv

@@ -21,9 +21,11 @@ shift copy; the positional term is computed tile by tile. Two modes (`set_attent
 materialises up to MATERIALIZE_MAX_T frames):
 - materialize: `attention_weights` returns the (H,B,T,T) tensor in the compute dtype, written once
   by a kernel; head0/constant/apply are the tensor ops below; one fused backward from the summed dW.
-- recompute: `attention_weights` returns an AttentionHandle (q, k, p, pos, masks, per-row
-  log-sum-exp); each apply recomputes the weights flash-attention style, so forward and backward
-  memory is linear in T. The three uses' gradients into q/k/p/pos are summed by autograd.
+- recompute: `attention_weights` returns an AttentionHandle (q, k, p, pos, masks); the first use
+  computes every head's softmax statistics in its own pass (online softmax), later uses recompute
+  the weights from them flash-attention style, and each use's backward is one pass, so forward
+  and backward memory is linear in T. The three uses' gradients into q/k/p/pos are summed by
+  autograd.
 Streaming shapes (cached keys) and other layouts take the reference.
 """
 from __future__ import annotations
@@ -151,11 +153,15 @@ def attention_apply(weights, v: Tensor) -> Tensor:
 
 # --------------------------------------------------------------------------- mode selection
 ATTENTION_MODES = ("auto", "recompute", "materialize")
-# "auto": materialise the weights up to this many frames, recompute beyond. Measured on an H100
-# (bench/cases_attention.py, Zipformer-M stack 0: B=30, H=4, bf16 autocast; weights + NLA + SA1 +
-# SA2, forward+backward, median of 3): T=250: reference 3.44 ms, materialize 2.76, recompute 4.81;
-# T=750: 6.25 / 5.61 / 6.63; T=1500: 22.6 / 19.3 / 18.9. Materialised weights cost (H,B,T,T) in the
-# compute dtype (saved for backward in training), recompute stays linear in T.
+# "auto": materialise the weights up to this many frames, recompute beyond. Reason: below ~1000
+# frames the (H,B,T,T) weights in the compute dtype are small enough to keep (saved for backward
+# in training), and cuBLAS uses of them beat recomputing the scores per use; beyond, they grow
+# quadratically and recompute (linear in T) wins on memory and, on an H100 with the first
+# generation of these kernels (bench/cases_attention.py, Zipformer-M stack 0, B=30, H=4, bf16,
+# weights + NLA + SA1 + SA2, fwd+bwd ms reference / materialize / recompute: T=250 3.44 / 2.76 /
+# 4.81; T=750 6.25 / 5.61 / 6.63; T=1500 22.6 / 19.3 / 18.9), on time too. The current kernels
+# (one score pass per use, one backward pass per use) have not been timed on a GPU yet:
+# `bench/kernels.py --attention` gives the figures to move the threshold by.
 MATERIALIZE_MAX_T = 1024
 _mode_override: list = []
 

@@ -7,7 +7,7 @@ reductions "none" / "mean" / "sum", `boundary` (a shorter sequence in a padded b
 sequence unpadded), the regular / modified / constrained topologies, Swoosh values and derivatives
 worked out by hand.
 """
-import itertools
+import importlib
 import math
 import sys
 
@@ -274,20 +274,43 @@ def test_swoosh_dropout():
 
 # -------------------------------------------------------------------------------- installation
 def test_install_makes_import_k2_use_this_module(monkeypatch):
-    monkeypatch.delitem(sys.modules, "k2", raising=False)
+    for name in ("k2", "k2.version", "k2.ragged"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
     assert k2.install() is k2
     import k2 as imported
     assert imported is k2 and imported.rnnt_loss_pruned is k2.rnnt_loss_pruned
 
-    def annotated(x: imported.Fsa) -> imported.RaggedTensor:  # what icefall modules do at import
+    version = importlib.import_module("k2.version")  # icefall.env: import k2.version
+    assert version is k2.version and version.__version__.endswith("zipformer_fast.compat")
+
+    def annotated(x: imported.Fsa) -> imported.DenseFsaVec:  # what icefall modules do at import
         return x
-    assert annotated(1) == 1 and not isinstance(1, imported.RaggedTensor)
-    with pytest.raises(NotImplementedError, match="RaggedTensor"):
-        imported.RaggedTensor([[1, 2]])
-    with pytest.raises(NotImplementedError, match="ragged.cat"):
-        imported.ragged.cat([], axis=1)
+    assert annotated(1) == 1 and not isinstance(1, imported.Fsa)
+    with pytest.raises(NotImplementedError, match="Fsa"):
+        imported.Fsa.from_str("0 1 1 0.0")
+    with pytest.raises(NotImplementedError, match="ctc_graph"):
+        imported.ctc_graph([[1]])
     with pytest.raises(AttributeError):
         imported.__version__  # dunder names are not faked
     other = object()
     monkeypatch.setitem(sys.modules, "k2", other)
     assert k2.install() is other  # a real k2 already imported is kept
+
+
+# --------------------------------------------------------------------------- RaggedTensor
+def test_ragged_tensor_does_what_icefalls_training_path_needs():
+    """icefall train.py: y = k2.RaggedTensor(token_ids); model.py / icefall.utils.add_sos as below."""
+    y = k2.RaggedTensor([[5, 3, 9], [7], []])
+    assert y.num_axes == 2 and y.dim0 == 3 and y.dtype == torch.int32 and y.tot_size(1) == 4
+    assert torch.equal(y.shape.row_splits(1), torch.tensor([0, 3, 4, 4], dtype=torch.int32))
+    assert torch.equal(y.values, torch.tensor([5, 3, 9, 7], dtype=torch.int32))
+    assert torch.equal(y.pad(mode="constant", padding_value=0), torch.tensor([[5, 3, 9], [7, 0, 0], [0, 0, 0]],
+                                                                            dtype=torch.int32))
+    # icefall.utils.concat(ragged, value=0, direction="left"), i.e. add_sos
+    pad = k2.RaggedTensor(torch.full((y.tot_size(0), 1), 0, dtype=y.dtype))
+    sos_y = k2.ragged.cat([pad, y], axis=1)
+    assert sos_y.tolist() == [[0, 5, 3, 9], [0, 7], [0]]
+    assert k2.ragged.cat([y, y], axis=0).tolist() == y.tolist() * 2  # cr-ctc doubles the batch
+    assert y.to("cpu").tolist() == y.tolist() and repr(k2.RaggedTensor([[1, 3], [5]])) == "[ [ 1 3 ] [ 5 ] ]"
+    with pytest.raises(ValueError, match="two axes"):
+        k2.RaggedTensor([[[1]]])

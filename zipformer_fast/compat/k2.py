@@ -16,14 +16,16 @@ reduction "none" | "mean" (mean over the batch) | "sum".
 Differences: in swoosh_l/_r with dropout_prob > 0 a dropped element's gradient is exactly 0 (k2
 stores a stochastically rounded ~0); `rnnt_loss_pruned(use_hat_loss=True)` raises
 NotImplementedError; errors are ValueError with a message instead of k2's asserts.
-Not provided: FSAs, RaggedTensor / k2.ragged, CTC graphs, decoding; any other attribute resolves to
-a placeholder that raises NotImplementedError when called or instantiated (so modules that only
-mention k2.Fsa in annotations still import), e.g. icefall's train.py still needs k2.RaggedTensor
-for its targets.
+Also a two-axis RaggedTensor and ragged.cat (compat/k2_ragged.py: what icefall's training path
+does with its targets) and a `version` module (icefall.env reads it).
+Not provided: FSAs, general ragged ops, CTC graphs, lattice decoding (icefall's beam searches use
+k2 ragged ops); any other attribute resolves to a placeholder that raises NotImplementedError when
+called or instantiated (so modules that only mention k2.Fsa in annotations still import).
 """
 from __future__ import annotations
 
 import sys
+import types
 from typing import Optional, Tuple, Union
 
 import torch
@@ -32,13 +34,15 @@ from torch import Tensor
 from ..asr import rnnt_loss as _rnnt
 from ..asr.mutual_information import mutual_information_recursion as _mi
 from ..ops import swoosh as _swoosh
+from . import k2_ragged as ragged
+from .k2_ragged import RaggedShape, RaggedTensor
 
 __all__ = [
     "swoosh_l", "swoosh_r", "swoosh_l_forward", "swoosh_r_forward", "swoosh_l_forward_and_deriv",
     "swoosh_r_forward_and_deriv", "rnnt_loss_simple", "rnnt_loss_smoothed", "rnnt_loss",
     "rnnt_loss_pruned", "get_rnnt_prune_ranges", "do_rnnt_pruning", "get_rnnt_logprobs",
     "get_rnnt_logprobs_smoothed", "get_rnnt_logprobs_joint", "get_rnnt_logprobs_pruned",
-    "mutual_information_recursion", "install",
+    "mutual_information_recursion", "install", "RaggedTensor", "RaggedShape", "ragged", "version",
 ]
 
 
@@ -181,13 +185,23 @@ for _f in (get_rnnt_logprobs, get_rnnt_logprobs_smoothed, get_rnnt_logprobs_join
 
 
 # ------------------------------------------------------------------------------ installation
+version = types.ModuleType("k2.version")
+version.__version__ = "0.0+zipformer_fast.compat"
+version.__build_type__ = "zipformer_fast.compat.k2 (no k2)"
+version.__git_sha1__ = version.__git_date__ = "n/a"
+with_cuda = torch.cuda.is_available()
+
+
 def install(force: bool = False):
-    """Make `import k2` return this module (call before icefall is imported). A real k2 already
-    imported is left alone unless force=True. Returns the module `import k2` now gives."""
+    """Make `import k2` (and `import k2.version`, `k2.ragged`) give this module; call before
+    icefall is imported. A real k2 already imported is left alone unless force=True. Returns the
+    module `import k2` now gives."""
     current = sys.modules.get("k2")
     if current is not None and current is not sys.modules[__name__] and not force:
         return current
     sys.modules["k2"] = sys.modules[__name__]
+    sys.modules["k2.version"] = version
+    sys.modules["k2.ragged"] = ragged
     return sys.modules[__name__]
 
 

@@ -275,7 +275,9 @@ def test_swoosh_dropout():
 # -------------------------------------------------------------------------------- installation
 def test_install_makes_import_k2_use_this_module(monkeypatch):
     for name in ("k2", "k2.version", "k2.ragged"):
-        monkeypatch.delitem(sys.modules, name, raising=False)
+        # setitem-then-delitem: monkeypatch restores the absence too, so no other test sees our k2
+        monkeypatch.setitem(sys.modules, name, None)
+        monkeypatch.delitem(sys.modules, name)
     assert k2.install() is k2
     import k2 as imported
     assert imported is k2 and imported.rnnt_loss_pruned is k2.rnnt_loss_pruned

@@ -31,7 +31,6 @@ from __future__ import annotations
 import contextlib
 from typing import Dict, List, Optional, Tuple
 
-import torch
 from torch import Tensor, nn
 
 from ..backend import BACKENDS, use_backend
@@ -131,10 +130,6 @@ def _fields(module: nn.Module) -> Dict[str, object]:
     return out
 
 
-def _is_number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
 def _transfer_hyperparameters(where: str, peer: nn.Module, ours: nn.Module, memo) -> None:
     """Make `ours` behave as `peer`: copy ScheduledFloats and floats, check ints/bools/tuples."""
     ours.training = peer.training
@@ -196,7 +191,9 @@ def _sync_dynamic_state(src: nn.Module, dst: nn.Module) -> None:
     """Copy what changes while training (flags, batch counts, Whiten prob, chunking choices) from
     one module tree to the other, matched by name; used by revert and by streaming delegation."""
     dst_modules = dict(dst.named_modules())
+    src_names = set()
     for name, m in src.named_modules():
+        src_names.add(name)
         d = dst_modules.get(name)
         if d is None:
             continue
@@ -205,7 +202,7 @@ def _sync_dynamic_state(src: nn.Module, dst: nn.Module) -> None:
             if attr in vars(m) and attr in vars(d):
                 setattr(d, attr, getattr(m, attr))
     for name, d in dst_modules.items():  # the original's extra parameter-free modules
-        if name not in dict(src.named_modules()):
+        if name not in src_names:
             d.training = src.training
 
 

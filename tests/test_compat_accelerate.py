@@ -122,11 +122,13 @@ def test_every_parameter_gradient_matches_the_package(pkg, golden, batch):
 def test_revert_gives_back_the_package_modules_and_output(pkg, golden, batch):
     model = build_xs(pkg, golden["state_dict"]).eval()
     encoder, embed = model.encoder, model.encoder_embed
+    params = list(model.parameters())
     ref, _ = encoder_out(model, batch)
     zipformer_fast.accelerate(model)
     model.train()  # state changes while accelerated travel back
     assert zipformer_fast.revert(model) is model
     assert model.encoder is encoder and model.encoder_embed is embed
+    assert all(p is q for p, q in zip(model.parameters(), params)) and len(params) == 291
     assert model.encoder.training and all(m.training for m in model.encoder.modules())
     model.eval()
     out, _ = encoder_out(model, batch)

@@ -22,9 +22,11 @@ Balancers' CUDA-memory cutoff estimate (a running statistic, it re-converges).
 when its classes have them; otherwise it delegates to the original module, which still shares
 every parameter (so it computes with the current weights).
 
-`accelerate_classes(namespace, ...)` patches the peer's classes in a module namespace so that
-models built afterwards come out accelerated (patch the namespace the model is BUILT from, e.g.
-icefall's recipe `train` module, which did `from zipformer import Zipformer2`).
+`accelerate_classes(namespace, ...)` patches the peer classes found in a namespace (icefall's
+`zipformer` / `subsampling` modules, the recipe's `train` module, which did `from zipformer import
+Zipformer2`, ...) so that models built afterwards come out accelerated. The class objects
+themselves get a `__new__`, so every namespace that refers to them is affected until `restore()`;
+instances still report the accelerated classes, not the peer's, to isinstance.
 """
 from __future__ import annotations
 

@@ -14,6 +14,7 @@ What is compared, and in which mode:
   equal terms (softmax biases of SimpleDownsample, attention in_proj) carry their own float32
   noise, which is what the second term measures.
 """
+import copy
 import os
 import random
 
@@ -231,3 +232,14 @@ def test_unmappable_configurations_raise_naming_the_field(pkg):
         zipformer_fast.accelerate(torch.nn.Linear(3, 3))
     with pytest.raises(ValueError, match="backend"):
         zipformer_fast.accelerate(build_xs(pkg), backend="cuda")
+
+
+def test_deepcopy_keeps_the_copy_and_its_original_sharing_parameters(pkg):
+    """icefall train.py keeps `model_avg = copy.deepcopy(model).to(torch.float64)` for averaging."""
+    model = zipformer_fast.accelerate(build_xs(pkg))
+    avg = copy.deepcopy(model).to(torch.float64)
+    originals = {id(p) for p in avg.encoder.original_module.parameters()}
+    assert {id(p) for p in avg.encoder.parameters()} == originals
+    assert not originals & {id(p) for p in model.parameters()}
+    assert all(p.dtype == torch.float64 for p in avg.encoder.original_module.parameters())
+    assert type(zipformer_fast.revert(avg).encoder).__name__ == "Zipformer"

@@ -8,7 +8,8 @@ __version__ = "0.1.0"
 from .backend import get_backend, use_backend
 from .config import ZipformerConfig
 
-__all__ = ["__version__", "ZipformerConfig", "use_backend", "get_backend", "AsrModel", "Zipformer2"]
+__all__ = ["__version__", "ZipformerConfig", "use_backend", "get_backend", "AsrModel", "Zipformer2",
+           "accelerate", "revert", "accelerate_classes"]
 
 
 def __getattr__(name):
@@ -20,3 +21,21 @@ def __getattr__(name):
         from .nn.zipformer import Zipformer2
         return Zipformer2
     raise AttributeError(name)
+
+
+def accelerate(model, backend: str = "auto"):
+    """Swap zipformer_fast's modules into an icefall / zipformer-package model (see compat.accelerate)."""
+    from .compat.accelerate import accelerate as _accelerate
+    return _accelerate(model, backend=backend)
+
+
+def revert(model):
+    """Undo `accelerate` (see compat.accelerate)."""
+    from .compat.accelerate import revert as _revert
+    return _revert(model)
+
+
+def accelerate_classes(*namespaces, backend: str = "auto"):
+    """Patch icefall / zipformer-package classes in `namespaces` (see compat.accelerate)."""
+    from .compat.accelerate import accelerate_classes as _accelerate_classes
+    return _accelerate_classes(*namespaces, backend=backend)

@@ -25,6 +25,7 @@ from torch.optim import Optimizer
 
 from .extension import extension_group_step, extension_supports, load_extension
 from .foreach_impl import foreach_group_step
+from .icefall_state import is_icefall_layout, scaled_adam_state_from_icefall, scaled_adam_state_to_icefall
 from .reference import init_param_state, reference_group_step
 
 IMPLEMENTATIONS = ("auto", "extension", "foreach", "reference")
@@ -123,7 +124,12 @@ class ScaledAdam(Optimizer):
 
     def load_state_dict(self, state_dict: dict) -> None:
         """As torch's, but state tensors keep their saved dtype (fp32 moments of fp16/bf16
-        params): torch would cast them to the param dtype, losing precision on resume."""
+        params): torch would cast them to the param dtype, losing precision on resume.
+        A state dict saved by icefall's ScaledAdam (stacked per-shape buckets) is recognised and
+        converted (optim/icefall_state.py)."""
+        groups = [g["params"] for g in self.param_groups]
+        if is_icefall_layout(state_dict, groups):
+            state_dict = scaled_adam_state_from_icefall(state_dict, groups)
         super().load_state_dict(state_dict)
         saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
         params = [p for g in self.param_groups for p in g["params"]]
@@ -131,6 +137,11 @@ class ScaledAdam(Optimizer):
             for k, v in state_dict["state"].get(pid, {}).items():
                 if isinstance(v, torch.Tensor):
                     self.state[p][k] = v.to(device=p.device, copy=True)
+
+    def icefall_state_dict(self) -> dict:
+        """This optimizer's state in icefall ScaledAdam's layout (load it into icefall's optimizer
+        built over the same parameter groups)."""
+        return scaled_adam_state_to_icefall(self.state_dict(), [g["params"] for g in self.param_groups])
 
     def _impl_for(self, group) -> Tuple[str, object]:
         params = group["params"]

@@ -95,6 +95,7 @@ def main(argv=None) -> dict:
     p.add_argument("--backend", default="auto", choices=["auto", "triton", "reference"],
                    help="fused-op implementation; auto = Triton kernels on CUDA, PyTorch on CPU")
     p.add_argument("--train-minutes", type=float, default=None, help="override the training time budget")
+    p.add_argument("--train-steps", type=int, default=None, help="override the step limit (--quick: 60)")
     p.add_argument("--resume", action="store_true",
                    help="continue the training in --exp-dir (default: start over, deleting it)")
     p.add_argument("--causal", action="store_true", help="train a streaming model; decode three ways")
@@ -133,6 +134,8 @@ def main(argv=None) -> dict:
     train_settings = dict(s["train"])
     if args.train_minutes is not None:
         train_settings["max_minutes"] = args.train_minutes
+    if args.train_steps is not None:
+        train_settings["max_steps"] = args.train_steps
     targv = train_argv(data_dir, exp_dir, train_settings, device=args.device, threads=args.threads,
                        backend=args.backend)
     print("[run] python -m recipes.train " + " ".join(targv), flush=True)

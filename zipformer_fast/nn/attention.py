@@ -176,4 +176,3 @@ class NonlinAttention(nn.Module):
         x = torch.cat((cached_x, x), dim=2)
         out = torch.matmul(attn_weights_head0, x).permute(2, 1, 0, 3).reshape(T, B, h)
         return ops.mul_linear(out, y, self.out_proj.weight, self.out_proj.bias), x[:, :, -left_context_len:]
-

@@ -6,6 +6,9 @@ forward(x (T1, B, D0) at 50 Hz, x_lens, src_key_padding_mask (B, T1)) -> ((ceil(
   as icefall; pass a single value for deterministic decoding) and builds a chunked attention mask.
 - Between stacks the width is truncated or zero-padded; the output concatenates, for each channel,
   the most recent stack that has it, then downsamples by 2 (learned softmax weights).
+- Streaming (causal models): configure_streaming fixes the chunk size / left context,
+  get_init_states and streaming_forward run one chunk with icefall's 6 cached states per layer
+  (zipformer_fast.asr.streaming_encoder adds Conv-Embed and the padding mask).
 """
 from __future__ import annotations
 

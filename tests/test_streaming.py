@@ -292,6 +292,12 @@ def test_streams_of_another_recognizer_are_refused(golden_weights):
     s.accept_features(torch.randn(100, 80))
     with pytest.raises(ValueError, match="this recognizer"):
         rec_b.step([s])
+    # Two recognizers may share one model: each step runs with its own chunk size and left context.
+    t = rec_b.create_stream()
+    t.accept_features(torch.randn(100, 80))
+    assert len(rec_a.step([s])) == 0 and s.num_processed_frames == 32
+    assert len(rec_b.step([t])) == 0 and t.num_processed_frames == 64
+    assert s.encoder_frames == 8 and t.encoder_frames == 16
 
 
 def test_wrong_features_are_refused(golden_weights):

@@ -25,8 +25,9 @@ icefall's conventions, kept so that results match its streaming decoding:
 - the search runs over every output frame of a chunk (icefall's streaming greedy and modified beam
   search do not use the chunk's output lengths).
 
-The recognizer fixes the model's chunk size and left context (Zipformer2.configure_streaming),
-which also makes the model's ordinary forward use that chunk mask (simulated streaming).
+The recognizer fixes the model's chunk size and left context (Zipformer2.configure_streaming, again
+before a step if something changed them), which also makes the model's ordinary forward use that
+chunk mask (simulated streaming).
 """
 from __future__ import annotations
 
@@ -135,6 +136,7 @@ class StreamingRecognizer:
         if not getattr(model, "use_transducer", False):
             raise ValueError("StreamingRecognizer needs a model with a transducer (use_transducer=True)")
         model.encoder.configure_streaming(chunk_size, left_context_frames, allow_untrained=allow_untrained)
+        self.allow_untrained = allow_untrained
         self.model = model.eval()
         self.chunk_size = int(chunk_size)
         self.left_context_frames = int(left_context_frames)
@@ -152,7 +154,14 @@ class StreamingRecognizer:
         """A new, empty stream (initial encoder states and search state)."""
         if stream_id is None:
             stream_id = next(self._ids)
+        self._configure_model()
         return Stream(self, stream_id, senc.get_init_states(self.model, 1, self.device))
+
+    def _configure_model(self) -> None:
+        enc = self.model.encoder
+        if enc.chunk_size != [self.chunk_size] or enc.left_context_frames != [self.left_context_frames]:
+            # Another recognizer (or a decode script) reconfigured the shared model since.
+            enc.configure_streaming(self.chunk_size, self.left_context_frames, self.allow_untrained)
 
     # ------------------------------------------------------------------------------------- step
     @torch.no_grad()
@@ -166,6 +175,7 @@ class StreamingRecognizer:
         batch = [s for s in streams if s.ready][:max_batch]
         if not batch:
             return []
+        self._configure_model()
         windows = [s.take_chunk() for s in batch]
         lens = torch.tensor([w.shape[0] for w in windows], dtype=torch.int64)
         features = torch.nn.utils.rnn.pad_sequence(windows, batch_first=True, padding_value=senc.LOG_EPS)

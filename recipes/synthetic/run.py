@@ -56,9 +56,11 @@ QUICK = dict(
     decode=dict(avg=1),
 )
 MODEL_CONFIG = str(Path(__file__).resolve().parent / "model_tiny.json")
-# The streaming recipe: icefall's streaming training flags; 9 minutes of training (the non-causal
-# recipe's 14 would make `make run` ~30 min; a causal model of this size leaves the blank plateau
-# as the non-causal one does, in ~600 steps).
+# The streaming recipe: icefall's streaming training flags and 9 minutes of training, so that
+# `make run` (both recipes) stays near half an hour. On an idle 2-core CPU that is ~1300-1900 steps
+# at the non-causal recipe's 0.28-0.40 s/step, past its ~600-step blank plateau; whether the causal
+# model leaves the plateau as soon is not measured yet (the one recorded run, on a heavily loaded
+# machine, got 81 steps: bench/results/cpu/streaming_synthetic.json).
 CAUSAL_TRAIN = dict(causal=1, chunk_size="16,32,64,-1", left_context_frames="64,128,256,-1", max_minutes=9.0)
 CAUSAL_QUICK_TRAIN = dict(causal=1, chunk_size="16,32,64,-1", left_context_frames="64,128,256,-1")
 

@@ -53,7 +53,7 @@ def ctc_required_frames(targets: Targets, target_lens: Optional[Tensor] = None) 
     equal adjacent labels. (B,) int64 on CPU."""
     padded, lens = pad_targets(targets, target_lens, pad=-1, device="cpu")
     repeats = (padded[:, 1:] == padded[:, :-1]) & (
-        torch.arange(1, padded.shape[1]).unsqueeze(0) < lens.unsqueeze(1))
+        torch.arange(padded.shape[1])[1:].unsqueeze(0) < lens.unsqueeze(1))
     return lens + repeats.sum(dim=1)
 
 

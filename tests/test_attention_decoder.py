@@ -4,7 +4,6 @@ loading of an icefall-layout state dict, the label-smoothed loss against a hand 
 teacher-forcing targets, causality and padding, the SDPA path against the explicit reference
 path (forward, input and parameter gradients), gradcheck in float64, and clear errors."""
 import math
-import pathlib
 
 import pytest
 import torch
@@ -15,7 +14,8 @@ from zipformer_fast.asr.attention_decoder import (AttentionDecoderConfig, Attent
 from zipformer_fast.asr.model import AsrModel
 from zipformer_fast.config import ZipformerConfig
 
-DATA = pathlib.Path(__file__).resolve().parent / "data"
+from state_dict_layout import assert_same_layout, meta_asr_model, read_tsv as read_layout  # noqa: E402
+
 # icefall's AsrModel(use_transducer=False, use_ctc=True, use_attention_decoder=True), vocab 500;
 # the paper's Table 7 counts (46.3 / 90.0 / 174.3 M, CTC only 22.1 / 64.3 / 147.0 M).
 PARAMS_CTC_AED = {"S": 46_282_107, "M": 89_987_295, "L": 174_319_650}
@@ -24,42 +24,18 @@ TINY = AttentionDecoderConfig(decoder_dim=16, num_layers=2, attention_dim=16, nu
 
 
 def read_tsv(size):
-    rows = []
-    for line in (DATA / f"state_dict_{size}_ctc_aed.tsv").read_text().splitlines():
-        if line.startswith("#") or not line.strip():
-            continue
-        key, shape, numel = line.split("\t")
-        dims = () if shape in ("", "scalar") else tuple(int(d) for d in shape.split("x"))
-        rows.append((key, dims, int(numel)))
-    return rows
+    return read_layout(size, "ctc_aed")
 
 
 @pytest.fixture(scope="module", params=["S", "M", "L"])
 def meta_ctc_aed(request):
-    with torch.device("meta"):
-        model = AsrModel(ZipformerConfig.preset(request.param), vocab_size=500, use_transducer=False,
-                         use_ctc=True, use_attention_decoder=True)
-    return request.param, model
+    return request.param, meta_asr_model(request.param, use_transducer=False, use_ctc=True,
+                                         use_attention_decoder=True)
 
 
 def test_state_dict_keys_and_shapes_equal_icefall_ctc_aed_in_order(meta_ctc_aed):
     size, model = meta_ctc_aed
-    ours = [(k, tuple(v.shape)) for k, v in model.state_dict().items()]
-    theirs = [(k, s) for k, s, _ in read_tsv(size)]
-    assert len(ours) == len(theirs)
-    for i, (a, b) in enumerate(zip(ours, theirs)):
-        assert a == b, f"entry {i}: ours {a} vs icefall {b}"
-
-
-def test_parameter_counts_ctc_aed_and_ctc_only(meta_ctc_aed):
-    size, model = meta_ctc_aed
-    total = sum(p.numel() for p in model.parameters())
-    aed = sum(p.numel() for p in model.attention_decoder.parameters())
-    assert total == PARAMS_CTC_AED[size] == sum(n for _, _, n in read_tsv(size))
-    assert total - aed == PARAMS_CTC[size]
-    with torch.device("meta"):
-        ctc_only = AsrModel(ZipformerConfig.preset(size), vocab_size=500, use_transducer=False, use_ctc=True)
-    assert sum(p.numel() for p in ctc_only.parameters()) == PARAMS_CTC[size]
+    assert_same_layout(model, read_tsv(size))
 
 
 def test_icefall_layout_state_dict_loads_strictly(meta_ctc_aed):
@@ -71,6 +47,16 @@ def test_icefall_layout_state_dict_loads_strictly(meta_ctc_aed):
     bad.pop("attention_decoder.decoder.output_layer.bias")
     with pytest.raises(RuntimeError, match="output_layer.bias"):
         model.load_state_dict(bad, strict=True, assign=True)
+
+
+def test_parameter_counts_ctc_aed_and_ctc_only(meta_ctc_aed):
+    size, model = meta_ctc_aed
+    total = sum(p.numel() for p in model.parameters())
+    aed = sum(p.numel() for p in model.attention_decoder.parameters())
+    assert total == PARAMS_CTC_AED[size] == sum(n for _, _, n in read_tsv(size))
+    assert total - aed == PARAMS_CTC[size]
+    ctc_only = meta_asr_model(size, use_transducer=False, use_ctc=True)
+    assert sum(p.numel() for p in ctc_only.parameters()) == PARAMS_CTC[size]
 
 
 def test_xs_ctc_aed_round_trip_gives_identical_outputs():

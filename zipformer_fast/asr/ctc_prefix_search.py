@@ -56,7 +56,8 @@ def ctc_prefix_beam_search_nbest(ctc_log_probs: Tensor, lens: Tensor, beam: int 
         raise ValueError(f"beam={beam} must be >= 1")
     lens_list = _check(ctc_log_probs, lens)
     k = min(beam, ctc_log_probs.shape[2])
-    values, indices = ctc_log_probs.float().topk(k, dim=-1)  # (B, T, k)
+    x = ctc_log_probs if ctc_log_probs.dtype == torch.float64 else ctc_log_probs.float()
+    values, indices = x.topk(k, dim=-1)  # (B, T, k)
     values, indices = values.cpu().tolist(), indices.cpu().tolist()
     results: List[NBest] = []
     for b, n in enumerate(lens_list):
@@ -79,7 +80,9 @@ def ctc_prefix_beam_search_nbest(ctc_log_probs: Tensor, lens: Tensor, beam: int 
                     else:
                         e = new.setdefault(prefix + (tok,), [_NEG_INF, _NEG_INF])
                         e[1] = _log_add(e[1], total + lp)
-            ranked = sorted(new.items(), key=lambda kv: -_log_add(*kv[1]))
+            # Prefixes reached only through impossible paths (e.g. "aa" without a blank) are dropped.
+            ranked = sorted(((p, s) for p, s in new.items() if _log_add(*s) > _NEG_INF),
+                            key=lambda kv: -_log_add(*kv[1]))
             hyps = dict(ranked[:beam])
         ranked = sorted(((list(p), _log_add(*s)) for p, s in hyps.items()), key=lambda r: -r[1])
         results.append(ranked)

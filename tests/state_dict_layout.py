@@ -1,5 +1,6 @@
-"""icefall's state-dict layout files (tests/data/state_dict_<size>_<heads>.tsv: key, shape, numel
-per entry in registration order) and the check that a model's state dict equals one."""
+"""Shared test models: icefall's state-dict layout files (tests/data/state_dict_<size>_<heads>.tsv:
+key, shape, numel per entry in registration order), the check that a model's state dict equals
+one, meta-device S/M/L models and a small XS model with every head."""
 import pathlib
 
 DATA = pathlib.Path(__file__).resolve().parent / "data"
@@ -34,3 +35,17 @@ def meta_asr_model(size: str, **heads):
     from zipformer_fast.config import ZipformerConfig
     with torch.device("meta"):
         return AsrModel(ZipformerConfig.preset(size), vocab_size=500, **heads)
+
+
+def xs_model_with_every_head(vocab_size: int, seed: int = 0):
+    """A small real model for loss and decoding tests: the XS encoder with transducer, CTC and a
+    one-layer 16-dim attention decoder, in eval mode."""
+    import torch
+
+    from zipformer_fast.asr.attention_decoder import AttentionDecoderConfig
+    from zipformer_fast.asr.model import AsrModel
+    from zipformer_fast.config import ZipformerConfig
+    torch.manual_seed(seed)
+    aed = AttentionDecoderConfig(decoder_dim=16, num_layers=1, attention_dim=16, num_heads=2, feedforward_dim=16)
+    return AsrModel(ZipformerConfig.preset("XS"), vocab_size=vocab_size, use_transducer=True, use_ctc=True,
+                    use_attention_decoder=True, attention_decoder_config=aed).eval()

@@ -9,13 +9,14 @@ import torch
 import torch.nn.functional as F
 
 from zipformer_fast import use_backend
-from zipformer_fast.asr.attention_decoder import AttentionDecoderConfig
 from zipformer_fast.asr.cr_ctc import (CrCtcAugment, check_ctc_lengths, consistency_loss, cr_ctc_loss,
                                        ctc_required_frames)
 from zipformer_fast.asr.ctc import ctc_loss
 from zipformer_fast.asr.loss_weights import LossWeights
 from zipformer_fast.asr.model import AsrModel
 from zipformer_fast.config import ZipformerConfig
+
+from state_dict_layout import xs_model_with_every_head  # noqa: E402
 
 
 def log_probs(B, T, V, seed=0, dtype=torch.float64):
@@ -157,10 +158,7 @@ def test_cr_scale_warms_up_linearly_and_ctc_aed_scales_must_sum_to_one():
 # ------------------------------------------------------------------------- recipe LossModule
 @pytest.fixture(scope="module")
 def xs_ctc_aed():
-    torch.manual_seed(0)
-    aed = AttentionDecoderConfig(decoder_dim=16, num_layers=1, attention_dim=16, num_heads=2, feedforward_dim=16)
-    return AsrModel(ZipformerConfig.preset("XS"), vocab_size=32, use_transducer=True, use_ctc=True,
-                    use_attention_decoder=True, attention_decoder_config=aed).eval()
+    return xs_model_with_every_head(vocab_size=32)
 
 
 def test_loss_module_with_cr_ctc_halves_every_term_of_the_doubled_batch(xs_ctc_aed):

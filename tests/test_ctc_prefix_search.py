@@ -11,13 +11,14 @@ import torch
 import torch.nn.functional as F
 
 from zipformer_fast import use_backend
-from zipformer_fast.asr.attention_decoder import AttentionDecoderConfig
 from zipformer_fast.asr.ctc_prefix_search import (attention_rescore, attention_scores,
                                                   ctc_prefix_beam_search, ctc_prefix_beam_search_nbest)
 from zipformer_fast.asr.model import AsrModel
 from zipformer_fast.asr.search import (DECODING_METHODS, ctc_greedy_search, decode, decode_rescored,
                                        modified_beam_search)
 from zipformer_fast.config import ZipformerConfig
+
+from state_dict_layout import xs_model_with_every_head  # noqa: E402
 
 
 def exact_log_prob(lp_bt, ys):
@@ -110,10 +111,7 @@ def test_attention_rescore_adds_scaled_attention_log_prob():
 
 @pytest.fixture(scope="module")
 def xs_all_heads():
-    torch.manual_seed(0)
-    aed = AttentionDecoderConfig(decoder_dim=16, num_layers=1, attention_dim=16, num_heads=2, feedforward_dim=16)
-    return AsrModel(ZipformerConfig.preset("XS"), vocab_size=20, use_transducer=True, use_ctc=True,
-                    use_attention_decoder=True, attention_decoder_config=aed).eval()
+    return xs_model_with_every_head(vocab_size=20)
 
 
 def test_transducer_nbest_starts_with_the_modified_beam_search_answer(xs_all_heads):

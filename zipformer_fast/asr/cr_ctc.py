@@ -82,8 +82,8 @@ def cr_ctc_loss(log_probs: Tensor, log_probs_lens: Tensor, targets: Targets,
         raise ValueError(f"{padded.shape[0]} transcripts for {log_probs.shape[0]} rows; give the N "
                          "original transcripts (they are duplicated here)")
     padded2, lens2 = padded.repeat(2, 1), lens.repeat(2)
-    if not zero_infinity:
-        check_ctc_lengths(log_probs_lens, padded2, lens2)
+    if not zero_infinity:  # named by original utterance (both copies have the same lengths)
+        check_ctc_lengths(torch.minimum(log_probs_lens[:N], log_probs_lens[N:]), padded, lens)
     ctc = ctc_loss(log_probs, log_probs_lens, padded2, lens2, blank=blank, reduction="sum",
                    zero_infinity=zero_infinity)
     return 0.5 * ctc, 0.5 * consistency_loss(log_probs, log_probs_lens)

@@ -10,6 +10,12 @@ newest). With --use-averaged-model 1 (icefall's default) the average comes from 
 running averages (spec 10.4); with 0 the A+1 ... checkpoints' models are averaged plainly.
 Writes <res-dir>/recogs-<split>-<method>.txt (id, ref, hyp), errs-<split>-<method>.txt
 (per-utterance alignments, then the totals) and wer-<split>-<method>.json.
+
+Methods: greedy_search, modified_beam_search (transducer); ctc_greedy_search,
+ctc_prefix_beam_search (CTC); ctc_prefix_beam_search_attention_decoder_rescoring and
+modified_beam_search_attention_decoder_rescoring (an n-best of --beam-size from CTC or the
+transducer, rescored with the attention decoder: first-pass + scale * AED log-prob). Rescoring
+writes one result per --attention-scales value, named <method>-attention_scale_<a>.
 """
 from __future__ import annotations
 
@@ -28,6 +34,7 @@ from recipes.lib.averaging import average_between, average_state_dicts
 from recipes.lib.dist import resolve_device
 from recipes.lib.model_factory import model_from_checkpoint_params
 from recipes.lib.options import str2bool
+from zipformer_fast.asr.search import DECODING_METHODS, RESCORING_METHODS
 
 log = logging.getLogger("decode")
 
@@ -44,9 +51,10 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--iter", type=int, default=0, help="step checkpoint to use; 0 = newest")
     p.add_argument("--avg", type=int, default=1, help="number of checkpoints (intervals) to average")
     p.add_argument("--use-averaged-model", type=str2bool, default=True)
-    p.add_argument("--decoding-method", default="modified_beam_search",
-                   choices=["greedy_search", "modified_beam_search", "ctc_greedy_search"])
+    p.add_argument("--decoding-method", default="modified_beam_search", choices=list(DECODING_METHODS))
     p.add_argument("--beam-size", type=int, default=4)
+    p.add_argument("--attention-scales", type=float, nargs="+", default=[1.0],
+                   help="attention-decoder rescoring: weight(s) of the AED log-prob")
     p.add_argument("--max-duration", type=float, default=300.0)
     p.add_argument("--device", default="auto")
     p.add_argument("--backend", default="auto", choices=["auto", "triton", "reference"])
@@ -128,19 +136,49 @@ def load_model(args):
     return model.eval(), end["params"]
 
 
+def result_names(args) -> List[str]:
+    """One name per result set: the method, or one per attention scale when rescoring."""
+    if args.decoding_method in RESCORING_METHODS:
+        return [f"{args.decoding_method}-attention_scale_{a:g}" for a in args.attention_scales]
+    return [args.decoding_method]
+
+
+def decode_batch(model, enc, enc_lens, args) -> Dict[str, List[List[int]]]:
+    from zipformer_fast.asr.search import decode, decode_rescored
+    if args.decoding_method in RESCORING_METHODS:
+        by_scale = decode_rescored(model, enc, enc_lens, args.decoding_method, beam=args.beam_size,
+                                   attention_scales=args.attention_scales)
+        return dict(zip(result_names(args), (by_scale[float(a)] for a in args.attention_scales)))
+    return {args.decoding_method: decode(model, enc, enc_lens, method=args.decoding_method,
+                                         beam=args.beam_size)}
+
+
 @torch.no_grad()
-def decode_split(model, cuts, tokenizer, args, device) -> List[Dict]:
-    from zipformer_fast.asr.search import decode
+def decode_split_all(model, cuts, tokenizer, args, device) -> Dict[str, List[Dict]]:
+    """{result name: rows sorted by id}."""
     from zipformer_fast.data.datamodule import AsrDataModule, DataConfig, batch_inputs
     dl = AsrDataModule(DataConfig(max_duration=args.max_duration, num_workers=0)).eval_dataloader(cuts)
-    rows = []
+    rows: Dict[str, List[Dict]] = {name: [] for name in result_names(args)}
     for batch in dl:
         feats, lens, texts, ids = batch_inputs(batch, device)
         enc, enc_lens = model.forward_encoder(feats, lens)
-        hyps = decode(model, enc, enc_lens, method=args.decoding_method, beam=args.beam_size)
-        for uid, ref, hyp in zip(ids, texts, hyps):
-            rows.append({"id": uid, "ref": ref, "hyp": tokenizer.decode(hyp)})
-    return sorted(rows, key=lambda r: r["id"])
+        for name, hyps in decode_batch(model, enc, enc_lens, args).items():
+            for uid, ref, hyp in zip(ids, texts, hyps):
+                rows[name].append({"id": uid, "ref": ref, "hyp": tokenizer.decode(hyp)})
+    return {name: sorted(r, key=lambda r: r["id"]) for name, r in rows.items()}
+
+
+def check_method(method: str, params: dict) -> None:
+    """SystemExit when the trained model lacks the head a decoding method needs."""
+    needs_ctc = method.startswith("ctc_")
+    needs_transducer = method in ("greedy_search", "modified_beam_search",
+                                  "modified_beam_search_attention_decoder_rescoring")
+    if needs_ctc and not params["use_ctc"]:
+        raise SystemExit(f"error: {method} needs a model trained with --use-ctc 1")
+    if needs_transducer and not params["use_transducer"]:
+        raise SystemExit(f"error: this model has no transducer; {method} needs one (try ctc_greedy_search)")
+    if method in RESCORING_METHODS and not params.get("use_attention_decoder", False):
+        raise SystemExit(f"error: {method} needs a model trained with --use-attention-decoder 1")
 
 
 @torch.no_grad()
@@ -216,13 +254,10 @@ def main(argv=None) -> Dict[str, dict]:
         device = resolve_device(args.device)
         tokenizer = Tokenizer(args.bpe_model)
         model, params = load_model(args)
-        if args.decoding_method == "ctc_greedy_search" and not params["use_ctc"]:
-            raise SystemExit("error: ctc_greedy_search needs a model trained with --use-ctc 1")
-        if args.decoding_method != "ctc_greedy_search" and not params["use_transducer"]:
-            raise SystemExit("error: this model has no transducer; use --decoding-method ctc_greedy_search")
+        check_method(args.decoding_method, params)
         model.to(device)
         suffix = configure_chunking(model, args)
-        if args.streaming and args.decoding_method == "ctc_greedy_search":
+        if args.streaming and args.decoding_method not in ("greedy_search", "modified_beam_search"):
             raise ValueError("--streaming decodes with the transducer (greedy_search or modified_beam_search)")
         res_dir = Path(args.res_dir) if args.res_dir else Path(args.exp_dir) / (args.decoding_method + suffix)
         results = {}
@@ -232,19 +267,25 @@ def main(argv=None) -> Dict[str, dict]:
             with use_backend(args.backend):
                 if args.streaming:
                     rows, timing = decode_split_streaming(model, cuts, tokenizer, args, device)
+                    all_rows = {args.decoding_method: rows}
                 else:
-                    rows, timing = decode_split(model, cuts, tokenizer, args, device), {}
-            results[split] = write_results(rows, res_dir, split, args.decoding_method)
-            results[split]["seconds"] = round(time.time() - t0, 1)
-            if model.config.causal:
-                results[split].update(chunk_size=model.encoder.chunk_size[0],
-                                      left_context_frames=model.encoder.left_context_frames[0],
-                                      streaming=bool(args.streaming), **timing)
-                (res_dir / f"wer-{split}-{args.decoding_method}.json").write_text(json.dumps(results[split], indent=1))
-            r = results[split]
-            print(f"{split} {args.decoding_method}: WER {r['wer']:.2f}% [{r['errors']} / {r['words']}, "
-                  f"{r['ins']} ins, {r['del']} del, {r['sub']} sub] ({r['utterances']} utterances, "
-                  f"{r['seconds']}s{', RTF %.3f' % r['rtf'] if 'rtf' in r else ''}) -> {res_dir}", flush=True)
+                    all_rows, timing = decode_split_all(model, cuts, tokenizer, args, device), {}
+            seconds = round(time.time() - t0, 1)
+            for i, (name, rows) in enumerate(all_rows.items()):
+                r = write_results(rows, res_dir, split, name)
+                r["seconds"] = seconds
+                if model.config.causal:
+                    r.update(chunk_size=model.encoder.chunk_size[0],
+                             left_context_frames=model.encoder.left_context_frames[0],
+                             streaming=bool(args.streaming), **timing)
+                    (res_dir / f"wer-{split}-{name}.json").write_text(json.dumps(r, indent=1))
+                if i == 0:  # results[split]: the method's (first) result set, as before rescoring existed
+                    results[split] = r
+                if name != args.decoding_method:  # rescoring: every scale under "<split>/<name>"
+                    results[f"{split}/{name}"] = r
+                print(f"{split} {name}: WER {r['wer']:.2f}% [{r['errors']} / {r['words']}, "
+                      f"{r['ins']} ins, {r['del']} del, {r['sub']} sub] ({r['utterances']} utterances, "
+                      f"{r['seconds']}s{', RTF %.3f' % r['rtf'] if 'rtf' in r else ''}) -> {res_dir}", flush=True)
     except (FileNotFoundError, ImportError, ValueError) as exc:
         raise SystemExit(f"error: {exc}") from exc
     return results

@@ -1,4 +1,5 @@
-"""Train a Zipformer transducer and/or CTC model on lhotse cuts (any recipe's prepared data).
+"""Train a Zipformer transducer and/or CTC model (optionally with an attention-decoder head and
+CR-CTC) on lhotse cuts (any recipe's prepared data).
 
     python -m recipes.train --manifest-dir data/synthetic/manifests --bpe-model data/synthetic/lang/bpe.model \
         --exp-dir exp/synthetic --model-config recipes/synthetic/model_tiny.json ...
@@ -29,7 +30,8 @@ from recipes.lib.amp import autocast, make_scaler, maybe_grow_scale
 from recipes.lib.averaging import make_averaged_copy, update_averaged_model
 from recipes.lib.loss import LossModule, compute_loss
 from recipes.lib.module_state import get_module_state, set_module_state
-from recipes.lib.model_factory import build_model, config_to_dict, default_base_lr, load_config
+from recipes.lib.model_factory import (attention_decoder_fields, build_model, config_to_dict,
+                                       default_base_lr, load_config)
 from recipes.lib.options import apply_causal_options, get_parser, validate
 from recipes.lib.rng import get_rng_state, seed_everything, set_rng_state
 from recipes.lib.run_log import RunLog
@@ -71,7 +73,9 @@ class Trainer:
         self.tok = Tokenizer(args.bpe_model)
         config = apply_causal_options(load_config(args.model_config), args)
         seed_everything(args.seed)  # identical initial weights on every rank
-        self.model = build_model(config, self.tok.vocab_size, args.use_transducer, args.use_ctc).to(self.device)
+        aed_fields = attention_decoder_fields(args) if args.use_attention_decoder else None
+        self.model = build_model(config, self.tok.vocab_size, args.use_transducer, args.use_ctc,
+                                 args.use_attention_decoder, aed_fields).to(self.device)
         base_lr = args.base_lr if args.base_lr is not None else default_base_lr(args.model_config)
         if args.optimizer == "adam":
             self.optimizer = torch.optim.Adam(self.model.parameters(), lr=base_lr)
@@ -84,13 +88,21 @@ class Trainer:
         self.params = dict(batch_idx_train=0, epoch=1, batches_consumed=0,
                            average_period=args.average_period, model_config=config_to_dict(config),
                            vocab_size=self.tok.vocab_size, use_transducer=args.use_transducer,
-                           use_ctc=args.use_ctc, world_size=info.world_size, base_lr=base_lr,
+                           use_ctc=args.use_ctc, use_attention_decoder=args.use_attention_decoder,
+                           attention_decoder=aed_fields, use_cr_ctc=args.use_cr_ctc,
+                           world_size=info.world_size, base_lr=base_lr,
                            max_duration=args.max_duration, args=vars(args))
         self.model_avg = make_averaged_copy(self.model) if info.is_main else None
         self.resume_rng = None
         self._maybe_resume()
 
-        loss_module = LossModule(self.model, args.prune_range, args.lm_scale, args.am_scale)
+        cr_augment = None
+        if args.use_cr_ctc and args.spec_aug:
+            from zipformer_fast.asr.cr_ctc import CrCtcAugment
+            cr_augment = CrCtcAugment(time_mask_ratio=args.time_mask_ratio,
+                                      time_warp_factor=args.spec_aug_time_warp)
+        loss_module = LossModule(self.model, args.prune_range, args.lm_scale, args.am_scale,
+                                 use_cr_ctc=args.use_cr_ctc, cr_augment=cr_augment)
         if info.distributed:
             # find_unused_parameters: icefall's setting (some bypass scales get no gradient).
             self.ddp = torch.nn.parallel.DistributedDataParallel(
@@ -99,11 +111,14 @@ class Trainer:
         else:
             self.ddp = loss_module
         self.weights = LossWeights(warm_step=args.warm_step, simple_loss_scale=args.simple_loss_scale,
-                                   ctc_loss_scale=args.ctc_loss_scale)
+                                   ctc_loss_scale=args.ctc_loss_scale, cr_loss_scale=args.cr_loss_scale,
+                                   attention_decoder_loss_scale=args.attention_decoder_loss_scale)
 
         data = AsrDataModule(DataConfig(
             max_duration=args.max_duration, num_buckets=args.num_buckets, num_workers=args.num_workers,
-            seed=args.seed, spec_augment=args.spec_aug, time_warp_factor=args.spec_aug_time_warp,
+            # CR-CTC applies SpecAugment itself, per copy (icefall: enable_spec_aug must be off).
+            seed=args.seed, spec_augment=args.spec_aug and not args.use_cr_ctc,
+            time_warp_factor=args.spec_aug_time_warp,
             on_the_fly_feats=args.on_the_fly_feats, speed_perturb=args.speed_perturb,
             musan_cuts=args.musan_cuts), rank=info.rank, world_size=info.world_size)
         keep = partial(keep_cut, tokenizer=self.tok, min_duration=args.min_duration,

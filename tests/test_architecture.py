@@ -2,8 +2,6 @@
 state-dict keys/shapes in registration order, parameter counts, output shapes, encoder FLOPs, and
 clear errors for bad inputs. S/M/L are built on the meta device (no memory, no arithmetic).
 """
-import pathlib
-
 import pytest
 import torch
 
@@ -12,7 +10,8 @@ from zipformer_fast.asr.model import AsrModel
 from zipformer_fast.config import ZipformerConfig
 from zipformer_fast.flops import ICEFALL_GFLOPS_FLOPCOUNTER, encoder_flops
 
-DATA = pathlib.Path(__file__).resolve().parent / "data"
+from state_dict_layout import assert_same_layout, meta_asr_model, read_tsv  # noqa: E402
+
 PARAMS_TRANSDUCER_CTC = {"S": 23_414_115, "M": 65_805_511, "L": 148_824_074}
 PARAMS_TRANSDUCER = {"S": 23_285_615, "M": 65_549_011, "L": 148_439_574}
 
@@ -25,29 +24,12 @@ def reference_backend():
 
 @pytest.fixture(scope="module", params=["S", "M", "L"])
 def meta_model(request):
-    with torch.device("meta"):
-        model = AsrModel(ZipformerConfig.preset(request.param), vocab_size=500, use_transducer=True, use_ctc=True)
-    return request.param, model
-
-
-def read_tsv(size):
-    rows = []
-    for line in (DATA / f"state_dict_{size}_transducer_ctc.tsv").read_text().splitlines():
-        if line.startswith("#") or not line.strip():
-            continue
-        key, shape, numel = line.split("\t")
-        dims = () if shape in ("", "scalar") else tuple(int(d) for d in shape.split("x"))
-        rows.append((key, dims, int(numel)))
-    return rows
+    return request.param, meta_asr_model(request.param, use_transducer=True, use_ctc=True)
 
 
 def test_state_dict_keys_and_shapes_equal_icefall_in_order(meta_model):
     size, model = meta_model
-    ours = [(k, tuple(v.shape)) for k, v in model.state_dict().items()]
-    theirs = [(k, s) for k, s, _ in read_tsv(size)]
-    assert len(ours) == len(theirs)
-    for i, (a, b) in enumerate(zip(ours, theirs)):
-        assert a == b, f"entry {i}: ours {a} vs icefall {b}"
+    assert_same_layout(model, read_tsv(size))
 
 
 def test_parameter_counts(meta_model):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Tuple
+from typing import Optional, Tuple
 
 from zipformer_fast.config import BASE_LR, PRESETS, ZipformerConfig
 
@@ -36,13 +36,27 @@ def config_to_dict(config: ZipformerConfig) -> dict:
     return dataclasses.asdict(config)
 
 
-def build_model(config: ZipformerConfig, vocab_size: int, use_transducer: bool, use_ctc: bool):
+def build_model(config: ZipformerConfig, vocab_size: int, use_transducer: bool, use_ctc: bool,
+                use_attention_decoder: bool = False, attention_decoder: Optional[dict] = None):
+    """attention_decoder: AttentionDecoderConfig fields (None: icefall's defaults)."""
+    from zipformer_fast.asr.attention_decoder import AttentionDecoderConfig
     from zipformer_fast.asr.model import AsrModel
     config = config.replace(vocab_size=vocab_size)
-    return AsrModel(config, vocab_size=vocab_size, use_transducer=use_transducer, use_ctc=use_ctc)
+    aed = AttentionDecoderConfig(**(attention_decoder or {})) if use_attention_decoder else None
+    return AsrModel(config, vocab_size=vocab_size, use_transducer=use_transducer, use_ctc=use_ctc,
+                    use_attention_decoder=use_attention_decoder, attention_decoder_config=aed)
+
+
+def attention_decoder_fields(args) -> dict:
+    """AttentionDecoderConfig fields from train.py's --attention-decoder-* flags."""
+    return dict(decoder_dim=args.attention_decoder_dim, num_layers=args.attention_decoder_num_layers,
+                attention_dim=args.attention_decoder_attention_dim,
+                num_heads=args.attention_decoder_num_heads,
+                feedforward_dim=args.attention_decoder_feedforward_dim)
 
 
 def model_from_checkpoint_params(params: dict) -> Tuple[object, ZipformerConfig]:
     """Rebuild the model a checkpoint was trained with (weights not loaded)."""
     config = ZipformerConfig(**params["model_config"])
-    return build_model(config, params["vocab_size"], params["use_transducer"], params["use_ctc"]), config
+    return build_model(config, params["vocab_size"], params["use_transducer"], params["use_ctc"],
+                       params.get("use_attention_decoder", False), params.get("attention_decoder")), config

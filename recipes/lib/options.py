@@ -50,6 +50,22 @@ def get_parser() -> argparse.ArgumentParser:
                    help="with --causal: chunk sizes at 50 Hz drawn per batch (-1 = full context)")
     g.add_argument("--left-context-frames", default="64,128,256,-1",
                    help="with --causal: left contexts at 50 Hz drawn per batch (-1 = unlimited)")
+    g.add_argument("--use-attention-decoder", type=str2bool, default=False,
+                   help="attention-decoder (AED) head; without a transducer, --ctc-loss-scale + "
+                        "--attention-decoder-loss-scale must be 1 (icefall's rule)")
+    g.add_argument("--attention-decoder-loss-scale", type=float, default=0.8)
+    g.add_argument("--attention-decoder-dim", type=int, default=512)
+    g.add_argument("--attention-decoder-num-layers", type=int, default=6)
+    g.add_argument("--attention-decoder-attention-dim", type=int, default=512)
+    g.add_argument("--attention-decoder-num-heads", type=int, default=8)
+    g.add_argument("--attention-decoder-feedforward-dim", type=int, default=2048)
+    g.add_argument("--use-cr-ctc", type=str2bool, default=False,
+                   help="consistency-regularised CTC: two SpecAugment views per batch (SpecAugment "
+                        "moves from the dataloader into the loss; --spec-aug 0 turns it off)")
+    g.add_argument("--cr-loss-scale", type=float, default=0.2,
+                   help="consistency loss scale, warmed up linearly over --warm-step batches")
+    g.add_argument("--time-mask-ratio", type=float, default=2.5,
+                   help="CR-CTC: time masks x this (count 10 -> int(10 r), max fraction 0.15 -> 0.15 r)")
 
     g = p.add_argument_group("optimisation")
     g.add_argument("--base-lr", type=float, default=None, help="default: icefall's value for the preset")
@@ -93,6 +109,14 @@ def validate(args) -> None:
                          f"--average-period ({args.average_period}) (icefall's rule)")
     if not (args.use_transducer or args.use_ctc):
         raise SystemExit("error: at least one of --use-transducer / --use-ctc must be 1")
+    if getattr(args, "use_cr_ctc", False) and not args.use_ctc:
+        raise SystemExit("error: --use-cr-ctc 1 needs --use-ctc 1")
+    if getattr(args, "use_attention_decoder", False) and not args.use_transducer and args.use_ctc:
+        from zipformer_fast.asr.loss_weights import check_ctc_aed_scales
+        try:
+            check_ctc_aed_scales(args.ctc_loss_scale, args.attention_decoder_loss_scale)
+        except ValueError as exc:
+            raise SystemExit(f"error: {exc}") from exc
     if args.speed_perturb and not args.on_the_fly_feats:
         raise SystemExit("error: --speed-perturb needs --on-the-fly-feats 1 (or perturb at prepare time)")
     if args.max_duration <= 0:

@@ -4,6 +4,7 @@ Zipformer transducer (+ CTC head) -> decode the test set -> print the WER.
     python -m recipes.synthetic.run --device auto            # the full recipe (14 min of training, ~16 min in all, 2 CPU cores)
     python -m recipes.synthetic.run --quick                  # CI smoke run: tiny corpus, a few dozen steps
     python -m recipes.synthetic.run --causal --device auto   # a streaming (chunk-causal) model, 9 min of training
+    python -m recipes.synthetic.run --heads ctc_aed --train-minutes 4   # another head combination
 
 --causal trains with icefall's streaming flags (--causal 1 --chunk-size 16,32,64,-1
 --left-context-frames 64,128,256,-1) and reports the WER three ways: full context, simulated
@@ -11,6 +12,12 @@ streaming (whole utterance, chunk mask) and real streaming (chunk by chunk with 
 --stream-chunk-size / --stream-left-context, with the latency the chunk implies and the real-time
 factor of streaming decoding. Results also go to bench/results/<device>/streaming_synthetic.json
 with --record.
+
+--heads picks the heads (default transducer_ctc: transducer + CTC, decoded with the transducer):
+ctc (CTC only), ctc_aed (CTC + attention decoder, icefall's CTC/AED scales 0.1 / 0.9, a small
+2-layer 128-dim decoder to fit the tiny encoder), cr_ctc (CR-CTC) and cr_ctc_aed. The CTC heads are
+decoded with CTC greedy and prefix beam search; the AED heads also with attention-decoder
+rescoring of the CTC n-best, whose scale is chosen on the dev set.
 
 Everything it runs is an ordinary step (recipes.synthetic.prepare, recipes.train, recipes.decode);
 the exact command lines are printed so each can be rerun alone. Results go to
@@ -64,6 +71,24 @@ MODEL_CONFIG = str(Path(__file__).resolve().parent / "model_tiny.json")
 CAUSAL_TRAIN = dict(causal=1, chunk_size="16,32,64,-1", left_context_frames="64,128,256,-1", max_minutes=9.0)
 CAUSAL_QUICK_TRAIN = dict(causal=1, chunk_size="16,32,64,-1", left_context_frames="64,128,256,-1")
 
+# The attention decoder sized for the tiny encoder (icefall's default is 6 x 512, 8 heads, FF 2048).
+AED_TINY = dict(use_attention_decoder=1, attention_decoder_dim=128, attention_decoder_num_layers=2,
+                attention_decoder_attention_dim=128, attention_decoder_num_heads=4,
+                attention_decoder_feedforward_dim=512, ctc_loss_scale=0.1, attention_decoder_loss_scale=0.9)
+CTC_ONLY = dict(use_transducer=0, use_ctc=1)
+CR_CTC = dict(use_cr_ctc=1, cr_loss_scale=0.2, time_mask_ratio=2.5)
+CTC_METHODS = ("ctc_greedy_search", "ctc_prefix_beam_search")
+RESCORING = "ctc_prefix_beam_search_attention_decoder_rescoring"
+ATTENTION_SCALES = (0.1, 0.3, 0.5, 1.0, 2.0)
+# heads -> (train flag overrides, decoding methods)
+HEADS = {
+    "transducer_ctc": ({}, ("greedy_search", "modified_beam_search")),
+    "ctc": (CTC_ONLY, CTC_METHODS),
+    "ctc_aed": ({**CTC_ONLY, **AED_TINY}, CTC_METHODS + (RESCORING,)),
+    "cr_ctc": ({**CTC_ONLY, **CR_CTC}, CTC_METHODS),
+    "cr_ctc_aed": ({**CTC_ONLY, **AED_TINY, **CR_CTC}, CTC_METHODS + (RESCORING,)),
+}
+
 
 def _flags(d: Dict) -> List[str]:
     out = []
@@ -98,6 +123,8 @@ def main(argv=None) -> dict:
                    help="fused-op implementation; auto = Triton kernels on CUDA, PyTorch on CPU")
     p.add_argument("--train-minutes", type=float, default=None, help="override the training time budget")
     p.add_argument("--train-steps", type=int, default=None, help="override the step limit (--quick: 60)")
+    p.add_argument("--heads", default="transducer_ctc", choices=list(HEADS),
+                   help="which heads to train (and how to decode them)")
     p.add_argument("--resume", action="store_true",
                    help="continue the training in --exp-dir (default: start over, deleting it)")
     p.add_argument("--causal", action="store_true", help="train a streaming model; decode three ways")
@@ -116,8 +143,12 @@ def main(argv=None) -> dict:
     s = QUICK if args.quick else FULL
     suffix = "-quick" if args.quick else ""
     data_dir = Path(args.data_dir or f"data/synthetic{suffix}")
-    exp_dir = Path(args.exp_dir or f"exp/synthetic{'-causal' if args.causal else ''}{suffix}")
+    head_flags, methods = HEADS[args.heads]
+    heads_suffix = "" if args.heads == "transducer_ctc" else f"-{args.heads}"
+    exp_dir = Path(args.exp_dir or f"exp/synthetic{'-causal' if args.causal else ''}{heads_suffix}{suffix}")
     if args.causal:
+        if args.heads != "transducer_ctc":
+            sys.exit("error: --causal trains the default heads (streaming decodes with the transducer)")
         s = dict(s, train={**s["train"], **(CAUSAL_QUICK_TRAIN if args.quick else CAUSAL_TRAIN)})
     if not args.resume and not args.skip_train and exp_dir.exists():
         import shutil
@@ -133,7 +164,7 @@ def main(argv=None) -> dict:
         sys.exit(f"error: {exc}")
     timings["prepare_s"] = round(time.time() - t0, 1)
 
-    train_settings = dict(s["train"])
+    train_settings = {**s["train"], **head_flags}
     if args.train_minutes is not None:
         train_settings["max_minutes"] = args.train_minutes
     if args.train_steps is not None:
@@ -153,26 +184,41 @@ def main(argv=None) -> dict:
         from recipes.synthetic import streaming_report
         return streaming_report.decode_and_report(args, s, data_dir, exp_dir, train_summary, timings, t0)
 
-    results = {}
-    for method in ("greedy_search", "modified_beam_search"):
+    results, chosen = {}, {}
+    for method in methods:
         dargv = decode_argv(data_dir, exp_dir, method, s["decode"]["avg"], device=args.device,
                             threads=args.threads, backend=args.backend)
+        if method == RESCORING:  # the scale is chosen on dev, then reported on test
+            dargv = dargv[:-2] + ["--splits", "dev", "test", "--attention-scales",
+                                  *map(str, ATTENTION_SCALES)]
         print("[run] python -m recipes.decode " + " ".join(dargv), flush=True)
         t2 = time.time()
-        results[method] = decode_mod.main(dargv)["test"]
+        out = decode_mod.main(dargv)
+        if method == RESCORING:
+            names = [f"{method}-attention_scale_{a:g}" for a in ATTENTION_SCALES]
+            best = min(names, key=lambda n: (out[f"dev/{n}"]["wer"], names.index(n)))
+            chosen[method] = {"attention_scale": float(best.rsplit("_", 1)[1]),
+                              "dev_wer": {n: round(out[f"dev/{n}"]["wer"], 2) for n in names},
+                              "test_wer_all_scales": {n: round(out[f"test/{n}"]["wer"], 2) for n in names}}
+            results[method] = out[f"test/{best}"]
+        else:
+            results[method] = out["test"]
         timings[f"decode_{method}_s"] = round(time.time() - t2, 1)
     timings["total_s"] = round(time.time() - t0, 1)
 
-    summary = {"quick": args.quick, "timings": timings, "steps": train_summary["batch_idx_train"],
+    summary = {"quick": args.quick, "heads": args.heads, "timings": timings,
+               "steps": train_summary["batch_idx_train"],
                "loss_curve": train_summary["loss_curve"],
                "wer": {m: round(r["wer"], 2) for m, r in results.items()},
-               "settings": s, "model_config": MODEL_CONFIG, "threads": args.threads or None,
+               "settings": {**s, "train": train_settings}, "model_config": MODEL_CONFIG,
+               "threads": args.threads or None,
                "cpu_count": os.cpu_count()}
     exp_dir.mkdir(parents=True, exist_ok=True)
     (exp_dir / "run_summary.json").write_text(json.dumps(summary, indent=1))
-    print(f"[run] test WER: greedy {summary['wer']['greedy_search']:.2f}%, modified beam search "
-          f"{summary['wer']['modified_beam_search']:.2f}% after {summary['steps']} steps; "
-          f"times {json.dumps(timings)}", flush=True)
+    if chosen:
+        summary["attention_rescoring"] = chosen
+    wers = ", ".join(f"{m} {w:.2f}%" for m, w in summary["wer"].items())
+    print(f"[run] test WER: {wers} after {summary['steps']} steps; times {json.dumps(timings)}", flush=True)
     return summary
 
 

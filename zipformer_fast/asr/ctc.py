@@ -30,6 +30,8 @@ def ctc_loss(log_probs: Tensor, log_probs_lens: Tensor, targets: Targets,
         raise ValueError("target ids must be < vocabulary size")
     with torch.autocast(device_type=log_probs.device.type, enabled=False):
         # Concatenated CPU targets, as icefall passes them (cuDNN/native both accept this form).
-        return F.ctc_loss(log_probs.float().permute(1, 0, 2), flat_targets(padded, lens),
+        # fp16/bf16 are upcast to fp32; fp64 stays fp64 (gradcheck).
+        x = log_probs.float() if log_probs.dtype in (torch.float16, torch.bfloat16) else log_probs
+        return F.ctc_loss(x.permute(1, 0, 2), flat_targets(padded, lens),
                           input_lengths=log_probs_lens.to(torch.int64).cpu(), target_lengths=lens,
                           blank=blank, reduction=reduction, zero_infinity=zero_infinity)

@@ -1,5 +1,7 @@
 """AsrModel: Conv-Embed + Zipformer2 encoder + transducer (decoder, joiner, simple projections)
-and/or CTC heads, with icefall's submodule names so icefall checkpoints load with strict=True.
+and/or CTC heads, optionally with an attention-decoder (AED) head (`use_attention_decoder=True`,
+zipformer_fast.asr.attention_decoder), with icefall's submodule names and registration order so
+icefall checkpoints (transducer/CTC and CTC/AED) load with strict=True.
 
 `forward_encoder(features (B, T, 80), feature_lens (B,)) -> (encoder_out (B, T', E), lens (B,))`,
 T' = ceil(((T - 7) // 2) / 2). Losses live elsewhere (zipformer_fast.asr.*); this module only holds
@@ -26,6 +28,7 @@ from ..nn.scheduled_float import ScheduledFloat
 from ..nn.subsampling import Conv2dSubsampling
 from ..nn.zipformer import Zipformer2
 from . import streaming_encoder
+from .attention_decoder import AttentionDecoderConfig, AttentionDecoderModel
 from .decoder import Decoder
 from .joiner import Joiner
 
@@ -34,7 +37,9 @@ MIN_FRAMES = 9  # (T - 7) // 2 >= 1
 
 class AsrModel(nn.Module):
     def __init__(self, config: ZipformerConfig, vocab_size: Optional[int] = None, use_transducer: bool = True,
-                 use_ctc: bool = False, validate_inputs: bool = True):
+                 use_ctc: bool = False, validate_inputs: bool = True,
+                 use_attention_decoder: bool = False,
+                 attention_decoder_config: Optional[AttentionDecoderConfig] = None):
         super().__init__()
         if not isinstance(config, ZipformerConfig):
             raise TypeError(f"config must be a ZipformerConfig, got {type(config).__name__}")
@@ -63,6 +68,15 @@ class AsrModel(nn.Module):
         if use_ctc:
             self.ctc_output = nn.Sequential(nn.Dropout(p=0.1), nn.Linear(encoder_dim, vocab_size),
                                             nn.LogSoftmax(dim=-1))
+        self.use_attention_decoder = use_attention_decoder
+        if use_attention_decoder:
+            aed = AttentionDecoderConfig() if attention_decoder_config is None else attention_decoder_config
+            if 0 in (aed.sos_id, aed.eos_id):  # every AsrModel has a CTC or transducer head
+                raise ValueError(f"attention decoder sos_id={aed.sos_id} / eos_id={aed.eos_id}: id 0 is "
+                                 "the CTC/transducer blank; icefall uses 1 (<sos/eos>)")
+            self.attention_decoder = AttentionDecoderModel(vocab_size, memory_dim=encoder_dim, config=aed)
+        elif attention_decoder_config is not None:
+            raise ValueError("attention_decoder_config given but use_attention_decoder=False")
 
     # ------------------------------------------------------------------------------ checking
     def check_inputs(self, features: Tensor, feature_lens: Tensor) -> None:
@@ -121,6 +135,12 @@ class AsrModel(nn.Module):
         lengths, new states); a causal model, chunk size and left context set by
         encoder.configure_streaming (see zipformer_fast.asr.streaming_encoder)."""
         return streaming_encoder.streaming_forward(self, features, feature_lens, states)
+    def forward_attention_decoder(self, encoder_out: Tensor, encoder_out_lens: Tensor, targets,
+                                  target_lens: Optional[Tensor] = None) -> Tensor:
+        """Label-smoothed attention-decoder loss, summed over the batch (icefall calc_att_loss)."""
+        if not self.use_attention_decoder:
+            raise RuntimeError("this AsrModel was built with use_attention_decoder=False")
+        return self.attention_decoder.calc_att_loss(encoder_out, encoder_out_lens, targets, target_lens)
 
     def ctc_log_probs(self, encoder_out: Tensor) -> Tensor:
         if not self.use_ctc:

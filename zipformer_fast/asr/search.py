@@ -6,6 +6,8 @@
   label sequence are merged by log-add of their probabilities. Final pick: best log_prob / len(ys)
   (icefall's length normalisation, len counting the context placeholders) unless length_norm=False.
 - ctc_greedy_search: argmax per frame, collapse repeats, drop blanks.
+- ctc_prefix_beam_search and the attention-decoder rescoring methods live in ctc_prefix_search.py;
+  `decode` dispatches to them by name.
 
 The transducer searches use the model's icefall-named modules: decoder(y (N, context_size),
 need_pad=False) with .context_size/.blank_id, joiner.encoder_proj / joiner.decoder_proj and
@@ -153,17 +155,24 @@ def beam_search_frame(model, enc: Tensor, beams: List[Beam], beam: int, temperat
 def best_hypothesis(beam: Beam, length_norm: bool = True) -> Tuple[Tuple[int, ...], float]:
     """(label sequence with context prefix, log-prob) of the best hypothesis: highest log_prob / len(ys)
     (icefall's length normalisation) or highest log_prob."""
-    key = (lambda kv: kv[1] / len(kv[0])) if length_norm else (lambda kv: kv[1])
-    return max(beam.items(), key=key)
+    return max(beam.items(), key=hypothesis_key(length_norm))
+
+
+def hypothesis_key(length_norm: bool):
+    """Sort key of a (labels, log-prob) beam item: log-prob / len(labels) with icefall's length
+    normalisation, else log-prob."""
+    return (lambda kv: kv[1] / len(kv[0])) if length_norm else (lambda kv: kv[1])
 
 
 @torch.no_grad()
 def modified_beam_search(model, encoder_out: Tensor, encoder_out_lens: Tensor, beam: int = 4,
                          temperature: float = 1.0, blank_penalty: float = 0.0,
-                         length_norm: bool = True, return_scores: bool = False
-                         ) -> Union[List[List[int]], Tuple[List[List[int]], List[float]]]:
+                         length_norm: bool = True, return_scores: bool = False,
+                         return_nbest: bool = False):
     """Beam search with at most one symbol per frame and merging of equal label sequences.
-    With return_scores, also the (merged, unnormalised) log-prob of each chosen hypothesis."""
+    With return_scores, also the (merged, unnormalised) log-prob of each chosen hypothesis.
+    With return_nbest, per utterance every final hypothesis as (tokens, unnormalised log-prob),
+    in the order of the final pick (best first), e.g. for attention-decoder rescoring."""
     if beam < 1:
         raise ValueError(f"beam={beam} must be >= 1")
     lens = _check(encoder_out, encoder_out_lens)
@@ -177,6 +186,10 @@ def modified_beam_search(model, encoder_out: Tensor, encoder_out_lens: Tensor, b
         for b, new in zip(active, new_beams):
             beams[b] = new
     c = model.decoder.context_size
+    if return_nbest:
+        key = hypothesis_key(length_norm)
+        return [[(list(ys[c:]), lp) for ys, lp in sorted(beams[b].items(), key=key, reverse=True)]
+                for b in range(B)]
     out, out_scores = [], []
     for b in range(B):
         ys, lp = best_hypothesis(beams[b], length_norm)
@@ -211,5 +224,34 @@ def decode(model, encoder_out: Tensor, encoder_out_lens: Tensor,
     if method == "ctc_greedy_search":
         return ctc_greedy_search(model.ctc_output(encoder_out), encoder_out_lens,
                                  blank=getattr(getattr(model, "decoder", None), "blank_id", 0))
-    raise ValueError(f"decoding method {method!r}: expected greedy_search, modified_beam_search "
-                     f"or ctc_greedy_search")
+    if method == "ctc_prefix_beam_search":
+        from .ctc_prefix_search import ctc_prefix_beam_search
+        return ctc_prefix_beam_search(model.ctc_output(encoder_out), encoder_out_lens, beam=beam)
+    if method in RESCORING_METHODS:
+        return decode_rescored(model, encoder_out, encoder_out_lens, method, beam)[1.0]
+    raise ValueError(f"decoding method {method!r}: expected one of {', '.join(DECODING_METHODS)}")
+
+
+# n-best source of each attention-decoder rescoring method.
+RESCORING_METHODS = {
+    "ctc_prefix_beam_search_attention_decoder_rescoring": "ctc_prefix_beam_search",
+    "modified_beam_search_attention_decoder_rescoring": "modified_beam_search",
+}
+DECODING_METHODS = ("greedy_search", "modified_beam_search", "ctc_greedy_search",
+                    "ctc_prefix_beam_search", *RESCORING_METHODS)
+
+
+def decode_rescored(model, encoder_out: Tensor, encoder_out_lens: Tensor, method: str, beam: int = 4,
+                    attention_scales=(1.0,)) -> Dict[float, List[List[int]]]:
+    """n-best from CTC prefix beam search or the transducer's modified beam search, rescored with
+    the attention decoder: {attention_scale: hypotheses}."""
+    from .ctc_prefix_search import attention_rescore, ctc_prefix_beam_search_nbest
+    if method not in RESCORING_METHODS:
+        raise ValueError(f"{method!r} is not a rescoring method ({', '.join(RESCORING_METHODS)})")
+    if not getattr(model, "use_attention_decoder", False):
+        raise ValueError(f"{method} needs a model with an attention decoder")
+    if RESCORING_METHODS[method] == "ctc_prefix_beam_search":
+        nbest = ctc_prefix_beam_search_nbest(model.ctc_output(encoder_out), encoder_out_lens, beam=beam)
+    else:
+        nbest = modified_beam_search(model, encoder_out, encoder_out_lens, beam=beam, return_nbest=True)
+    return attention_rescore(model.attention_decoder, encoder_out, encoder_out_lens, nbest, attention_scales)

@@ -1,0 +1,85 @@
+"""The synthetic recipe's CTC-family heads under one short training budget each: CTC, CTC +
+attention decoder (decoded with CTC and with attention-decoder rescoring of the CTC n-best) and
+CR-CTC, trained one after another, and the landed transducer run beside them.
+
+    python bench/heads_synthetic.py --train-minutes 4 --threads 1
+    python bench/heads_synthetic.py --collect-only --train-minutes 4 --threads 1   # runs already done
+
+Writes bench/results/cpu/heads_synthetic.json: per head the budget, the steps reached, the
+training loss curve's last point and the test WER of each decoding method (the rescoring scale
+chosen on dev), with the machine load seen during the runs. A short budget is not the recipe's
+full 14-minute comparison; the JSON says so.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+HEADS = ("ctc", "ctc_aed", "cr_ctc")
+TRANSDUCER_SUMMARY = ROOT / "bench" / "results" / "cpu" / "synthetic_recipe_run_summary.json"
+
+
+def run_command(head: str, args) -> list:
+    return [sys.executable, "-m", "recipes.synthetic.run", "--heads", head, "--train-minutes",
+            str(args.train_minutes), "--device", "cpu", "--threads", str(args.threads), "--backend", "reference"]
+
+
+def head_record(head: str, args) -> dict:
+    summary = json.loads((ROOT / "exp" / f"synthetic-{head}" / "run_summary.json").read_text())
+    rec = {"command": "python " + " ".join(run_command(head, args)[1:]),
+           "train_budget_minutes": args.train_minutes, "steps": summary["steps"],
+           "train_seconds": summary["timings"]["train_s"],
+           "last_train_loss_per_frame": summary["loss_curve"][-1] if summary["loss_curve"] else None,
+           "test_wer_percent": summary["wer"], "train_flags": summary["settings"]["train"],
+           "decode_avg": summary["settings"]["decode"]["avg"]}
+    if "attention_rescoring" in summary:
+        rec["attention_rescoring"] = summary["attention_rescoring"]
+    return rec
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--train-minutes", type=float, default=4.0)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--collect-only", action="store_true")
+    p.add_argument("--load-note", default="", help="what the machine was doing meanwhile")
+    p.add_argument("--out", default=str(ROOT / "bench" / "results" / "cpu" / "heads_synthetic.json"))
+    args = p.parse_args()
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    loads = {}
+    if not args.collect_only:
+        for head in HEADS:
+            subprocess.run(run_command(head, args), cwd=ROOT, env=env, check=True)
+            loads[head] = os.getloadavg()
+    import torch
+    transducer = json.loads(TRANSDUCER_SUMMARY.read_text())
+    result = {
+        "device": f"cpu ({os.cpu_count()} cores, {platform.processor() or platform.machine()})",
+        "versions": {"python": platform.python_version(), "torch": torch.__version__},
+        "written": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "note": (f"One short training budget ({args.train_minutes:g} min) per head on a shared machine; "
+                 "NOT the recipe's full 14-minute comparison. The transducer row is the landed 14-minute "
+                 "run on an otherwise idle machine, so steps differ by far more than the budgets. "
+                 + args.load_note).strip(),
+        "heads": {h: head_record(h, args) for h in HEADS},
+        "transducer_ctc_landed_run": {
+            "source": str(TRANSDUCER_SUMMARY.relative_to(ROOT)), "train_budget_minutes":
+                transducer["settings"]["train"]["max_minutes"], "steps": transducer["steps"],
+            "train_seconds": transducer["timings"]["train_s"], "test_wer_percent": transducer["wer"],
+            "decode_avg": transducer["settings"]["decode"]["avg"]},
+    }
+    if loads:
+        result["load_average_after_each_run"] = loads
+    Path(args.out).write_text(json.dumps(result, indent=1))
+    print(json.dumps({h: (r["steps"], r["test_wer_percent"]) for h, r in result["heads"].items()}))
+
+
+if __name__ == "__main__":
+    main()

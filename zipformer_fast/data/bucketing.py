@@ -76,7 +76,7 @@ def plan_bucketing(cuts, max_duration: float, num_buckets: int, world_size: int 
                          "filters (--min-duration, --max-utt-duration, and frames >= tokens)")
     buckets = num_buckets
     if complete:
-        buckets = max(1, min(num_buckets, int(seconds // (BATCHES_PER_BUCKET * batch_seconds))))
+        buckets = max(1, min(num_buckets, n, int(seconds // (BATCHES_PER_BUCKET * batch_seconds))))
         if drop_last and seconds < batch_seconds:
             raise BatchingError(
                 f"the training data ({n} cuts, {seconds:.1f} s after the duration filters) cannot fill "

@@ -127,3 +127,29 @@ def test_own_lhotse_cuts_without_features_train_and_decode(corpus, tmp_path):
     wer = json.loads((exp / "greedy_search" / "wer-my_test-greedy_search.json").read_text())
     assert wer["utterances"] == 3 and wer["words"] > 0
     assert "my_test greedy_search: WER" in proc.stdout
+
+
+def test_prepare_without_stored_fbank_trains_on_the_fly(corpus, tmp_path):
+    """--precompute-fbank 0: speed-perturbed cuts without features; batches get Fbank on the fly
+    (from the resampled audio of the perturbed copies)."""
+    import lhotse
+    import torch
+    from zipformer_fast.data.datamodule import AsrDataModule, DataConfig, batch_inputs, load_split
+    data = tmp_path / "data"
+    _run([sys.executable, "-m", "recipes.librispeech.prepare", "--corpus-dir", str(corpus), "--data-dir", str(data),
+          "--precompute-fbank", "0", "--stop-stage", "3"])
+    cuts = lhotse.load_manifest(data / "manifests" / "cuts_train.jsonl.gz")
+    assert len(cuts) == 36 and not any(c.has_features for c in cuts)
+    assert not list((data / "manifests").glob("feats_*"))
+    dm = AsrDataModule(DataConfig(max_duration=20.0, spec_augment=False))
+    loader = dm.train_dataloader(load_split(data / "manifests", "train", lazy=True))
+    loader.sampler.set_epoch(0)
+    durations = {c.id: c.duration for c in cuts}
+    seen = []
+    for batch in loader:
+        feats, lens, texts, ids = batch_inputs(batch)
+        assert feats.shape[2] == 80 and torch.isfinite(feats).all()
+        for n, i in zip(lens.tolist(), ids):
+            assert abs(n - 100 * durations[i]) <= 1
+        seen += ids
+    assert len(seen) >= 18 and any(i.endswith("_sp0.9") for i in seen)

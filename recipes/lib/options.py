@@ -32,8 +32,8 @@ def get_parser() -> argparse.ArgumentParser:
     g.add_argument("--num-buckets", type=int, default=30,
                    help="duration buckets (a maximum: fewer when the data cannot fill them)")
     g.add_argument("--num-workers", type=int, default=2)
-    g.add_argument("--spec-aug", type=str2bool, default=True)
-    g.add_argument("--spec-aug-time-warp", type=int, default=80)
+    g.add_argument("--spec-aug", "--enable-spec-aug", type=str2bool, default=True)
+    g.add_argument("--spec-aug-time-warp", "--spec-aug-time-warp-factor", type=int, default=80)
     g.add_argument("--on-the-fly-feats", type=str2bool, default=False)
     g.add_argument("--speed-perturb", type=str2bool, default=False, help="on the fly (needs --on-the-fly-feats)")
     g.add_argument("--enable-musan", type=str2bool, default=False,

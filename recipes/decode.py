@@ -3,6 +3,7 @@
     python -m recipes.decode --exp-dir exp/synthetic --manifest-dir data/synthetic/manifests \
         --bpe-model data/synthetic/lang/bpe.model --splits test --decoding-method modified_beam_search \
         --iter 0 --avg 4        # newest checkpoint-*.pt, averaged over the last 4 save intervals
+    python -m recipes.decode --exp-dir exp/mine --bpe-model bpe.model --test-cuts my_test.jsonl.gz ...
 
 Which model: --checkpoint PATH (its model, or with --avg-from PATH the icefall average between two
 checkpoints), --epoch E --avg A (epoch files), or --iter B --avg A (step files; B = 0 means the
@@ -42,9 +43,12 @@ log = logging.getLogger("decode")
 def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--exp-dir", required=True)
-    p.add_argument("--manifest-dir", required=True)
+    p.add_argument("--manifest-dir", default=None, help="a recipe's prepared data (cuts_<split>.jsonl.gz)")
     p.add_argument("--bpe-model", required=True)
-    p.add_argument("--splits", nargs="+", default=["test"])
+    p.add_argument("--splits", nargs="+", default=["test"], help="splits of --manifest-dir to decode")
+    p.add_argument("--test-cuts", nargs="+", default=None,
+                   help="your own lhotse cut manifests to decode instead (Fbank on the fly when they have "
+                        "none); results are named after the file: cuts_foo.jsonl.gz -> foo")
     p.add_argument("--checkpoint", default=None, help="a checkpoint file (overrides --epoch/--iter)")
     p.add_argument("--avg-from", default=None, help="with --checkpoint: average since this checkpoint")
     p.add_argument("--epoch", type=int, default=0)
@@ -247,8 +251,10 @@ def main(argv=None) -> Dict[str, dict]:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if not args.manifest_dir and not args.test_cuts:
+        raise SystemExit("error: give --manifest-dir (with --splits) or --test-cuts")
     try:
-        from zipformer_fast.data.datamodule import load_split
+        from recipes.lib.cut_sources import test_sets
         from zipformer_fast.data.tokenizer import Tokenizer
         from zipformer_fast.backend import use_backend
         device = resolve_device(args.device)
@@ -261,9 +267,8 @@ def main(argv=None) -> Dict[str, dict]:
             raise ValueError("--streaming decodes with the transducer (greedy_search or modified_beam_search)")
         res_dir = Path(args.res_dir) if args.res_dir else Path(args.exp_dir) / (args.decoding_method + suffix)
         results = {}
-        for split in args.splits:
+        for split, cuts in test_sets(args):
             t0 = time.time()
-            cuts = load_split(args.manifest_dir, split, lazy=True)
             with use_backend(args.backend):
                 if args.streaming:
                     rows, timing = decode_split_streaming(model, cuts, tokenizer, args, device)

@@ -3,6 +3,7 @@ CR-CTC) on lhotse cuts (any recipe's prepared data).
 
     python -m recipes.train --manifest-dir data/synthetic/manifests --bpe-model data/synthetic/lang/bpe.model \
         --exp-dir exp/synthetic --model-config recipes/synthetic/model_tiny.json ...
+    python -m recipes.train --train-cuts my_train.jsonl.gz --valid-cuts my_dev.jsonl.gz --bpe-model bpe.model ...
     torchrun --standalone --nproc_per_node=2 -m recipes.train ...      # DDP (NCCL on GPUs, gloo on CPU)
 
 icefall's loop (zipformer_spec.md sections 9-10): ScaledAdam + Eden stepped per batch, loss terms
@@ -28,6 +29,7 @@ from recipes.lib import checkpoint as ckpt_io
 from recipes.lib import dist
 from recipes.lib.amp import autocast, make_scaler, maybe_grow_scale
 from recipes.lib.averaging import make_averaged_copy, update_averaged_model
+from recipes.lib.cut_sources import musan_manifest, train_and_valid_cuts
 from recipes.lib.loss import LossModule, compute_loss
 from recipes.lib.module_state import get_module_state, set_module_state
 from recipes.lib.model_factory import (attention_decoder_fields, build_model, config_to_dict,
@@ -44,7 +46,9 @@ def keep_cut(cut, tokenizer, min_duration: float, max_duration: float) -> bool:
     transducer losses are finite (T_sub = encoder frames after 4x subsampling)."""
     if not (min_duration <= cut.duration <= max_duration):
         return False
-    t_sub = ((cut.num_frames - 7) // 2 + 1) // 2
+    # Cuts without stored features (Fbank on the fly) have no num_frames: 100 frames per second.
+    frames = cut.num_frames if cut.num_frames is not None else round(cut.duration * 100)
+    t_sub = ((frames - 7) // 2 + 1) // 2
     return t_sub - 2 >= len(tokenizer.encode(cut.supervisions[0].text))
 
 
@@ -63,7 +67,7 @@ def resolve_resume(args, exp_dir: Path):
 class Trainer:
     def __init__(self, args, info: dist.DistInfo):
         from zipformer_fast.asr.loss_weights import LossWeights
-        from zipformer_fast.data.datamodule import AsrDataModule, DataConfig, load_split
+        from zipformer_fast.data.datamodule import AsrDataModule, DataConfig
         from zipformer_fast.data.tokenizer import Tokenizer
         from zipformer_fast.optim import Eden, ScaledAdam
 
@@ -114,21 +118,23 @@ class Trainer:
                                    ctc_loss_scale=args.ctc_loss_scale, cr_loss_scale=args.cr_loss_scale,
                                    attention_decoder_loss_scale=args.attention_decoder_loss_scale)
 
-        data = AsrDataModule(DataConfig(
+        self.data = data = AsrDataModule(DataConfig(
             max_duration=args.max_duration, num_buckets=args.num_buckets, num_workers=args.num_workers,
             # CR-CTC applies SpecAugment itself, per copy (icefall: enable_spec_aug must be off).
             seed=args.seed, spec_augment=args.spec_aug and not args.use_cr_ctc,
             time_warp_factor=args.spec_aug_time_warp,
             on_the_fly_feats=args.on_the_fly_feats, speed_perturb=args.speed_perturb,
-            musan_cuts=args.musan_cuts), rank=info.rank, world_size=info.world_size)
+            musan_cuts=musan_manifest(args)), rank=info.rank, world_size=info.world_size)
         keep = partial(keep_cut, tokenizer=self.tok, min_duration=args.min_duration,
                        max_duration=args.max_utt_duration)
-        self.train_dl = data.train_dataloader(load_split(args.manifest_dir, args.train_split, lazy=True).filter(keep))
+        train_cuts, valid_cuts = train_and_valid_cuts(args)
+        self.train_dl = data.train_dataloader(train_cuts.filter(keep))
+        (log.warning if data.train_plan.capped else log.info)("%s", data.train_plan.describe())
         # DataLoader draws its worker base seed from this generator, not the global RNG (resume).
         self.train_dl.generator = torch.Generator().manual_seed(args.seed)
         self.valid_dl = None
-        if args.valid_split:
-            self.valid_dl = data.eval_dataloader(load_split(args.manifest_dir, args.valid_split, lazy=True).filter(keep))
+        if valid_cuts is not None:
+            self.valid_dl = data.eval_dataloader(valid_cuts.filter(keep))
             self.valid_dl.generator = torch.Generator().manual_seed(args.seed)
         self.run_log = RunLog(self.exp_dir, info.is_main, args.tensorboard, args.progress, args.log_interval,
                               total=args.max_steps or None, start=self.params["batch_idx_train"])
@@ -243,6 +249,7 @@ class Trainer:
         return False
 
     def train(self) -> dict:
+        from zipformer_fast.data.bucketing import check_epoch
         from zipformer_fast.nn.scheduled_float import set_batch_count
         a, p = self.args, self.params
         stopped = self._stop_requested()
@@ -260,6 +267,7 @@ class Trainer:
             self.train_dl.sampler.load_state_dict({"epoch": epoch - 1, "batches_consumed": p["batches_consumed"]})
             stopped = self.train_one_epoch(epoch)
             if not stopped:
+                check_epoch(p["batches_consumed"], self.data.train_plan, epoch)  # before epoch-N.pt
                 p["epoch"], p["batches_consumed"] = epoch + 1, 0
                 self.save(self.exp_dir / f"epoch-{epoch}.pt")
                 if self.valid_dl is not None:
@@ -301,11 +309,12 @@ def main(argv=None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     from zipformer_fast.backend import use_backend
+    from zipformer_fast.data.bucketing import BatchingError
     try:
         with use_backend(args.backend):
             trainer = Trainer(args, info)
             summary = trainer.train()
-    except (FileNotFoundError, ImportError) as exc:
+    except (FileNotFoundError, ImportError, BatchingError) as exc:
         raise SystemExit(f"error: {exc}") from exc
     finally:
         dist.cleanup()

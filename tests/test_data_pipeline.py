@@ -40,6 +40,16 @@ def test_speed_perturbation_adds_rescaled_copies(corpus):
                 assert c.duration == pytest.approx(base[c.id[:-len(suffix)]] / factor, abs=1e-3)
 
 
+def test_fbank_of_lazy_cut_sets(corpus, tmp_path):
+    """trim_to_supervisions and speed perturbation return lazy cut sets, which have no len(); lhotse's
+    feature extraction with a progress bar needs one."""
+    from zipformer_fast.data.manifests import compute_fbank
+    lazy = speed_perturb(load_split(corpus / "manifests", "dev").drop_features().trim_to_supervisions(), (1.1,))
+    assert lazy.is_lazy
+    cuts = compute_fbank(lazy, tmp_path / "feats", num_jobs=4, progress_bar=True)
+    assert len(cuts) == 8 and all(c.has_features for c in cuts)
+
+
 def _batches(loader, n=None):
     out = []
     for k, batch in enumerate(loader):

@@ -19,18 +19,27 @@ def get_parser() -> argparse.ArgumentParser:
         description="Train a Zipformer transducer and/or CTC model (single process or torchrun DDP).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     g = p.add_argument_group("data")
-    g.add_argument("--manifest-dir", required=True, help="holds cuts_<split>.jsonl.gz with features")
+    g.add_argument("--manifest-dir", default=None,
+                   help="a recipe's prepared data: holds cuts_<split>.jsonl.gz (and musan_cuts.jsonl.gz)")
     g.add_argument("--train-split", default="train")
     g.add_argument("--valid-split", default="dev", help="'' to skip validation")
+    g.add_argument("--train-cuts", default=None,
+                   help="your own lhotse cut manifest to train on (instead of --manifest-dir); cuts "
+                        "without features get Fbank on the fly")
+    g.add_argument("--valid-cuts", default=None, help="your own lhotse cut manifest for validation")
     g.add_argument("--bpe-model", required=True)
     g.add_argument("--max-duration", type=float, default=200.0, help="seconds of audio per batch per rank")
-    g.add_argument("--num-buckets", type=int, default=30)
+    g.add_argument("--num-buckets", type=int, default=30,
+                   help="duration buckets (a maximum: fewer when the data cannot fill them)")
     g.add_argument("--num-workers", type=int, default=2)
-    g.add_argument("--spec-aug", type=str2bool, default=True)
-    g.add_argument("--spec-aug-time-warp", type=int, default=80)
+    g.add_argument("--spec-aug", "--enable-spec-aug", type=str2bool, default=True)
+    g.add_argument("--spec-aug-time-warp", "--spec-aug-time-warp-factor", type=int, default=80)
     g.add_argument("--on-the-fly-feats", type=str2bool, default=False)
     g.add_argument("--speed-perturb", type=str2bool, default=False, help="on the fly (needs --on-the-fly-feats)")
-    g.add_argument("--musan-cuts", default=None, help="MUSAN cut manifest for noise mixing (optional)")
+    g.add_argument("--enable-musan", type=str2bool, default=False,
+                   help="mix MUSAN noise into training cuts (icefall's CutMix); reads "
+                        "<manifest-dir>/musan_cuts.jsonl.gz unless --musan-cuts is given")
+    g.add_argument("--musan-cuts", default=None, help="MUSAN cut manifest for noise mixing (implies --enable-musan)")
     g.add_argument("--min-duration", type=float, default=1.0)
     g.add_argument("--max-utt-duration", type=float, default=20.0)
 
@@ -121,6 +130,10 @@ def validate(args) -> None:
         raise SystemExit("error: --speed-perturb needs --on-the-fly-feats 1 (or perturb at prepare time)")
     if args.max_duration <= 0:
         raise SystemExit("error: --max-duration must be > 0")
+    if not args.manifest_dir and not args.train_cuts:
+        raise SystemExit("error: give --manifest-dir (a recipe's prepared data) or --train-cuts (your own cut manifest)")
+    if args.enable_musan and not (args.musan_cuts or args.manifest_dir):
+        raise SystemExit("error: --enable-musan reads <manifest-dir>/musan_cuts.jsonl.gz: give --manifest-dir or --musan-cuts")
 
 
 def int_tuple(text: str):

@@ -1,10 +1,12 @@
 """The lhotse data module used by recipes/train.py and recipes/decode.py (icefall's
 `asr_datamodule.py`, made exactly resumable).
 
-Training batches come from a DynamicBucketingSampler (batches bounded by total seconds of audio),
-optionally with on-the-fly speed perturbation (0.9 / 1.1, p = 2/3), MUSAN noise mixing (CutMix,
-p 0.5, SNR 10-20 dB) and SpecAugment. Features are the precomputed 80-dim Fbank of the cut
-manifests, or computed on the fly (required with on-the-fly speed perturbation).
+Training batches come from a DynamicBucketingSampler (batches bounded by total seconds of audio)
+whose number of buckets and buffer sizes are fitted to the data (bucketing.py), optionally with
+on-the-fly speed perturbation (0.9 / 1.1, p = 2/3), MUSAN noise mixing (CutMix, p 0.5, SNR 10-20 dB)
+and SpecAugment. Features are the precomputed 80-dim Fbank of the cut manifests, or computed on the
+fly: on request (required with on-the-fly speed perturbation) and for any cut set whose cuts carry
+no features (a user's own lhotse manifests).
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from typing import Optional, Union
 
 import torch
 
+from .bucketing import BucketPlan, plan_bucketing
 from .optional import require
 from .resumable import ResumableSampler, SeededBatchDataset
 
@@ -22,10 +25,9 @@ from .resumable import ResumableSampler, SeededBatchDataset
 @dataclass
 class DataConfig:
     max_duration: float = 200.0       # seconds of audio per batch (per rank)
-    num_buckets: int = 30
+    num_buckets: int = 30             # a maximum: capped so that every bucket can fill batches
     shuffle: bool = True
     drop_last: bool = True
-    buffer_size: int = 30 * 5000      # icefall: num_buckets * 5000
     num_workers: int = 0
     seed: int = 42
     spec_augment: bool = True
@@ -49,26 +51,27 @@ class AsrDataModule:
         if config.speed_perturb and not config.on_the_fly_feats:
             raise ValueError("on-the-fly speed perturbation needs on_the_fly_feats=True "
                              "(precomputed features cannot be resampled); or perturb offline at prepare time")
+        self.train_plan: Optional[BucketPlan] = None  # set by train_dataloader
 
-    def _input_strategy(self):
+    def _input_strategy(self, cuts=None):
         from lhotse.dataset import OnTheFlyFeatures, PrecomputedFeatures
-        if self.config.on_the_fly_feats:
+        if self.config.on_the_fly_feats or (cuts is not None and not has_features(cuts)):
             from .manifests import fbank_extractor
             return OnTheFlyFeatures(fbank_extractor())
         return PrecomputedFeatures()
 
     def train_dataloader(self, cuts) -> torch.utils.data.DataLoader:
-        from lhotse.dataset import (CutMix, DynamicBucketingSampler, K2SpeechRecognitionDataset,
-                                    PerturbSpeed, SpecAugment)
+        from lhotse.dataset import (CutMix, DynamicBucketingSampler, DynamicCutSampler,
+                                    K2SpeechRecognitionDataset, PerturbSpeed, SpecAugment)
         c = self.config
         rngs, cut_transforms, input_transforms = [], [], []
         if c.speed_perturb:
             rngs.append(random.Random(0))
             cut_transforms.append(PerturbSpeed(factors=[0.9, 1.1], p=2 / 3, randgen=rngs[-1]))
         if c.musan_cuts:
-            from .manifests import load_cuts
+            from .manifests import load_musan
             rngs.append(random.Random(0))
-            cut_transforms.append(CutMix(cuts=load_cuts(c.musan_cuts), p=0.5, snr=(10, 20),
+            cut_transforms.append(CutMix(cuts=load_musan(c.musan_cuts), p=0.5, snr=(10, 20),
                                          preserve_id=True, seed=rngs[-1]))
         if c.spec_augment:
             input_transforms.append(SpecAugment(
@@ -77,18 +80,23 @@ class AsrDataModule:
                 frames_mask_size=c.frames_mask_size))
         dataset = K2SpeechRecognitionDataset(
             return_cuts=True, cut_transforms=cut_transforms, input_transforms=input_transforms,
-            input_strategy=self._input_strategy())
-        sampler = DynamicBucketingSampler(
-            cuts, max_duration=c.max_duration, num_buckets=c.num_buckets, shuffle=c.shuffle,
-            drop_last=c.drop_last, buffer_size=c.buffer_size, seed=c.seed,
-            world_size=self.world_size, rank=self.rank)
+            input_strategy=self._input_strategy(cuts))
+        plan = self.train_plan = plan_bucketing(cuts, c.max_duration, c.num_buckets, self.world_size, c.drop_last)
+        common = dict(max_duration=c.max_duration, shuffle=c.shuffle, drop_last=c.drop_last, seed=c.seed,
+                      shuffle_buffer_size=plan.shuffle_buffer_size, world_size=self.world_size, rank=self.rank)
+        if plan.num_buckets > 1:
+            sampler = DynamicBucketingSampler(
+                cuts, num_buckets=plan.num_buckets, buffer_size=plan.buffer_size,
+                num_cuts_for_bins_estimate=plan.bins_estimate_cuts, **common)
+        else:  # lhotse's bucketing needs two buckets or more; one bucket is plain dynamic batching
+            sampler = DynamicCutSampler(cuts, **common)
         return self._loader(SeededBatchDataset(dataset, c.seed, self.rank, rngs), ResumableSampler(sampler))
 
     def eval_dataloader(self, cuts, max_duration: Optional[float] = None,
                         shard: bool = True) -> torch.utils.data.DataLoader:
         """Deterministic batches without augmentation. shard=True splits the cuts over the ranks."""
         from lhotse.dataset import K2SpeechRecognitionDataset, SimpleCutSampler
-        dataset = K2SpeechRecognitionDataset(return_cuts=True, input_strategy=self._input_strategy())
+        dataset = K2SpeechRecognitionDataset(return_cuts=True, input_strategy=self._input_strategy(cuts))
         # In manifest order (no duration bins to estimate: works for any number of cuts).
         sampler = SimpleCutSampler(
             cuts, max_duration=max_duration or self.config.max_duration, shuffle=False, drop_last=False,
@@ -100,6 +108,14 @@ class AsrDataModule:
         return torch.utils.data.DataLoader(
             dataset, sampler=sampler, batch_size=None, num_workers=workers,
             persistent_workers=False, prefetch_factor=2 if workers > 0 else None)
+
+
+def has_features(cuts) -> bool:
+    """Whether the cut set carries precomputed features (judged by its first cut; prepare steps
+    write all-or-nothing manifests). An empty set counts as having them."""
+    for cut in cuts:
+        return cut.has_features
+    return True
 
 
 def batch_inputs(batch, device: Union[str, torch.device] = "cpu"):

@@ -57,8 +57,21 @@ def fbank_extractor(device: str = "cpu"):
     return lhotse.Fbank(lhotse.FbankConfig(num_mel_bins=80, device=device))
 
 
+# Below this many cuts per process, spawning worker processes (each imports torch and lhotse)
+# costs more than it saves.
+MIN_CUTS_PER_JOB = 1000
+
+
+def _one_torch_thread() -> None:
+    import torch
+    torch.set_num_threads(1)  # lhotse: several jobs with several torch threads each can hang
+    torch.set_num_interop_threads(1)
+
+
 def compute_fbank(cuts, storage_path: Union[str, Path], num_jobs: int = 1, progress_bar: bool = False):
-    """Compute and store Fbank for every cut; returns the cuts with features attached (eager)."""
+    """Compute and store Fbank for every cut; returns the cuts with features attached (eager).
+
+    `num_jobs` worker processes at most; fewer for small cut sets (MIN_CUTS_PER_JOB)."""
     require("lhotse")
     storage_type = None
     try:
@@ -68,9 +81,57 @@ def compute_fbank(cuts, storage_path: Union[str, Path], num_jobs: int = 1, progr
     except ImportError:
         from lhotse import NumpyFilesWriter
         storage_type = NumpyFilesWriter
-    return cuts.compute_and_store_features(
-        extractor=fbank_extractor(), storage_path=str(storage_path), num_jobs=num_jobs,
-        storage_type=storage_type, progress_bar=progress_bar).to_eager()
+    # lhotse's parallel path calls len() on the cut set, which lazy sets (what trim_to_supervisions
+    # and speed perturbation return) do not support: materialise first. Cuts without audio-level
+    # payload are small, so this costs little memory even for LibriSpeech's 843k perturbed cuts.
+    if cuts.is_lazy:
+        cuts = cuts.to_eager()
+    num_jobs = max(1, min(num_jobs, len(cuts) // MIN_CUTS_PER_JOB))
+    executor = None
+    if num_jobs > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+        executor = ProcessPoolExecutor(num_jobs, mp_context=multiprocessing.get_context("spawn"),
+                                       initializer=_one_torch_thread)
+    try:
+        return cuts.compute_and_store_features(
+            extractor=fbank_extractor(), storage_path=str(storage_path), num_jobs=num_jobs,
+            executor=executor, storage_type=storage_type, progress_bar=progress_bar).to_eager()
+    finally:
+        if executor is not None:
+            executor.shutdown()
+
+
+MUSAN_HINT = ("download MUSAN (https://www.openslr.org/17/, or `lhotse download musan DIR`) and prepare "
+              "its cuts with `python -m recipes.librispeech.prepare --musan-dir DIR/musan ...` "
+              "(stage 2 of recipes/librispeech/run.sh), or drop the MUSAN option")
+
+
+def load_musan(path: Union[str, Path]):
+    """The MUSAN noise cuts for CutMix, with an error naming what to download when they are absent."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"MUSAN noise mixing was requested but {path} does not exist: {MUSAN_HINT}")
+    return load_cuts(path)
+
+
+def musan_cuts(musan_dir: Union[str, Path], storage_path: Union[str, Path], num_jobs: int = 1,
+               compute_features: bool = True):
+    """icefall's local/compute_fbank_musan.py: MUSAN's music, speech and noise recordings cut into
+    10 s windows, windows of 5 s or less dropped, Fbank attached (unless computed on the fly)."""
+    lhotse = require("lhotse")
+    from lhotse.recipes import prepare_musan
+    musan_dir = Path(musan_dir)
+    if not all((musan_dir / part).is_dir() for part in ("music", "speech", "noise")):
+        raise FileNotFoundError(f"{musan_dir} is not a MUSAN directory (it needs music/, speech/ and noise/): "
+                                f"{MUSAN_HINT}")
+    parts = prepare_musan(musan_dir, parts=("music", "speech", "noise"))
+    recordings = lhotse.combine(p["recordings"] for p in parts.values())
+    cuts = lhotse.CutSet.from_manifests(recordings=recordings).cut_into_windows(10.0)
+    cuts = cuts.filter(lambda c: c.duration > 5).to_eager()
+    if compute_features:
+        cuts = compute_fbank(cuts, storage_path, num_jobs=num_jobs)
+    return cuts
 
 
 def load_cuts(path: Union[str, Path], lazy: bool = False):

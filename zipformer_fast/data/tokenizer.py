@@ -80,3 +80,28 @@ class Tokenizer:
         if len(ids) > 0 and not isinstance(ids[0], int):
             return [self.sp.decode([int(i) for i in seq]) for seq in ids]
         return self.sp.decode([int(i) for i in ids])
+
+
+def main(argv=None) -> None:
+    """`python -m zipformer_fast.data.tokenizer --cuts train.jsonl.gz --output lang/bpe`: a BPE model
+    with this layout from the transcripts of any lhotse cut (or supervision) manifests."""
+    import argparse
+    p = argparse.ArgumentParser(description=main.__doc__)
+    p.add_argument("--cuts", nargs="+", required=True, help="lhotse cut or supervision manifests")
+    p.add_argument("--output", required=True, help="model prefix: writes <output>.model and <output>.vocab")
+    p.add_argument("--vocab-size", type=int, default=500)
+    p.add_argument("--model-type", default="unigram", choices=["unigram", "bpe", "char"])
+    args = p.parse_args(argv)
+    lhotse = require("lhotse", "reading transcripts from cut manifests")
+
+    def texts():
+        for path in args.cuts:
+            for item in lhotse.load_manifest_lazy(path):
+                for sup in getattr(item, "supervisions", [item]):
+                    yield sup.text
+
+    print(train_bpe(texts(), args.output, args.vocab_size, model_type=args.model_type))
+
+
+if __name__ == "__main__":
+    main()

@@ -14,10 +14,13 @@ tools:
 	@bash recipes/synthetic/ensure_tools.sh || echo "warning: espeak-ng/sox missing; the synthetic recipe will not run"
 
 # The main job: Zipformer-M parameter/FLOP tables against the paper and a forward timing, then the
-# synthetic ASR recipe end to end (espeak-ng corpus -> train -> modified beam search -> WER).
+# synthetic ASR recipe end to end (espeak-ng corpus -> train -> modified beam search -> WER), then
+# the same corpus with a causal (streaming) model: WER with full context, simulated and real
+# streaming, latency and streaming real-time factor (recorded in bench/results/<device>/).
 run: setup tools
 	$(PY) scripts/main.py
 	$(PY) -m recipes.synthetic.run --device auto
+	$(PY) -m recipes.synthetic.run --causal --device auto --record auto
 
 test: setup tools
 	$(PY) -m pytest -q tests

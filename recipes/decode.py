@@ -51,8 +51,36 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--backend", default="auto", choices=["auto", "triton", "reference"])
     p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--res-dir", default=None, help="default: <exp-dir>/<decoding-method>")
+    p.add_argument("--res-dir", default=None, help="default: <exp-dir>/<decoding-method>[-chunk/streaming suffix]")
+    g = p.add_argument_group("causal models (trained with --causal 1)")
+    g.add_argument("--chunk-size", type=int, default=None,
+                   help="chunk size at 50 Hz (one the model was trained with); -1 or unset: full context")
+    g.add_argument("--left-context-frames", type=int, default=None,
+                   help="left context at 50 Hz (one the model was trained with); with --chunk-size")
+    g.add_argument("--streaming", type=str2bool, default=False,
+                   help="real streaming (chunk by chunk with cached states, zipformer_fast.asr.streaming); "
+                        "without it a causal model is decoded by simulated streaming (whole utterance, chunk mask)")
+    g.add_argument("--num-decode-streams", type=int, default=200, help="with --streaming: concurrent streams")
     return p
+
+
+def configure_chunking(model, args) -> str:
+    """Fix a causal model's chunk size / left context for decoding (icefall builds the model with one
+    value of each); returns the results-directory suffix."""
+    if not model.config.causal:
+        if args.chunk_size not in (None, -1) or args.streaming:
+            raise ValueError("--chunk-size / --streaming need a causal model (trained with --causal 1)")
+        return ""
+    if args.chunk_size in (None, -1):
+        if args.streaming:
+            raise ValueError("--streaming needs --chunk-size and --left-context-frames")
+        model.encoder.chunk_size, model.encoder.left_context_frames = [-1], [-1]  # full context
+        return "-full-context"
+    if args.left_context_frames is None:
+        raise ValueError("--chunk-size needs --left-context-frames")
+    model.encoder.configure_streaming(args.chunk_size, args.left_context_frames)
+    suffix = f"-chunk{args.chunk_size}-left{args.left_context_frames}"
+    return ("-streaming" if args.streaming else "-simulated") + suffix
 
 
 def _pick_checkpoints(args) -> (dict, dict):
@@ -115,6 +143,45 @@ def decode_split(model, cuts, tokenizer, args, device) -> List[Dict]:
     return sorted(rows, key=lambda r: r["id"])
 
 
+@torch.no_grad()
+def decode_split_streaming(model, cuts, tokenizer, args, device) -> (List[Dict], dict):
+    """Real streaming: every utterance is a Stream; up to --num-decode-streams are stepped together
+    (icefall streaming_decode.py's loop). Returns the rows and timing (audio seconds, decode seconds)."""
+    from zipformer_fast.asr.streaming import StreamingRecognizer
+    from zipformer_fast.data.datamodule import AsrDataModule, DataConfig, batch_inputs
+    rec = StreamingRecognizer(model, args.chunk_size, args.left_context_frames, args.decoding_method,
+                              beam=args.beam_size)
+    dl = AsrDataModule(DataConfig(max_duration=args.max_duration, num_workers=0)).eval_dataloader(cuts)
+    rows, active, refs, audio_s, compute_s = [], [], {}, 0.0, 0.0
+
+    def step():
+        nonlocal compute_s
+        t0 = time.perf_counter()
+        finished = rec.step(active)
+        compute_s += time.perf_counter() - t0
+        for s in finished:
+            active.remove(s)
+            rows.append({"id": s.id, "ref": refs.pop(s.id), "hyp": tokenizer.decode(s.tokens)})
+
+    for batch in dl:
+        feats, lens, texts, ids = batch_inputs(batch, "cpu")
+        for f, n, text, uid in zip(feats, lens.tolist(), texts, ids):
+            refs[uid] = text
+            s = rec.create_stream(uid)
+            s.accept_features(f[:n])
+            s.input_finished()
+            audio_s += n * 0.01  # 10 ms frame shift
+            active.append(s)
+            while len(active) >= args.num_decode_streams:
+                step()
+    while active:
+        step()
+    timing = {"audio_seconds": round(audio_s, 2), "decode_seconds": round(compute_s, 2),
+              "rtf": round(compute_s / max(audio_s, 1e-9), 4), "num_decode_streams": args.num_decode_streams,
+              "threads": torch.get_num_threads()}
+    return sorted(rows, key=lambda r: r["id"]), timing
+
+
 def write_results(rows, res_dir: Path, split: str, method: str) -> dict:
     from zipformer_fast.asr.wer import error_rate, per_utterance_errors
     res_dir.mkdir(parents=True, exist_ok=True)
@@ -154,18 +221,30 @@ def main(argv=None) -> Dict[str, dict]:
         if args.decoding_method != "ctc_greedy_search" and not params["use_transducer"]:
             raise SystemExit("error: this model has no transducer; use --decoding-method ctc_greedy_search")
         model.to(device)
-        res_dir = Path(args.res_dir) if args.res_dir else Path(args.exp_dir) / args.decoding_method
+        suffix = configure_chunking(model, args)
+        if args.streaming and args.decoding_method == "ctc_greedy_search":
+            raise ValueError("--streaming decodes with the transducer (greedy_search or modified_beam_search)")
+        res_dir = Path(args.res_dir) if args.res_dir else Path(args.exp_dir) / (args.decoding_method + suffix)
         results = {}
         for split in args.splits:
             t0 = time.time()
+            cuts = load_split(args.manifest_dir, split, lazy=True)
             with use_backend(args.backend):
-                rows = decode_split(model, load_split(args.manifest_dir, split, lazy=True), tokenizer, args, device)
+                if args.streaming:
+                    rows, timing = decode_split_streaming(model, cuts, tokenizer, args, device)
+                else:
+                    rows, timing = decode_split(model, cuts, tokenizer, args, device), {}
             results[split] = write_results(rows, res_dir, split, args.decoding_method)
             results[split]["seconds"] = round(time.time() - t0, 1)
+            if model.config.causal:
+                results[split].update(chunk_size=model.encoder.chunk_size[0],
+                                      left_context_frames=model.encoder.left_context_frames[0],
+                                      streaming=bool(args.streaming), **timing)
+                (res_dir / f"wer-{split}-{args.decoding_method}.json").write_text(json.dumps(results[split], indent=1))
             r = results[split]
             print(f"{split} {args.decoding_method}: WER {r['wer']:.2f}% [{r['errors']} / {r['words']}, "
                   f"{r['ins']} ins, {r['del']} del, {r['sub']} sub] ({r['utterances']} utterances, "
-                  f"{r['seconds']}s) -> {res_dir}", flush=True)
+                  f"{r['seconds']}s{', RTF %.3f' % r['rtf'] if 'rtf' in r else ''}) -> {res_dir}", flush=True)
     except (FileNotFoundError, ImportError, ValueError) as exc:
         raise SystemExit(f"error: {exc}") from exc
     return results

@@ -30,7 +30,7 @@ from recipes.lib.averaging import make_averaged_copy, update_averaged_model
 from recipes.lib.loss import LossModule, compute_loss
 from recipes.lib.module_state import get_module_state, set_module_state
 from recipes.lib.model_factory import build_model, config_to_dict, default_base_lr, load_config
-from recipes.lib.options import get_parser, validate
+from recipes.lib.options import apply_causal_options, get_parser, validate
 from recipes.lib.rng import get_rng_state, seed_everything, set_rng_state
 from recipes.lib.run_log import RunLog
 
@@ -69,7 +69,7 @@ class Trainer:
         self.exp_dir = Path(args.exp_dir)
         self.exp_dir.mkdir(parents=True, exist_ok=True)
         self.tok = Tokenizer(args.bpe_model)
-        config = load_config(args.model_config)
+        config = apply_causal_options(load_config(args.model_config), args)
         seed_everything(args.seed)  # identical initial weights on every rank
         self.model = build_model(config, self.tok.vocab_size, args.use_transducer, args.use_ctc).to(self.device)
         base_lr = args.base_lr if args.base_lr is not None else default_base_lr(args.model_config)

@@ -44,6 +44,12 @@ def get_parser() -> argparse.ArgumentParser:
     g.add_argument("--lm-scale", type=float, default=0.25)
     g.add_argument("--am-scale", type=float, default=0.0)
     g.add_argument("--warm-step", type=int, default=2000, help="loss-weight warm-up (batches)")
+    g.add_argument("--causal", type=str2bool, default=False,
+                   help="chunk-causal model for streaming (icefall's flag); overrides the model config")
+    g.add_argument("--chunk-size", default="16,32,64,-1",
+                   help="with --causal: chunk sizes at 50 Hz drawn per batch (-1 = full context)")
+    g.add_argument("--left-context-frames", default="64,128,256,-1",
+                   help="with --causal: left contexts at 50 Hz drawn per batch (-1 = unlimited)")
 
     g = p.add_argument_group("optimisation")
     g.add_argument("--base-lr", type=float, default=None, help="default: icefall's value for the preset")
@@ -91,3 +97,19 @@ def validate(args) -> None:
         raise SystemExit("error: --speed-perturb needs --on-the-fly-feats 1 (or perturb at prepare time)")
     if args.max_duration <= 0:
         raise SystemExit("error: --max-duration must be > 0")
+
+
+def int_tuple(text: str):
+    """"16,32,-1" -> (16, 32, -1) (icefall's _to_int_tuple)."""
+    try:
+        return tuple(int(v) for v in str(text).split(","))
+    except ValueError:
+        raise SystemExit(f"error: expected comma-separated integers, got {text!r}") from None
+
+
+def apply_causal_options(config, args):
+    """The model config with --causal/--chunk-size/--left-context-frames applied (unchanged without --causal)."""
+    if not args.causal:
+        return config
+    return config.replace(causal=True, chunk_size=int_tuple(args.chunk_size),
+                          left_context_frames=int_tuple(args.left_context_frames))

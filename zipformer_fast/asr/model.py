@@ -15,7 +15,7 @@ assert); pass `validate_inputs=False` to skip them.
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -25,6 +25,7 @@ from ..nn.linear import ScaledLinear
 from ..nn.scheduled_float import ScheduledFloat
 from ..nn.subsampling import Conv2dSubsampling
 from ..nn.zipformer import Zipformer2
+from . import streaming_encoder
 from .decoder import Decoder
 from .joiner import Joiner
 
@@ -108,6 +109,18 @@ class AsrModel(nn.Module):
 
     def forward(self, features: Tensor, feature_lens: Tensor) -> Tuple[Tensor, Tensor]:
         return self.forward_encoder(features, feature_lens)
+
+    # ----------------------------------------------------------------------------- streaming
+    def get_init_states(self, batch_size: int = 1, device: torch.device = torch.device("cpu")) -> List[Tensor]:
+        """Zero streaming states of the whole encoder (see zipformer_fast.asr.streaming_encoder)."""
+        return streaming_encoder.get_init_states(self, batch_size, device)
+
+    def streaming_forward(self, features: Tensor, feature_lens: Tensor, states: List[Tensor]
+                          ) -> Tuple[Tensor, Tensor, List[Tensor]]:
+        """One chunk of (B, 2 * chunk_size + 13, 80) features -> (encoder_out (B, chunk_size // 2, E),
+        lengths, new states); a causal model, chunk size and left context set by
+        encoder.configure_streaming (see zipformer_fast.asr.streaming_encoder)."""
+        return streaming_encoder.streaming_forward(self, features, feature_lens, states)
 
     def ctc_log_probs(self, encoder_out: Tensor) -> Tensor:
         if not self.use_ctc:

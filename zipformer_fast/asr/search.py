@@ -107,6 +107,56 @@ def _log_add(a: float, b: float) -> float:
     return m + math.log1p(math.exp(-abs(a - b)))
 
 
+Beam = Dict[Tuple[int, ...], float]  # label sequence (with the context prefix) -> log-prob, insertion-ordered
+
+
+def initial_beam(model) -> Beam:
+    """One empty hypothesis: the decoder context [-1]*(c-1) + [blank] with log-prob 0."""
+    return {tuple([-1] * (model.decoder.context_size - 1) + [model.decoder.blank_id]): 0.0}
+
+
+@torch.no_grad()
+def beam_search_frame(model, enc: Tensor, beams: List[Beam], beam: int, temperature: float = 1.0,
+                      blank_penalty: float = 0.0) -> List[Beam]:
+    """One frame of modified beam search for N utterances: enc (N, J) projected encoder frames, one
+    beam per utterance -> the N new beams (top `beam` (hypothesis, token) pairs of each, equal label
+    sequences merged by log-add)."""
+    c, blank = model.decoder.context_size, model.decoder.blank_id
+    skip = _skip_ids(model)
+    device = enc.device
+    flat = [(b, ys, lp) for b, hyps in enumerate(beams) for ys, lp in hyps.items()]
+    dec = _decoder_out(model, [list(ys[-c:]) for _, ys, _ in flat], device)  # (H, 1, J)
+    rows = torch.tensor([b for b, _, _ in flat], device=device)
+    logits = _upcast(_joiner_logits(model, enc[rows], dec))  # (H, V)
+    if blank_penalty != 0.0:
+        logits[:, blank] -= blank_penalty
+    V = logits.shape[1]
+    log_probs = torch.log_softmax(logits / temperature, dim=1)
+    log_probs += torch.tensor([lp for _, _, lp in flat], device=device, dtype=log_probs.dtype).unsqueeze(1)
+    out, start = [], 0
+    for hyps in beams:
+        n_hyp = len(hyps)
+        scores = log_probs[start:start + n_hyp].reshape(-1)
+        top = torch.topk(scores, min(beam, scores.numel()))
+        new: Beam = {}
+        for value, idx in zip(top.values.tolist(), top.indices.tolist()):
+            ys = flat[start + idx // V][1]
+            token = idx % V
+            if token not in skip:
+                ys = ys + (token,)
+            new[ys] = _log_add(new.get(ys, -math.inf), value)
+        out.append(new)
+        start += n_hyp
+    return out
+
+
+def best_hypothesis(beam: Beam, length_norm: bool = True) -> Tuple[Tuple[int, ...], float]:
+    """(label sequence with context prefix, log-prob) of the best hypothesis: highest log_prob / len(ys)
+    (icefall's length normalisation) or highest log_prob."""
+    key = (lambda kv: kv[1] / len(kv[0])) if length_norm else (lambda kv: kv[1])
+    return max(beam.items(), key=key)
+
+
 @torch.no_grad()
 def modified_beam_search(model, encoder_out: Tensor, encoder_out_lens: Tensor, beam: int = 4,
                          temperature: float = 1.0, blank_penalty: float = 0.0,
@@ -118,43 +168,18 @@ def modified_beam_search(model, encoder_out: Tensor, encoder_out_lens: Tensor, b
         raise ValueError(f"beam={beam} must be >= 1")
     lens = _check(encoder_out, encoder_out_lens)
     B = len(lens)
-    c, blank = model.decoder.context_size, model.decoder.blank_id
-    skip = _skip_ids(model)
-    device = encoder_out.device
     enc = model.joiner.encoder_proj(encoder_out)  # (B, T, J)
-    # Per utterance: label sequence (with context prefix) -> log-prob, insertion-ordered.
-    beams: List[Dict[Tuple[int, ...], float]] = [
-        {tuple([-1] * (c - 1) + [blank]): 0.0} for _ in range(B)]
+    beams = [initial_beam(model) for _ in range(B)]
     for t in range(max(lens, default=0)):
         active = [b for b in range(B) if lens[b] > t]
-        flat = [(b, ys, lp) for b in active for ys, lp in beams[b].items()]
-        dec = _decoder_out(model, [list(ys[-c:]) for _, ys, _ in flat], device)  # (H, 1, J)
-        rows = torch.tensor([b for b, _, _ in flat], device=device)
-        logits = _upcast(_joiner_logits(model, enc[rows, t], dec))  # (H, V)
-        if blank_penalty != 0.0:
-            logits[:, blank] -= blank_penalty
-        V = logits.shape[1]
-        log_probs = torch.log_softmax(logits / temperature, dim=1)
-        log_probs += torch.tensor([lp for _, _, lp in flat], device=device,
-                                  dtype=log_probs.dtype).unsqueeze(1)
-        start = 0
-        for b in active:
-            n_hyp = len(beams[b])
-            scores = log_probs[start:start + n_hyp].reshape(-1)
-            top = torch.topk(scores, min(beam, scores.numel()))
-            new: Dict[Tuple[int, ...], float] = {}
-            for value, idx in zip(top.values.tolist(), top.indices.tolist()):
-                ys = flat[start + idx // V][1]
-                token = idx % V
-                if token not in skip:
-                    ys = ys + (token,)
-                new[ys] = _log_add(new.get(ys, -math.inf), value)
+        new_beams = beam_search_frame(model, enc[active, t], [beams[b] for b in active], beam,
+                                      temperature=temperature, blank_penalty=blank_penalty)
+        for b, new in zip(active, new_beams):
             beams[b] = new
-            start += n_hyp
+    c = model.decoder.context_size
     out, out_scores = [], []
     for b in range(B):
-        key = (lambda kv: kv[1] / len(kv[0])) if length_norm else (lambda kv: kv[1])
-        ys, lp = max(beams[b].items(), key=key)
+        ys, lp = best_hypothesis(beams[b], length_norm)
         out.append(list(ys[c:]))
         out_scores.append(lp)
     return (out, out_scores) if return_scores else out

@@ -12,15 +12,17 @@ from __future__ import annotations
 
 import copy
 import random
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor, nn
 
 from .. import ops
+from ..ops.streaming_attention import streaming_attention_weights
 from .grad_shapers import Balancer, Whiten, whitening_schedule
 from .linear import ScaledLinear
 from .scheduled_float import FloatLike, ScheduledFloat
+from .streaming_state import check_cache
 
 
 class RelPositionMultiheadAttentionWeights(nn.Module):
@@ -78,6 +80,24 @@ class RelPositionMultiheadAttentionWeights(nn.Module):
             raise ValueError(f"key_padding_mask shape {tuple(key_padding_mask.shape)} != {(B, T)}")
         return ops.attention_weights(q, k, p, pos_proj, key_padding_mask, attn_mask, penalize)
 
+    def streaming_forward(self, x: Tensor, pos_emb: Tensor, cached_key: Tensor, left_context_len: int,
+                          key_padding_mask: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
+        """One chunk against the cached keys (icefall streaming_forward): x (T,B,D); pos_emb
+        (1, L+2T-1, P); cached_key (L,B,H*dq); key_padding_mask (B, L+T). Returns the weights
+        (H,B,T,L+T) and the new cache, the last L keys. Eval semantics: no positional skip, no
+        random draws."""
+        T, B, _ = x.shape
+        H, dq, dp = self.num_heads, self.query_head_dim, self.pos_head_dim
+        check_cache("cached_key", cached_key, (left_context_len, B, H * dq))
+        y = self.in_proj(x)
+        q = y[..., 0:H * dq].reshape(T, B, H, dq)
+        k = torch.cat((cached_key, y[..., H * dq:2 * H * dq]), dim=0)
+        p = y[..., 2 * H * dq:].reshape(T, B, H, dp)
+        pos_proj = self.linear_pos(pos_emb).reshape(-1, H, dp)
+        weights = streaming_attention_weights(q, k.reshape(left_context_len + T, B, H, dq), p, pos_proj,
+                                              key_padding_mask)
+        return weights, k[-left_context_len:]
+
 
 class SelfAttention(nn.Module):
     """out = out_proj(merge_heads(W @ split_heads(in_proj(x))))."""
@@ -98,6 +118,17 @@ class SelfAttention(nn.Module):
         out = ops.attention_apply(attn_weights, v)                      # (H,B,T,dv)
         out = out.permute(2, 1, 0, 3).reshape(T, B, H * dv)
         return self.whiten(self.out_proj(out))
+
+    def streaming_forward(self, x: Tensor, attn_weights: Tensor, cached_val: Tensor, left_context_len: int
+                          ) -> Tuple[Tensor, Tensor]:
+        """x (T,B,D), attn_weights (H,B,T,L+T), cached_val (L,B,H*dv) -> (out (T,B,D), the last L values)."""
+        T, B, _ = x.shape
+        H, dv = self.num_heads, self.value_head_dim
+        check_cache("cached_val", cached_val, (left_context_len, B, H * dv))
+        v = torch.cat((cached_val, self.in_proj(x)), dim=0)
+        out = torch.matmul(attn_weights, v.reshape(left_context_len + T, B, H, dv).permute(2, 1, 0, 3))
+        out = out.permute(2, 1, 0, 3).reshape(T, B, H * dv)
+        return self.out_proj(out), v[-left_context_len:]
 
 
 class NonlinAttention(nn.Module):
@@ -132,3 +163,17 @@ class NonlinAttention(nn.Module):
         x = x.permute(2, 1, 0, 3).reshape(T, B, h)
         x = ops.mul_linear(x, y, self.out_proj.weight, self.out_proj.bias)  # out_proj(x * y)
         return self.whiten2(x)
+
+    def streaming_forward(self, x: Tensor, attn_weights_head0: Tensor, cached_x: Tensor, left_context_len: int
+                          ) -> Tuple[Tensor, Tensor]:
+        """x (T,B,D), attn_weights_head0 (1,B,T,L+T), cached_x (1,B,L,hidden): the gated values
+        x * tanh(s) of the last L frames -> (out (T,B,D), new cached_x)."""
+        T, B, _ = x.shape
+        h = self.hidden_channels
+        check_cache("cached_nonlin_attn", cached_x, (1, B, left_context_len, h))
+        s, x, y = self.in_proj(x).chunk(3, dim=-1)
+        x = ops.tanh_gate(x, s).reshape(T, B, 1, h).permute(2, 1, 0, 3)  # (1,B,T,h)
+        x = torch.cat((cached_x, x), dim=2)
+        out = torch.matmul(attn_weights_head0, x).permute(2, 1, 0, 3).reshape(T, B, h)
+        return ops.mul_linear(out, y, self.out_proj.weight, self.out_proj.bias), x[:, :, -left_context_len:]
+

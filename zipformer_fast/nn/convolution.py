@@ -10,6 +10,8 @@ per position by 1 + left-edge + right-edge corrections (chunkwise_conv_scale, (2
 """
 from __future__ import annotations
 
+from typing import Optional, Tuple
+
 import torch
 from torch import Tensor, nn
 
@@ -17,6 +19,7 @@ from .. import ops
 from .grad_shapers import Balancer, Whiten, whitening_schedule
 from .linear import ActivationDropoutAndLinear
 from .scheduled_float import ScheduledFloat
+from .streaming_state import check_cache
 
 
 class ChunkCausalDepthwiseConv1d(nn.Module):
@@ -62,6 +65,16 @@ class ChunkCausalDepthwiseConv1d(nn.Module):
         x_chunk = self.chunkwise_conv(x_chunk) * self.chunk_scale(chunk_size)
         x_chunk = x_chunk.reshape(B, n, D, chunk_size).permute(0, 2, 1, 3).reshape(B, D, n * chunk_size)[..., :T]
         return x_chunk + x_causal
+
+    def streaming_forward(self, x: Tensor, cache: Tensor) -> Tuple[Tensor, Tensor]:
+        """One chunk: x (B, D, T) is the whole chunk, cache (B, D, K//2) the last K//2 inputs of the
+        previous chunks -> (output (B, D, T), new cache)."""
+        left_pad = self.kernel_size // 2
+        check_cache("cached_conv", cache, (x.shape[0], x.shape[1], left_pad))
+        x = torch.cat((cache, x), dim=2)
+        x_causal = self.causal_conv(x)
+        x_chunk = self.chunkwise_conv(x[..., left_pad:]) * self.chunk_scale(x.shape[2] - left_pad)
+        return x_chunk + x_causal, x[..., x.shape[2] - left_pad:]
 
 
 class ConvolutionModule(nn.Module):
@@ -110,3 +123,16 @@ class ConvolutionModule(nn.Module):
             x = self.depthwise_conv(x, chunk_size=chunk_size) if chunk_size >= 0 else self.depthwise_conv(x)
         x = self.balancer2(x).permute(2, 0, 1)  # (T, B, D)
         return self.out_proj(self.whiten(x))
+
+    def streaming_forward(self, x: Tensor, cache: Tensor, src_key_padding_mask: Optional[Tensor]
+                          ) -> Tuple[Tensor, Tensor]:
+        """One chunk of a causal module: x (T, B, D), cache (B, D, K//2), src_key_padding_mask
+        (B, T) for the chunk's own frames -> (out (T, B, D), new cache)."""
+        if not self.causal:
+            raise ValueError("ConvolutionModule.streaming_forward needs a model built with causal=True")
+        x, s = self.in_proj(x).chunk(2, dim=-1)
+        x = (x * self.sigmoid(s)).permute(1, 2, 0)  # (B, D, T)
+        if src_key_padding_mask is not None:
+            x = x.masked_fill(src_key_padding_mask.to(torch.bool).unsqueeze(1).expand_as(x), 0.0)
+        x, cache = self.depthwise_conv.streaming_forward(x, cache)
+        return self.out_proj(x.permute(2, 0, 1)), cache

@@ -8,7 +8,7 @@ schedule: 0.5 until its warm-up slot, then a linear ramp to final_layerdrop_rate
 from __future__ import annotations
 
 import copy
-from typing import Optional, Union
+from typing import List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -45,6 +45,22 @@ class Zipformer2Encoder(nn.Module):
                         src_key_padding_mask=src_key_padding_mask)
             out = out * feature_mask
         return out
+
+    def streaming_forward(self, src: Tensor, states: List[Tensor], left_context_len: int,
+                          src_key_padding_mask: Tensor) -> Tuple[Tensor, List[Tensor]]:
+        """One chunk through every layer; states: 6 per layer (see Zipformer2EncoderLayer.streaming_forward)."""
+        if len(states) != 6 * self.num_layers:
+            raise ValueError(f"Zipformer2Encoder: {len(states)} states for {self.num_layers} layers (expected "
+                             f"{6 * self.num_layers})")
+        pos_emb = self.encoder_pos(src, left_context_len)
+        out = src
+        new_states: List[Tensor] = []
+        for i, layer in enumerate(self.layers):
+            out, *layer_states = layer.streaming_forward(out, pos_emb, *states[6 * i:6 * (i + 1)],
+                                                         left_context_len=left_context_len,
+                                                         src_key_padding_mask=src_key_padding_mask)
+            new_states += layer_states
+        return out, new_states
 
 
 class SimpleDownsample(nn.Module):
@@ -97,3 +113,12 @@ class DownsampledZipformer2Encoder(nn.Module):
                            src_key_padding_mask=src_key_padding_mask)
         src = self.upsample(src, src_orig.shape[0])
         return self.out_combiner(src_orig, src)
+
+    def streaming_forward(self, src: Tensor, states: List[Tensor], left_context_len: int,
+                          src_key_padding_mask: Tensor) -> Tuple[Tensor, List[Tensor]]:
+        """As forward for one chunk; left_context_len and the mask are already at the lower rate.
+        The chunk length is a multiple of the factor, so downsampling pads nothing."""
+        src_orig = src
+        src, new_states = self.encoder.streaming_forward(self.downsample(src), states, left_context_len,
+                                                         src_key_padding_mask)
+        return self.out_combiner(src_orig, self.upsample(src, src_orig.shape[0])), new_states

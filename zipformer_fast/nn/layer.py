@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 import random
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -121,3 +121,39 @@ class Zipformer2EncoderLayer(nn.Module):
 
         src = self.bypass(src_orig, self.balancer1(src), norm=self.norm)  # bypass(src_orig, norm(src))
         return self.whiten(self.balancer2(src))
+
+    def streaming_forward(self, src: Tensor, pos_emb: Tensor, cached_key: Tensor, cached_nonlin_attn: Tensor,
+                          cached_val1: Tensor, cached_val2: Tensor, cached_conv1: Tensor, cached_conv2: Tensor,
+                          left_context_len: int, src_key_padding_mask: Tensor) -> Tuple[Tensor, ...]:
+        """One chunk (icefall Zipformer2EncoderLayer.streaming_forward), eval semantics.
+
+        src (T, B, D); pos_emb (1, L+2T-1, P); src_key_padding_mask (B, L+T), True = ignore (padding,
+        and cached frames not yet filled). States, L = left_context_len: cached_key (L, B, H*dq),
+        cached_nonlin_attn (1, B, L, 3D/4), cached_val1/2 (L, B, H*dv), cached_conv1/2 (B, D, K//2).
+        Returns (out, the six new states in the same order)."""
+        src_orig = src
+        attn_weights, cached_key = self.self_attn_weights.streaming_forward(
+            src, pos_emb=pos_emb, cached_key=cached_key, left_context_len=left_context_len,
+            key_padding_mask=src_key_padding_mask)
+        src = src + self.feed_forward1(src)
+        na, cached_nonlin_attn = self.nonlin_attention.streaming_forward(
+            src, attn_weights[0:1], cached_x=cached_nonlin_attn, left_context_len=left_context_len)
+        src = src + na
+        sa, cached_val1 = self.self_attn1.streaming_forward(
+            src, attn_weights, cached_val=cached_val1, left_context_len=left_context_len)
+        src = src + sa
+        chunk_mask = src_key_padding_mask[:, left_context_len:]
+        conv, cached_conv1 = self.conv_module1.streaming_forward(src, cache=cached_conv1,
+                                                                 src_key_padding_mask=chunk_mask)
+        src = src + conv
+        src = src + self.feed_forward2(src)
+        src = self.bypass_mid(src_orig, src)
+        sa, cached_val2 = self.self_attn2.streaming_forward(
+            src, attn_weights, cached_val=cached_val2, left_context_len=left_context_len)
+        src = src + sa
+        conv, cached_conv2 = self.conv_module2.streaming_forward(src, cache=cached_conv2,
+                                                                 src_key_padding_mask=chunk_mask)
+        src = src + conv
+        src = src + self.feed_forward3(src)
+        src = self.bypass(src_orig, src, norm=self.norm)  # bypass(src_orig, norm(src))
+        return src, cached_key, cached_nonlin_attn, cached_val1, cached_val2, cached_conv1, cached_conv2

@@ -14,6 +14,7 @@ from typing import Optional, Tuple
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from .. import ops
 from .activations import SwooshL, SwooshR
@@ -22,6 +23,7 @@ from .dropout import Dropout3
 from .grad_shapers import Balancer, ScaleGrad, Whiten
 from .linear import ScaledConv2d
 from .scheduled_float import FloatLike, ScheduledFloat
+from .streaming_state import check_cache
 
 
 def _conv_spec(conv: nn.Conv2d):
@@ -84,6 +86,22 @@ class ConvNeXt(nn.Module):
         # Whiten wants channels last.
         return self.out_whiten(x.transpose(1, 3)).transpose(1, 3)
 
+    def streaming_forward(self, x: Tensor, cached_left_pad: Tensor) -> Tuple[Tensor, Tensor]:
+        """One chunk (icefall ConvNeXt.streaming_forward), eval semantics. x (N, C, T+3, F) is the
+        activated input whose last 3 frames are look-ahead for the 7x7 depthwise conv; cached_left_pad
+        (N, C, 3, F) the 3 frames before it. Returns (N, C, T, F) and the new left pad (frames T..T+2
+        of the padded input, i.e. the 3 frames before the next chunk's first output)."""
+        pad_t, pad_f = self.padding
+        check_cache("cached_left_pad", cached_left_pad, (x.shape[0], x.shape[1], pad_t, x.shape[3]))
+        T = x.shape[2] - pad_t
+        bypass = x[:, :, :T, :]
+        x = torch.cat((cached_left_pad, x), dim=2)
+        new_left_pad = x[:, :, T:T + pad_t, :]
+        x = F.conv2d(x, self.depthwise_conv.weight, self.depthwise_conv.bias, padding=(0, pad_f),
+                     groups=self.depthwise_conv.groups)
+        x = ops.swoosh_l(self.pointwise_conv1(x))
+        return bypass + self.pointwise_conv2(x), new_left_pad
+
 
 class Conv2dSubsampling(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, layer1_channels: int = 8, layer2_channels: int = 32,
@@ -126,3 +144,29 @@ class Conv2dSubsampling(nn.Module):
         x = self.out_norm(self.out_whiten(self.out(x)))
         x = self.dropout(x)
         return x, (x_lens - 7) // 2
+
+    def get_init_states(self, batch_size: int = 1, device: torch.device = torch.device("cpu")) -> Tensor:
+        """The ConvNeXt block's cached left pad, zeros of shape (batch_size, layer3_channels, 3, out_width)
+        (icefall Conv2dSubsampling.get_init_states: (B, 128, 3, 19) for 80-dim features)."""
+        dtype = self.out.weight.dtype
+        return torch.zeros(batch_size, self.layer3_channels, self.convnext.padding[0], self.out_width,
+                           dtype=dtype, device=device)
+
+    def streaming_forward(self, x: Tensor, x_lens: Tensor, cached_left_pad: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+        """One chunk (icefall Conv2dSubsampling.streaming_forward), eval semantics: x (N, T, F) with
+        T = 2 * chunk + 13 (7 frames for the convolutions, 2 * 3 of look-ahead for ConvNeXt) ->
+        ((N, (T-7)//2 - 3, D0), x_lens' = (x_lens - 7)//2 - 3, new cached_left_pad). x_lens' may be
+        negative for a stream's padded last chunk, as in icefall."""
+        N, T, F_in = x.shape
+        if (((F_in - 1) // 2) - 1) // 2 != self.out_width:
+            raise ValueError(f"Conv2dSubsampling.streaming_forward: features have {F_in} channels, which Conv-Embed "
+                             f"reduces to {(((F_in - 1) // 2) - 1) // 2} frequencies; this model has {self.out_width} "
+                             f"(80-dim fbank gives 19)")
+        if T < 7 + 2 * self.convnext.padding[0] + 2:
+            raise ValueError(f"Conv2dSubsampling.streaming_forward: {T} frames; a chunk needs at least "
+                             f"{7 + 2 * self.convnext.padding[0] + 2} (7 + 2 * 3 of look-ahead + 2 per output frame)")
+        x = self.conv(x.unsqueeze(1))
+        x, cached_left_pad = self.convnext.streaming_forward(x, cached_left_pad)
+        b, c, t, f = x.shape
+        x = self.out_norm(self.out(x.transpose(1, 2).reshape(b, t, c * f)))
+        return x, (x_lens - 7) // 2 - self.convnext.padding[0], cached_left_pad

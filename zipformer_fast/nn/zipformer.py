@@ -20,6 +20,7 @@ from ..config import ZipformerConfig
 from .encoder_stack import DownsampledZipformer2Encoder, SimpleDownsample, Zipformer2Encoder
 from .layer import Zipformer2EncoderLayer
 from .scheduled_float import FloatLike, ScheduledFloat
+from .streaming_state import check_cache
 
 FEATURE_MASK_DROPOUT_PROB = 0.125
 
@@ -153,3 +154,107 @@ class Zipformer2(nn.Module):
         x = self.downsample_output(self._get_full_dim_output(outputs))
         lengths = (x_lens + 1) // 2
         return x, lengths
+
+    # -------------------------------------------------------------------------------- streaming
+    def configure_streaming(self, chunk_size: int, left_context_frames: int, allow_untrained: bool = False) -> None:
+        """Fix the chunk size and left context (frames at 50 Hz, after Conv-Embed) used by
+        get_init_states / streaming_forward and by forward's chunk mask (simulated streaming), as
+        icefall's decoding scripts do by building the model with one value of each. Both must be
+        values the model was trained with (config.chunk_size / left_context_frames) unless
+        allow_untrained."""
+        if not self.causal:
+            raise ValueError("streaming needs a causal model (ZipformerConfig(causal=True)); this one was built "
+                             "with causal=False")
+        chunk_size, left_context_frames = int(chunk_size), int(left_context_frames)
+        max_ds = max(self.downsampling_factor)
+        if chunk_size <= 0 or chunk_size % max_ds:
+            raise ValueError(f"chunk_size={chunk_size}: must be a positive multiple of {max_ds} (the largest "
+                             f"downsampling factor)")
+        if left_context_frames <= 0 or left_context_frames % max_ds:
+            raise ValueError(f"left_context_frames={left_context_frames}: streaming needs a finite left context, "
+                             f"a positive multiple of {max_ds}")
+        if not allow_untrained:
+            trained_chunks = tuple(self.config.chunk_size)
+            trained_left = tuple(self.config.left_context_frames)
+            if chunk_size not in trained_chunks:
+                raise ValueError(f"chunk_size={chunk_size}: this model was trained with chunk sizes {trained_chunks} "
+                                 f"(pass allow_untrained=True to use another)")
+            if left_context_frames not in trained_left:
+                raise ValueError(f"left_context_frames={left_context_frames}: this model was trained with "
+                                 f"{trained_left} (pass allow_untrained=True to use another)")
+        self.chunk_size = [chunk_size]
+        self.left_context_frames = [left_context_frames]
+
+    def streaming_chunk_info(self) -> Tuple[int, int]:
+        """(chunk_size, left_context_frames) that streaming uses: the first configured values, as icefall."""
+        if not self.causal:
+            raise ValueError("streaming needs a causal model (ZipformerConfig(causal=True)); this one was built "
+                             "with causal=False")
+        chunk_size, left = self.chunk_size[0], self.left_context_frames[0]
+        max_ds = max(self.downsampling_factor)
+        if chunk_size <= 0 or left <= 0 or chunk_size % max_ds or left % max_ds:
+            raise ValueError(f"streaming with chunk_size={chunk_size}, left_context_frames={left}: both must be "
+                             f"positive multiples of {max_ds}; call configure_streaming(chunk_size, left_context_frames)")
+        return chunk_size, left
+
+    def init_state_shapes(self, batch_size: int) -> List[Tuple[int, ...]]:
+        """Shapes of the 6 states per layer, in icefall's order: cached_key (L, B, H*dq),
+        cached_nonlin_attn (1, B, L, 3D/4), cached_val1, cached_val2 (L, B, H*dv), cached_conv1,
+        cached_conv2 (B, D, K//2), with L = left_context_frames // downsampling of the stack."""
+        _, left = self.streaming_chunk_info()
+        shapes = []
+        for i, module in enumerate(self.encoders):
+            L = left // self.downsampling_factor[i]
+            D, H = self.encoder_dim[i], self.num_heads[i]
+            conv = (batch_size, D, self.cnn_module_kernel[i] // 2)
+            layer = [(L, batch_size, H * self.query_head_dim[i]), (1, batch_size, L, 3 * D // 4),
+                     (L, batch_size, H * self.value_head_dim[i]), (L, batch_size, H * self.value_head_dim[i]),
+                     conv, conv]
+            shapes += layer * module.num_layers
+        return shapes
+
+    def get_init_states(self, batch_size: int = 1, device: torch.device = torch.device("cpu")) -> List[Tensor]:
+        """Zero states for `batch_size` streams (icefall Zipformer2.get_init_states): for layer i
+        (over all stacks in order), states[6i:6i+6] = (cached_key, cached_nonlin_attn, cached_val1,
+        cached_val2, cached_conv1, cached_conv2); see init_state_shapes."""
+        dtype = next(self.parameters()).dtype
+        return [torch.zeros(shape, dtype=dtype, device=device) for shape in self.init_state_shapes(batch_size)]
+
+    def check_states(self, states: List[Tensor], batch_size: int) -> None:
+        """ValueError unless `states` has this model's count and shapes for `batch_size` streams."""
+        shapes = self.init_state_shapes(batch_size)
+        if not isinstance(states, (list, tuple)) or len(states) != len(shapes):
+            n = len(states) if isinstance(states, (list, tuple)) else type(states).__name__
+            raise ValueError(f"Zipformer2: got {n} states, this model has {len(shapes)} (6 per layer, "
+                             f"{len(shapes) // 6} layers)")
+        names = ("cached_key", "cached_nonlin_attn", "cached_val1", "cached_val2", "cached_conv1", "cached_conv2")
+        for j, (state, shape) in enumerate(zip(states, shapes)):
+            check_cache(f"state {j} (layer {j // 6}, {names[j % 6]})", state, shape)
+
+    def streaming_forward(self, x: Tensor, x_lens: Tensor, states: List[Tensor], src_key_padding_mask: Tensor
+                          ) -> Tuple[Tensor, Tensor, List[Tensor]]:
+        """One chunk (icefall Zipformer2.streaming_forward): x (chunk_size, B, D0) at 50 Hz; x_lens (B,);
+        states from get_init_states (or the previous call); src_key_padding_mask (B, L + chunk_size),
+        True for cached frames not yet filled and for padding. Returns (out (chunk_size/2, B, max D),
+        lengths (x_lens + 1) // 2, new states). Eval semantics (no feature masks, no randomness)."""
+        chunk_size, left = self.streaming_chunk_info()
+        T, B, D0 = x.shape
+        if T != chunk_size or D0 != self.encoder_dim[0]:
+            raise ValueError(f"Zipformer2.streaming_forward: x has shape {tuple(x.shape)}, expected "
+                             f"({chunk_size}, B, {self.encoder_dim[0]}) for chunk_size={chunk_size}")
+        if tuple(src_key_padding_mask.shape) != (B, left + chunk_size):
+            raise ValueError(f"src_key_padding_mask has shape {tuple(src_key_padding_mask.shape)}, expected "
+                             f"{(B, left + chunk_size)} (left context + chunk)")
+        self.check_states(states, B)
+        outputs, new_states, offset = [], [], 0
+        for i, module in enumerate(self.encoders):
+            ds = self.downsampling_factor[i]
+            n = 6 * module.num_layers
+            x = ops.convert_num_channels(x, self.encoder_dim[i])
+            x, stack_states = module.streaming_forward(x, states[offset:offset + n], left_context_len=left // ds,
+                                                       src_key_padding_mask=src_key_padding_mask[..., ::ds])
+            offset += n
+            outputs.append(x)
+            new_states += stack_states
+        x = self.downsample_output(self._get_full_dim_output(outputs))
+        return x, (x_lens + 1) // 2, new_states

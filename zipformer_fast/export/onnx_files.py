@@ -22,7 +22,7 @@ import contextlib
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Tuple, Union
+from typing import Dict, List, Optional, Tuple, Union
 
 import torch
 
@@ -40,16 +40,16 @@ class ExportSpec:
     """What to write. kinds: any of "offline" (transducer), "ctc", "streaming" (transducer; needs a
     causal model). max_frames: the longest sequence (in 50 Hz frames after Conv-Embed, i.e. about
     max_frames / 50 seconds of audio) the positional-encoding tables baked into the graph cover;
-    icefall's export has 1000 (20 s). decode_chunk_len / left_context_frames: the streaming
-    encoder's chunk (in 100 Hz input frames, as icefall's --chunk-size counts them at 50 Hz x 2) and
-    attention left context (50 Hz frames)."""
+    icefall's export has 1000 (20 s). chunk_size / left_context_frames (50 Hz frames, icefall's
+    --chunk-size / --left-context-frames): a causal model's streaming chunk and attention left
+    context, also used by its offline graphs; default: the first positive values it was trained with."""
     kinds: Tuple[str, ...] = ("offline", "ctc")
     opset: int = MIN_OPSET
     int8: bool = True
     fp16: bool = False
     max_frames: int = 1000
-    chunk_size: int = 16
-    left_context_frames: int = 128
+    chunk_size: Optional[int] = None
+    left_context_frames: Optional[int] = None
     overwrite: bool = False
     extra_metadata: Dict[str, str] = field(default_factory=dict)
 
@@ -80,10 +80,6 @@ def add_metadata(path: Union[str, Path], meta: Dict[str, object]) -> None:
 def read_metadata(path: Union[str, Path]) -> Dict[str, str]:
     onnx = _require_onnx()
     return {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
-
-
-def _csv(values: Iterable[int]) -> str:
-    return ",".join(str(int(v)) for v in values)
 
 
 @contextlib.contextmanager
@@ -169,8 +165,15 @@ def check_export(model, tokenizer_path, spec: ExportSpec, out_dir: Path) -> int:
         if not cfg.causal:
             raise ValueError("streaming export needs a causal model (trained with causal=True and chunked "
                              "attention); this model is non-causal: export kinds 'offline'/'ctc' instead")
-        if not hasattr(model.encoder, "streaming_forward"):
-            raise NotImplementedError("this zipformer_fast has no Zipformer2.streaming_forward yet")
+    if model.config.causal:
+        from .streaming import streaming_settings
+        chunk, left = streaming_settings(model, spec.chunk_size, spec.left_context_frames)
+        enc = model.encoder
+        saved = (list(enc.chunk_size), list(enc.left_context_frames))
+        try:
+            enc.configure_streaming(chunk, left)  # raises for values the model was not trained with
+        finally:
+            enc.chunk_size, enc.left_context_frames = saved
     if spec.max_frames < 16:
         raise ValueError(f"max_frames={spec.max_frames}: too short to be useful")
     if tokenizer_path is None or not Path(tokenizer_path).is_file():
@@ -205,31 +208,49 @@ def _encoder_meta(model, spec: ExportSpec, comment: str) -> Dict[str, object]:
             "encoder_dim": cfg.output_dim, "max_frames": spec.max_frames, **spec.extra_metadata}
 
 
-def export_offline_transducer(model, out: Path, spec: ExportSpec) -> Dict[str, Dict[str, Path]]:
+def export_decoder_joiner(model, out: Path, spec: ExportSpec) -> Dict[str, Dict[str, Path]]:
+    """decoder.onnx and joiner.onnx (shared by the offline and streaming transducers)."""
     cfg = model.config
-    x = torch.zeros(1, 300, cfg.feature_dim)
-    x_lens = torch.tensor([300], dtype=torch.int64)
-    files = {}
-    enc = out / "encoder.onnx"
-    _export(OnnxEncoder(model), (x, x_lens), enc, ["x", "x_lens"], ["encoder_out", "encoder_out_lens"],
-            {"x": {0: "N", 1: "T"}, "x_lens": {0: "N"}, "encoder_out": {0: "N", 1: "T"},
-             "encoder_out_lens": {0: "N"}}, spec.opset)
-    add_metadata(enc, _encoder_meta(model, spec, "non-streaming zipformer2"))
+    meta = _transducer_meta(model)
     dec = out / "decoder.onnx"
     y = torch.zeros(1, model.decoder.context_size, dtype=torch.int64)
     _export(OnnxDecoder(model), (y,), dec, ["y"], ["decoder_out"],
             {"y": {0: "N"}, "decoder_out": {0: "N"}}, spec.opset)
-    meta = _transducer_meta(model)
     add_metadata(dec, meta["decoder"])
     join = out / "joiner.onnx"
     e = torch.rand(1, cfg.joiner_dim)
     _export(OnnxJoiner(model), (e, e.clone()), join, ["encoder_out", "decoder_out"], ["logit"],
             {"encoder_out": {0: "N"}, "decoder_out": {0: "N"}, "logit": {0: "N"}}, spec.opset)
     add_metadata(join, meta["joiner"])
-    files["encoder"] = _variants(enc, spec, ["MatMul"])
-    files["decoder"] = _variants(dec, spec, ["MatMul", "Gather"])
-    files["joiner"] = _variants(join, spec, ["MatMul"])
+    return {"decoder": _variants(dec, spec, ["MatMul", "Gather"]), "joiner": _variants(join, spec, ["MatMul"])}
+
+
+def export_offline_transducer(model, out: Path, spec: ExportSpec) -> Dict[str, Dict[str, Path]]:
+    cfg = model.config
+    x = torch.zeros(1, 300, cfg.feature_dim)
+    x_lens = torch.tensor([300], dtype=torch.int64)
+    enc = out / "encoder.onnx"
+    with _offline_chunking(model, spec) as extra:
+        _export(OnnxEncoder(model), (x, x_lens), enc, ["x", "x_lens"], ["encoder_out", "encoder_out_lens"],
+                {"x": {0: "N", 1: "T"}, "x_lens": {0: "N"}, "encoder_out": {0: "N", 1: "T"},
+                 "encoder_out_lens": {0: "N"}}, spec.opset)
+    add_metadata(enc, {**_encoder_meta(model, spec, "non-streaming zipformer2"), **extra})
+    files = {"encoder": _variants(enc, spec, ["MatMul"])}
+    files.update(export_decoder_joiner(model, out, spec))
     return files
+
+
+@contextlib.contextmanager
+def _offline_chunking(model, spec: ExportSpec):
+    """A causal model's full-utterance graph uses one chunk size and left context (icefall's export
+    requires a single --chunk-size for it too): the streaming ones, recorded in the metadata."""
+    if not model.config.causal:
+        yield {}
+        return
+    from .streaming import configured, streaming_settings
+    chunk, left = streaming_settings(model, spec.chunk_size, spec.left_context_frames)
+    with configured(model, chunk, left):
+        yield {"chunk_size": chunk, "left_context_frames": left}
 
 
 def export_ctc(model, out: Path, spec: ExportSpec) -> Dict[str, Dict[str, Path]]:
@@ -237,10 +258,11 @@ def export_ctc(model, out: Path, spec: ExportSpec) -> Dict[str, Dict[str, Path]]
     x = torch.zeros(1, 300, cfg.feature_dim)
     x_lens = torch.tensor([300], dtype=torch.int64)
     path = out / "model.onnx"
-    _export(OnnxCtcModel(model), (x, x_lens), path, ["x", "x_lens"], ["log_probs", "log_probs_len"],
-            {"x": {0: "N", 1: "T"}, "x_lens": {0: "N"}, "log_probs": {0: "N", 1: "T"}, "log_probs_len": {0: "N"}},
-            spec.opset)
-    add_metadata(path, {"model_type": "zipformer2_ctc", "version": "1", "model_author": AUTHOR,
+    with _offline_chunking(model, spec) as extra:
+        _export(OnnxCtcModel(model), (x, x_lens), path, ["x", "x_lens"], ["log_probs", "log_probs_len"],
+                {"x": {0: "N", 1: "T"}, "x_lens": {0: "N"}, "log_probs": {0: "N", 1: "T"},
+                 "log_probs_len": {0: "N"}}, spec.opset)
+    add_metadata(path, {**extra, "model_type": "zipformer2_ctc", "version": "1", "model_author": AUTHOR,
                         "comment": "non-streaming zipformer2 CTC", "vocab_size": model.vocab_size,
                         "max_frames": spec.max_frames, **spec.extra_metadata})
     return {"model": _variants(path, spec, ["MatMul"])}

@@ -7,6 +7,7 @@ their values are not defined (icefall's graphs leave them unmasked too).
 """
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Dict, Sequence, Union
 
@@ -25,6 +26,18 @@ def session(path: Union[str, Path], threads: int = 1):
     return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
 
 
+@contextlib.contextmanager
+def _offline_chunks(model, graph_path):
+    if not model.config.causal:
+        yield
+        return
+    from .onnx_files import read_metadata
+    from .streaming import configured
+    meta = read_metadata(graph_path)
+    with configured(model, int(meta["chunk_size"]), int(meta["left_context_frames"])):
+        yield
+
+
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.double() - b.double()).abs().max() / b.double().abs().max().clamp_min(1e-30))
 
@@ -41,9 +54,10 @@ def compare_offline(model, files: Dict[str, Path], features: torch.Tensor, featu
                     contexts: torch.Tensor = None) -> Dict[str, float]:
     """Relative errors of encoder (valid frames), encoder_out_lens (exact: 0.0), decoder and joiner
     for a batch of fbank features (N, T, 80) + lengths; contexts (M, context_size) ids for the
-    decoder (default: every token after the [-1, blank] start context)."""
+    decoder (default: every token after the [-1, blank] start context). A causal model runs with
+    the chunk size and left context recorded in the encoder's metadata."""
     model.eval()
-    with use_backend("reference"):
+    with _offline_chunks(model, files["encoder"]), use_backend("reference"):
         enc_ref, lens_ref = OnnxEncoder(model)(features, feature_lens)
         enc, lens = session(files["encoder"]).run(None, {"x": features.numpy(), "x_lens": feature_lens.numpy()})
         enc, lens = torch.from_numpy(enc), torch.from_numpy(lens)
@@ -68,7 +82,7 @@ def compare_offline(model, files: Dict[str, Path], features: torch.Tensor, featu
 @torch.no_grad()
 def compare_ctc(model, path: Path, features: torch.Tensor, feature_lens: torch.Tensor) -> Dict[str, float]:
     model.eval()
-    with use_backend("reference"):
+    with _offline_chunks(model, path), use_backend("reference"):
         ref, lens_ref = OnnxCtcModel(model)(features, feature_lens)
     out, lens = session(path).run(None, {"x": features.numpy(), "x_lens": feature_lens.numpy()})
     out, lens = torch.from_numpy(out), torch.from_numpy(lens)
@@ -93,3 +107,37 @@ def ort_greedy_search(files: Dict[str, Path], features: torch.Tensor, feature_le
                 dec = dec_s.run(None, {"y": torch.tensor([ys[-context_size:]]).numpy()})[0]
         hyps.append(ys[context_size:])
     return hyps
+
+
+@torch.no_grad()
+def compare_streaming(model, encoder_path: Path, features: torch.Tensor, chunk_size: int, left_context_frames: int,
+                      ) -> Dict[str, float]:
+    """Feed `features` (N, T, 80) chunk after chunk to the streaming encoder graph and to PyTorch,
+    each carrying its own states; worst relative error over all chunks of encoder_out and of each
+    state (the states compared after every chunk), plus the number of chunks."""
+    from .streaming import OnnxStreamingEncoder, configured, init_states, state_names
+    from ..asr.streaming_encoder import chunk_feature_frames
+    model.eval()
+    names = state_names(model)
+    sess = session(encoder_path)
+    T = chunk_feature_frames(chunk_size)
+    hop = 2 * chunk_size
+    n_chunks = (features.shape[1] - T) // hop + 1
+    worst = {"encoder_out": 0.0, "states": 0.0, "processed_lens": 0.0, "chunks": n_chunks}
+    with configured(model, chunk_size, left_context_frames), use_backend("reference"):
+        wrapper = OnnxStreamingEncoder(model).eval()
+        ref_states = init_states(model, features.shape[0])
+        ort_states = [s.numpy() for s in ref_states]
+        for c in range(n_chunks):
+            x = features[:, c * hop: c * hop + T].contiguous()
+            ref_out, ref_states = wrapper(x, ref_states)
+            outs = sess.run(None, {"x": x.numpy(), **dict(zip(names, ort_states))})
+            worst["encoder_out"] = max(worst["encoder_out"], _rel(torch.from_numpy(outs[0]), ref_out))
+            ort_states = outs[1:]
+            for name, o, r in zip(names, ort_states, ref_states):
+                err = float((torch.from_numpy(o).double() - r.double()).abs().max())
+                if name == "processed_lens":
+                    worst["processed_lens"] = max(worst["processed_lens"], err)
+                else:
+                    worst["states"] = max(worst["states"], err / max(float(r.double().abs().max()), 1e-30))
+    return worst

@@ -3,7 +3,7 @@ greedy search gives on the same audio, offline and streaming.
 
 sherpa-onnx computes its fbank from the wav with kaldi-native-fbank; PyTorch gets the same features
 from kaldi-native-fbank here (identical features, so the token sequences must be identical). Our
-recipes' lhotse Fbank differs from it by up to ~4e-4 (log-mel, mean ~5e-6) with the same frame
+recipes' lhotse Fbank differs from it by up to ~1e-3 (log-mel, mean ~5e-6) with the same frame
 count; on this deliberately tie-prone model that flips some later tokens, so the lhotse comparison
 checks the features, not the token sequences.
 
@@ -122,7 +122,10 @@ def test_lhotse_fbank_matches_sherpa_onnx_fbank(corpus):
         samples, sr = sherpa.read_wav(c.recording.sources[0].source)
         ours, theirs = torch.from_numpy(ext.extract(samples, sr)), knf_features(samples, sr)
         assert ours.shape == theirs.shape
-        assert (ours - theirs).abs().max() < 1e-3 and (ours - theirs).abs().mean() < 2e-5
+        # Measured on these wavs: max 1.1e-3 (log-mel values up to ~15 in magnitude: float32 FFT and
+        # log rounding of two implementations), mean ~5e-6. A different window, mel range or sample
+        # scaling would differ by > 0.1.
+        assert (ours - theirs).abs().max() < 2e-3 and (ours - theirs).abs().mean() < 2e-5
 
 
 def streaming_greedy(model, feats, unk_id):

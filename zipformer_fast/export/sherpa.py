@@ -67,8 +67,12 @@ def read_wav(path: Union[str, Path]):
 
 
 def decode_wavs(rec, wavs: Sequence[Union[str, Path]], tokens_txt: Union[str, Path], streaming: bool = False,
-                batch: int = 16) -> Dict[str, object]:
+                batch: int = 1) -> Dict[str, object]:
     """Token-id hypotheses for each wav, plus audio seconds and decoding wall time (RTF = time / audio).
+    batch: utterances per decode_streams call. Offline, sherpa-onnx pads a batch to its longest
+    utterance, and the encoder's downsampling mixes padding frames into an utterance's last frames
+    (icefall's semantics, PyTorch's too), so batched hypotheses can differ from single-utterance
+    ones at the end; batch 1 (default) makes results comparable utterance by utterance.
     Streaming: each wav is fed whole, then 0.3 s of zeros (so that the last chunk is flushed) and input_finished(),
     then decoded chunk by chunk as sherpa-onnx's online examples do."""
     import numpy as np

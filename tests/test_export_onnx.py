@@ -184,6 +184,8 @@ def test_streaming_encoder_names_states_in_icefall_order_with_metadata(streaming
                                             "cached_conv1", "cached_conv2")]
     assert len(names) == 6 * 6 + 2 and names[-2:] == ["embed_states", "processed_lens"]
     assert dict((n, t) for n, t, _ in ins)["processed_lens"] == "tensor(int64)"
+    # sherpa-onnx makes this state with 128 channels whatever the model's Conv-Embed width (64 here)
+    assert dict((n, s) for n, _, s in ins)["embed_states"][1:] == [128, 3, 19]
     assert ins[0][2][1:] == [2 * 16 + 13, 80]
     meta = read_metadata(out / "streaming" / "encoder.onnx")
     cfg = model.config

@@ -165,6 +165,10 @@ def check_export(model, tokenizer_path, spec: ExportSpec, out_dir: Path) -> int:
         if not cfg.causal:
             raise ValueError("streaming export needs a causal model (trained with causal=True and chunked "
                              "attention); this model is non-causal: export kinds 'offline'/'ctc' instead")
+        from .streaming import SHERPA_EMBED_CHANNELS
+        if cfg.embed_channels[2] > SHERPA_EMBED_CHANNELS:
+            raise ValueError(f"Conv-Embed has {cfg.embed_channels[2]} output channels; sherpa-onnx's streaming "
+                             f"Zipformer holds its state in {SHERPA_EMBED_CHANNELS}")
     if model.config.causal:
         from .streaming import streaming_settings
         chunk, left = streaming_settings(model, spec.chunk_size, spec.left_context_frames)

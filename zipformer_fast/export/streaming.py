@@ -11,6 +11,11 @@ metadata model_type zipformer2, decode_chunk_len (= 2 * chunk_size, in 100 Hz fe
         num_encoder_layers, encoder_dims, cnn_module_kernels, left_context_len (per stack, at its
         own rate), query_head_dims, value_head_dims, num_heads (comma-separated).
 The decoder and joiner graphs are the offline ones.
+
+embed_states is (N, 128, 3, 19) whatever the model's Conv-Embed width: sherpa-onnx creates that
+state with 128 channels (icefall's layer3_channels; GetInitStates in
+online-zipformer2-transducer-model.cc). A narrower model (e.g. the synthetic recipe's 64) reads its
+channels from the front of it and writes them back zero-padded to 128, which changes no value.
 """
 from __future__ import annotations
 
@@ -24,6 +29,7 @@ from torch import Tensor, nn
 from ..asr import streaming_encoder
 from .wrappers import OnnxDecoder, OnnxJoiner
 
+SHERPA_EMBED_CHANNELS = 128
 STATE_NAMES = ("cached_key", "cached_nonlin_attn", "cached_val1", "cached_val2", "cached_conv1", "cached_conv2")
 
 
@@ -62,8 +68,17 @@ def state_names(model) -> List[str]:
 def init_states(model, batch_size: int = 1) -> List[Tensor]:
     """Zero states as the ONNX graph takes them (processed_lens int64, as sherpa-onnx makes it)."""
     states = streaming_encoder.get_init_states(model, batch_size)
+    states[-2] = _pad_channels(states[-2])
     states[-1] = states[-1].to(torch.int64)
     return states
+
+
+def _pad_channels(embed_state: Tensor) -> Tensor:
+    n, c, t, f = embed_state.shape
+    if c > SHERPA_EMBED_CHANNELS:
+        raise ValueError(f"Conv-Embed has {c} output channels; sherpa-onnx's streaming Zipformer allows at most "
+                         f"{SHERPA_EMBED_CHANNELS}")
+    return torch.cat((embed_state, embed_state.new_zeros(n, SHERPA_EMBED_CHANNELS - c, t, f)), dim=1)
 
 
 class OnnxStreamingEncoder(nn.Module):
@@ -75,7 +90,10 @@ class OnnxStreamingEncoder(nn.Module):
 
     def forward(self, x: Tensor, states: List[Tensor]):
         x_lens = torch.zeros_like(states[-1]) + x.shape[1]  # every stream's chunk is full
-        out, _, new_states = streaming_encoder.streaming_forward(self.model, x, x_lens, list(states))
+        states = list(states)
+        states[-2] = states[-2][:, : self.model.encoder_embed.layer3_channels]
+        out, _, new_states = streaming_encoder.streaming_forward(self.model, x, x_lens, states)
+        new_states[-2] = _pad_channels(new_states[-2])
         new_states[-1] = new_states[-1].to(states[-1].dtype)
         return self.model.joiner.encoder_proj(out), new_states
 

@@ -35,9 +35,12 @@ setup(
     extras_require={
         "triton": ["triton>=3.0"],
         "data": ["lhotse", "sentencepiece", "soundfile", "urllib3"],
+        # ONNX export (torch.onnx's TorchScript exporter, as icefall) and sherpa-onnx deployment.
+        "export": ["onnx>=1.15", "onnxruntime>=1.17", "sherpa-onnx==2.0.1", "sentencepiece", "soundfile"],
         "dev": [
             "pytest", "pytest-benchmark", "ninja", "matplotlib", "tqdm", "tensorboard",
             "lhotse", "sentencepiece", "soundfile", "urllib3",
+            "onnx>=1.15", "onnxruntime>=1.17", "sherpa-onnx==2.0.1", "kaldi-native-fbank",
             "triton==3.6.0; platform_system == 'Linux' and platform_machine == 'x86_64'",
             "numpy<2.4",  # triton 3.6's interpreter needs numpy < 2.4
         ],

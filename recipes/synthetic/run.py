@@ -5,6 +5,8 @@ Zipformer transducer (+ CTC head) -> decode the test set -> print the WER.
     python -m recipes.synthetic.run --quick                  # CI smoke run: tiny corpus, a few dozen steps
     python -m recipes.synthetic.run --causal --device auto   # a streaming (chunk-causal) model, 9 min of training
     python -m recipes.synthetic.run --heads ctc_aed --train-minutes 4   # another head combination
+    python -m recipes.synthetic.run --stage export           # deployment only, on the exp dir a run left:
+                                                             # ONNX export + sherpa-onnx decoding of the test wavs
 
 --causal trains with icefall's streaming flags (--causal 1 --chunk-size 16,32,64,-1
 --left-context-frames 64,128,256,-1) and reports the WER three ways: full context, simulated
@@ -133,6 +135,10 @@ def main(argv=None) -> dict:
     p.add_argument("--skip-train", action="store_true", help="decode the model already in --exp-dir")
     p.add_argument("--record", default=None,
                    help="with --causal: also write the streaming summary to this JSON file")
+    p.add_argument("--stage", default="all", choices=["all", "export"],
+                   help="export: only the deployment stage (ONNX export + sherpa-onnx decoding) on the "
+                        "model already in --exp-dir; all: prepare, train, decode, then (full run) export")
+    p.add_argument("--sherpa-record", default=None, help="also write the sherpa-onnx summary to this JSON file")
     args = p.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
 
@@ -150,6 +156,8 @@ def main(argv=None) -> dict:
         if args.heads != "transducer_ctc":
             sys.exit("error: --causal trains the default heads (streaming decodes with the transducer)")
         s = dict(s, train={**s["train"], **(CAUSAL_QUICK_TRAIN if args.quick else CAUSAL_TRAIN)})
+    if args.stage == "export":
+        return _deploy(args, s, data_dir, exp_dir)
     if not args.resume and not args.skip_train and exp_dir.exists():
         import shutil
         shutil.rmtree(exp_dir)
@@ -182,7 +190,10 @@ def main(argv=None) -> dict:
     timings["train_s"] = round(time.time() - t1, 1)
     if args.causal:
         from recipes.synthetic import streaming_report
-        return streaming_report.decode_and_report(args, s, data_dir, exp_dir, train_summary, timings, t0)
+        summary = streaming_report.decode_and_report(args, s, data_dir, exp_dir, train_summary, timings, t0)
+        if not args.quick:
+            summary["sherpa_onnx"] = _deploy(args, s, data_dir, exp_dir)
+        return summary
 
     results, chosen = {}, {}
     for method in methods:
@@ -219,7 +230,17 @@ def main(argv=None) -> dict:
         summary["attention_rescoring"] = chosen
     wers = ", ".join(f"{m} {w:.2f}%" for m, w in summary["wer"].items())
     print(f"[run] test WER: {wers} after {summary['steps']} steps; times {json.dumps(timings)}", flush=True)
+    if not args.quick and args.heads == "transducer_ctc":  # sherpa-onnx runs transducers here
+        summary["sherpa_onnx"] = _deploy(args, s, data_dir, exp_dir)
     return summary
+
+
+def _deploy(args, s: Dict, data_dir: Path, exp_dir: Path) -> dict:
+    """ONNX export + sherpa-onnx decoding of the test wavs (recipes/synthetic/deploy.py)."""
+    from recipes.synthetic import deploy
+    chunk = (args.stream_chunk_size, args.stream_left_context) if args.causal else (None, None)
+    return deploy.export_and_decode(data_dir, exp_dir, s["decode"]["avg"], chunk_size=chunk[0],
+                                    left_context_frames=chunk[1], record=args.sherpa_record)
 
 
 if __name__ == "__main__":

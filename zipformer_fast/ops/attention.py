@@ -70,11 +70,22 @@ def relative_position_scores_reference(p: Tensor, pos_proj: Tensor) -> Tensor:
     ph = p.permute(2, 1, 0, 3)                                  # (H,B,T,dp)
     pos = pos_proj.reshape(-1, 2 * T - 1, H, dp).permute(2, 0, 3, 1)  # (H,1,dp,2T-1)
     rel = torch.matmul(ph, pos)                                 # (H,B,T,2T-1), contiguous
+    if torch.jit.is_tracing():  # ONNX export: as_strided with a traced offset cannot be exported
+        return relative_shift_gather(rel)
     return rel.as_strided(
         (H, B, T, T),
         (rel.stride(0), rel.stride(1), rel.stride(2) - rel.stride(3), rel.stride(3)),
         storage_offset=rel.storage_offset() + rel.stride(3) * (T - 1),
     )
+
+
+def relative_shift_gather(rel: Tensor) -> Tensor:
+    """The strided relative shift above as a gather (icefall rel_shift's tracing branch): score
+    [.., t, s] = rel[.., t, T - 1 - t + s]."""
+    H, B, T, n = rel.shape
+    index = (torch.arange(T - 1, -1, -1, device=rel.device).unsqueeze(1)
+             + torch.arange(T, device=rel.device).unsqueeze(0))        # (T, T)
+    return torch.gather(rel, 3, index.expand(H, B, T, T))
 
 
 def attention_scores_reference(

@@ -32,7 +32,7 @@ def simple_downsample_reference(x: Tensor, bias: Tensor) -> Tensor:
     T, B, C = x.shape
     d_T = (T + ds - 1) // ds
     pad = d_T * ds - T
-    if pad > 0:
+    if pad > 0 or torch.jit.is_tracing():  # traced (ONNX export): pad depends on the input length
         x = torch.cat((x, x[-1:].expand(pad, B, C)), dim=0)
     weights = bias.softmax(dim=0).unsqueeze(-1).unsqueeze(-1)  # (ds, 1, 1)
     return (x.reshape(d_T, ds, B, C) * weights).sum(dim=1)

@@ -118,7 +118,8 @@ def aot_specs(spec, dtypes):
     out = []
     for dt in dtypes:
         p = {"b_ptr": "fp32", "ls_ptr": "fp32", "r_ptr": "fp32", "part_ptr": "fp32"}
-        for d in (192, 512, 1024):  # Zipformer's widths: each its own (BLOCK_M, num_warps)
+        # Zipformer's widths, each its own (BLOCK_M, num_warps): all in fp16, the middle one otherwise.
+        for d in ((192, 512, 1024) if dt == "fp16" else (512,)):
             block_d = next_pow2(d)
             bm, w = _fwd_config(block_d)
             out.append(spec(bias_norm_fwd_kernel, {"BLOCK_M": bm, "BLOCK_D": block_d}, p, dt, num_warps=w,

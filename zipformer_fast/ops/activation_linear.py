@@ -32,7 +32,7 @@ from torch import Tensor
 
 from ..backend import use_triton_for
 from ._registry import (FusedOp, autocast_enabled, compute_dtype, contiguous_rows, kernels, needs_grad,
-                        register_autograd, tracing)
+                        register_autograd, use_op)
 from .swoosh import (SWOOSH_L_OFFSET, SWOOSH_L_SHIFT, SWOOSH_R_OFFSET, SWOOSH_R_SHIFT, swoosh_l_reference,
                      swoosh_r_reference)
 
@@ -212,7 +212,7 @@ def activation_dropout_linear(
     shift, offset = _activation_constants(activation)
     if x.numel() > 0 and use_triton_for(x, weight, bias, dropout_mask):
         x, w = _gemm_operands(x, weight, "activation_dropout_linear")
-        if tracing():
+        if use_op(x):
             return _act_linear_fwd.op(x, w, bias, dropout_mask, shift, offset)
         if needs_grad(x, w, bias):
             return _ActLinearFused.apply(x, w, bias, dropout_mask, shift, offset)

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from ..backend import use_triton_for
-from ._registry import FusedOp, as_tbc, kernels, needs_grad, register_autograd, tracing
+from ._registry import FusedOp, as_tbc, kernels, needs_grad, register_autograd, use_op
 
 
 def simple_downsample_reference(x: Tensor, bias: Tensor) -> Tensor:
@@ -112,7 +112,7 @@ class _DownsampleFused(torch.autograd.Function):
 def simple_downsample(x: Tensor, bias: Tensor) -> Tensor:
     ds = bias.shape[0]
     if x.dim() == 3 and x.numel() > 0 and ds & (ds - 1) == 0 and use_triton_for(x, bias):
-        if tracing():
+        if use_op(x):
             return _downsample_fwd.op(x, bias)
         if needs_grad(x, bias):
             return _DownsampleFused.apply(x, bias)

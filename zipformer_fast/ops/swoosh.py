@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from ..backend import use_triton_for
-from ._registry import FusedOp, kernels, register_autograd, tracing
+from ._registry import FusedOp, kernels, register_autograd, use_op
 
 SWOOSH_L_SHIFT, SWOOSH_L_OFFSET = 4.0, 0.035
 SWOOSH_R_SHIFT, SWOOSH_R_OFFSET = 1.0, 0.313261687
@@ -152,7 +152,7 @@ def swoosh(x: Tensor, shift: float, offset: float, compact_derivative: bool = Fa
     grad = x.requires_grad and torch.is_grad_enabled()
     compact = grad and bool(compact_derivative)
     if use_triton_for(x):
-        if tracing():
+        if use_op(x):
             return _swoosh_fwd.op(x, shift, offset, compact)[0]
         if grad:
             return _SwooshFused.apply(x, shift, offset, compact)

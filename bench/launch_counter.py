@@ -3,8 +3,9 @@
 interpreter's InterpretedFunction.run under TRITON_INTERPRET=1). Used by bench/launch_count.py
 (per model step) and bench/kernels.py (per op call).
 
-Not counted as aten launches: views and metadata (OpOverload.is_view, detach, sym sizes) and
-allocations (empty*, new_empty*). Under any TorchDispatchMode the fused ops run as their
+Not counted as aten launches: views and metadata (OpOverload.is_view, detach, sym sizes),
+allocations (empty*, new_empty*), and ops run inside a Triton launch (the interpreter copies a
+kernel's arguments with aten ops; a GPU launch does not). Under any TorchDispatchMode the fused ops run as their
 torch.library custom ops (zipformer_fast.ops._registry.tracing), which the mode sees as one
 `zipformer_fast::` op each: recorded separately, their kernels counted as Triton launches.
 """
@@ -27,7 +28,9 @@ class CountOps(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         name = func.overloadpacket.__name__
-        if func.namespace != "aten":
+        if _IN_LAUNCH[0]:  # the interpreter's own copies of a kernel's arguments: no GPU launch
+            pass
+        elif func.namespace != "aten":
             self.custom[f"{func.namespace}::{name}"] += 1
         elif not func.is_view and name not in _NO_LAUNCH:
             self.counts[name] += 1
@@ -36,6 +39,7 @@ class CountOps(TorchDispatchMode):
 
 _TRITON = collections.Counter()
 _INSTALLED = []
+_IN_LAUNCH = [0]
 
 
 def install_triton_counter() -> collections.Counter:
@@ -53,7 +57,11 @@ def install_triton_counter() -> collections.Counter:
     def run(fn_self, *args, grid, warmup, **kwargs):
         if not warmup:
             _TRITON[fn_self.fn.__name__ if hasattr(fn_self.fn, "__name__") else str(fn_self)] += 1
-        return original(fn_self, *args, grid=grid, warmup=warmup, **kwargs)
+        _IN_LAUNCH[0] += 1
+        try:
+            return original(fn_self, *args, grid=grid, warmup=warmup, **kwargs)
+        finally:
+            _IN_LAUNCH[0] -= 1
 
     cls.run = run
     _INSTALLED.append(cls)

@@ -8,10 +8,11 @@ backend "reference" and "triton":
   allocations excluded; fused ops seen as their custom ops, their kernels counted as Triton
   launches). The kernels really run (interpreter), so values and data-dependent branches are real.
 
-Runs on the CPU with TRITON_INTERPRET=1 (set here) on a short input (default 1 s, batch 2): the
-number of launches of this architecture does not depend on T or B, only the work per launch does
-(checked: --seconds 1 and 2 give the same counts). The model's random decisions (layer skips,
-Balancer/Whiten firing) are seeded (--seed) and identical for both backends.
+Runs on the CPU with TRITON_INTERPRET=1 (set here) on a short input (default 1 s, batch 2) to
+stay within minutes: no op of the encoder loops over T or B in Python, so the number of launches
+should not depend on them, only the work per launch (not verified across lengths). The model's
+random decisions (layer skips, Balancer/Whiten firing) are seeded (--seed) and identical for both
+backends.
 
     python bench/launch_count.py [--preset M] [--seconds 1] [--batch 2] [--seed 0] [--batch-count 100000]
                                  [--modes inference,training] [--label after]

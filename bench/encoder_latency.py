@@ -16,9 +16,15 @@ perf_counter and memory from bench/cpu_memory.py (tensor storages alive at once,
 input): a lower bound, not comparable with GPU figures.
 
 Backends: `reference` (pure PyTorch ops), `triton` (zipformer_fast.use_backend("triton"): the
-fused kernels), `compile` (torch.compile of the reference model's forward_encoder; its one-off
-compile time is reported as metric compile_s). The Conformer has no fused ops, so `triton` is
-skipped for it.
+fused kernels), `compile` (torch.compile(fullgraph=True) of the reference model's forward_encoder;
+its one-off compile time is reported as metric compile_s), `triton+compile` (the same
+torch.compile with the fused kernels: they enter the graph as opaque custom ops). If fullgraph
+tracing fails, the compile is retried with graph breaks allowed and metric `fullgraph` is 0. The
+Conformer has no fused ops, so `triton` and `triton+compile` are skipped for it.
+
+--cudagraphs (CUDA, inference): after warm-up the call is captured once in a CUDA graph
+(torch.cuda.graph, static input) and the replays are timed; rows carry backend "<b>+cudagraphs".
+A backend whose call cannot be captured (a host sync) records an error row for that variant.
 
 dtypes: fp32, or fp16/bf16. Inference in half precision converts the weights and the input
 (model.to(dtype)): what a deployment does and what halves weight memory. Training in half precision
@@ -60,7 +66,7 @@ from models import FIGURE3_MODELS, build_model, parse_name  # noqa: E402
 from table2 import count_encoder_flops, count_params  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-BACKENDS = ("reference", "triton", "compile")
+BACKENDS = ("reference", "triton", "compile", "triton+compile")
 MODES = ("infer", "train")
 FIELDS = ["model", "backend", "dtype", "mode", "metric", "unit", "p20", "p50", "p80", "mean", "n",
           "batch_size", "duration_s", "device", "threads", "torch", "triton", "zipformer_fast", "git_commit",
@@ -136,6 +142,22 @@ def time_iterations(fn, device, warmup: int, iters: int):
     return times
 
 
+def capture_cuda_graph(fn, device, warmup: int):
+    """fn captured once in a CUDA graph (after `warmup` calls on a side stream, as capture needs);
+    returns the replay. Outputs live in the graph's static memory pool."""
+    stream = torch.cuda.Stream(device)
+    stream.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(stream):
+        for _ in range(max(1, warmup)):
+            fn()
+    torch.cuda.current_stream(device).wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    torch.cuda.synchronize(device)
+    return graph.replay
+
+
 def peak_memory(fn, device, resident_bytes: int):
     """(peak MB including what was resident, peak MB above it) for one call of fn."""
     gc.collect()
@@ -174,15 +196,20 @@ def saved_activation_bytes(step, exclude_storages: set) -> int:
 class Case:
     """One (model, backend, dtype, mode) measurement on fixed random input."""
 
-    def __init__(self, model_name, backend, dtype_name, mode, args, device):
+    def __init__(self, model_name, backend, dtype_name, mode, args, device, graphs: bool = False):
         self.model_name, self.backend, self.dtype_name, self.mode = model_name, backend, dtype_name, mode
-        self.args, self.device = args, device
+        self.args, self.device, self.graphs = args, device, graphs
+
+    @property
+    def label(self) -> str:
+        """The backend column: '<backend>' or '<backend>+cudagraphs'."""
+        return self.backend + ("+cudagraphs" if self.graphs else "")
 
     def backend_context(self):
         import zipformer_fast
         if parse_name(self.model_name)[0] != "zipformer":
             return contextlib.nullcontext()
-        return zipformer_fast.use_backend("triton" if self.backend == "triton" else "reference")
+        return zipformer_fast.use_backend("triton" if self.backend.startswith("triton") else "reference")
 
     def run(self, model, emit):
         args, device, dtype = self.args, self.device, DTYPES[self.dtype_name]
@@ -197,8 +224,9 @@ class Case:
             features = features.to(dtype)
         model.train(train)
         forward = model.forward_encoder
-        if self.backend == "compile":
-            forward = torch.compile(model.forward_encoder, dynamic=False)
+        compiled = self.backend.endswith("compile")
+        if compiled:
+            forward = torch.compile(model.forward_encoder, dynamic=False, fullgraph=True)
         autocast = (torch.autocast(device.type, dtype=dtype) if (train and half)
                     else contextlib.nullcontext())
 
@@ -217,11 +245,22 @@ class Case:
         resident = sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
         resident += features.numel() * features.element_size()
         with self.backend_context():
-            if self.backend == "compile":
+            if compiled:
                 t0 = time.perf_counter()
-                fn()
+                try:
+                    fn()
+                    emit("fullgraph", "bool", [1.0])
+                except Exception as e:  # a graph break: measure the compiled model with breaks
+                    print(f"[encoder_latency] fullgraph compile failed ({type(e).__name__}: {str(e)[:200]}); "
+                          "retrying with graph breaks allowed", file=sys.stderr, flush=True)
+                    torch._dynamo.reset()
+                    forward = torch.compile(model.forward_encoder, dynamic=False)
+                    fn()
+                    emit("fullgraph", "bool", [0.0])
                 _sync(device)
                 emit("compile_s", "s", [time.perf_counter() - t0])
+            if self.graphs:
+                fn = capture_cuda_graph(fn, device, args.warmup)
             times = time_iterations(fn, device, args.warmup, args.iters)
             emit("time_ms", "ms", times)
             model.zero_grad(set_to_none=True)  # last step's gradients must not count as "before"
@@ -239,11 +278,11 @@ def run_case(case: Case, results) -> bool:
     """Measure one case on a freshly built model (same seed, so the same weights every case: a
     dtype conversion or compilation cannot leak into the next case, and no second copy of the
     weights inflates peak memory). Returns False, and records an "error" row, on failure."""
-    label = f"{case.model_name} {case.backend} {case.dtype_name} {case.mode}"
+    label = f"{case.model_name} {case.label} {case.dtype_name} {case.mode}"
     print(f"[encoder_latency] {label} ...", file=sys.stderr, flush=True)
 
     def emit(metric, unit, values):
-        results.add(case.model_name, case.backend, case.dtype_name, case.mode, metric, unit, values)
+        results.add(case.model_name, case.label, case.dtype_name, case.mode, metric, unit, values)
     ok = True
     try:
         torch.manual_seed(0)
@@ -256,7 +295,7 @@ def run_case(case: Case, results) -> bool:
     gc.collect()
     if case.device.type == "cuda":
         torch.cuda.empty_cache()
-    if case.backend == "compile":
+    if case.backend.endswith("compile"):
         torch._dynamo.reset()
     return ok
 
@@ -309,6 +348,8 @@ def parse_args(argv=None):
     ap.add_argument("--append", action="store_true", help="add to the existing CSV instead of starting anew")
     ap.add_argument("--no-flops", action="store_true", help="skip the GFLOPs count (meta device, ~1 s/model)")
     ap.add_argument("--no-plot", action="store_true")
+    ap.add_argument("--cudagraphs", action="store_true",
+                    help="CUDA inference: also time each backend replayed from a CUDA graph")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch CPU threads (default: torch's). On a shared, loaded CPU, 1 thread is "
                          "faster and steadier than several that wait for each other")
@@ -359,11 +400,14 @@ def main(argv=None) -> int:
                         [count_encoder_flops(meta_model) / 1e9])
         del meta_model
         for backend in args.backends:
-            if backend == "triton" and family != "zipformer":
+            if backend.startswith("triton") and family != "zipformer":
                 continue  # nothing fused in the baseline: "triton" would re-time the reference
             for dtype_name in args.dtypes:
                 for mode in args.modes:
                     failures += not run_case(Case(model_name, backend, dtype_name, mode, args, device), results)
+                    if args.cudagraphs and mode == "infer" and device.type == "cuda":
+                        failures += not run_case(Case(model_name, backend, dtype_name, mode, args, device, True),
+                                                 results)
     from make_readme_table import latency_table
     print(latency_table(results.new_rows))
     print(f"\nwrote {results.csv_path} and {results.json_path}")

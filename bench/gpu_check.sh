@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
-# One-shot GPU validation, in under 10 minutes on one H100/H200 without network:
-#   bash bench/gpu_check.sh            (from anywhere; env: GPU_CHECK_DEADLINE=seconds, default 560)
+# One-shot GPU validation, in under 5 minutes on one H100/H200 without network:
+#   bash bench/gpu_check.sh            (from anywhere; env: GPU_CHECK_DEADLINE=seconds, default 290)
 # Stages, most wanted first (each time-boxed with `timeout`, capped by the overall deadline; a
 # failure or hang in one does not stop the next; stages that no longer fit are skipped):
-#   env, install (pip -e . --no-build-isolation --no-deps; PYTHONPATH=. is set either way),
-#   fig3 (encoder_latency: 6 models, reference + triton, fp32, the paper's 30 x 30 s),
-#   train (Zipformer-M training step, reference vs triton, fp32 + bf16 autocast),
-#   gpu_tests (pytest on CUDA: tests/test_gpu_*.py, @pytest.mark.gpu and every test whose name
-#   says cuda/gpu/triton/kernel/fused), kernels (bench/kernels.py), compile (torch.compile of the
-#   reference Zipformer-L), optimizer (bench/optimizer.py), bf16 (Figure 3 in bf16), plot, summary.
+#   env, install (pip -e . --no-build-isolation --no-deps without the CUDA extension: seconds;
+#   PYTHONPATH=. is set either way),
+#   infer_L (Zipformer-L, 30 x 30 s, bf16 inference: reference, triton, compile, triton+compile,
+#   each also replayed from a CUDA graph), train_M (Zipformer-M bf16 training step, same backends),
+#   kernels (bench/kernels.py: the memory-bound ops against a same-volume copy, CUDA-graph timed),
+#   then what the deadline leaves: gpu_tests (pytest on CUDA: tests/test_gpu_*.py,
+#   @pytest.mark.gpu and every test whose name says cuda/gpu/triton/kernel/fused), attention
+#   kernels, fig3 (fp32 Figure 3), optimizer, plot, summary.
 # Results go to bench/results/<device>/ (CSV/JSON/PNG + one log per stage + summary.md); when
 # $OUT is set, a tarball of that folder, the log, summary.md, the latency CSV and figure3.png are
 # copied there too (5 files). Without CUDA it runs a CPU smoke of the same stages (tiny models,
@@ -24,7 +26,7 @@ PY=${PYTHON:-python3}
 if [ -x "$ROOT/.venv/bin/python" ] && [ -z "${PYTHON:-}" ] && ! "$PY" -c "import torch" 2>/dev/null; then
   PY="$ROOT/.venv/bin/python"
 fi
-DEADLINE=${GPU_CHECK_DEADLINE:-560}
+DEADLINE=${GPU_CHECK_DEADLINE:-290}
 START=$(date +%s)
 
 if "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
@@ -90,38 +92,28 @@ say "device: $SLUG (GPU=$GPU), python: $PY, deadline ${DEADLINE}s, results: $RES
 stage env 30 bash -c "nvidia-smi 2>/dev/null || echo 'no nvidia-smi'; $PY -c 'import torch, sys; print(sys.version); print(\"torch\", torch.__version__, \"cuda\", torch.version.cuda, torch.cuda.is_available()); import triton; print(\"triton\", triton.__version__)'; git -C '$ROOT' log --oneline -3 || true"
 
 if [ "$GPU" = 1 ]; then
-  # The CUDA extension builds only for this machine's architecture (fast); a failed build or a
-  # timeout leaves PYTHONPATH=. in force, and the optimizer falls back to its JIT/foreach paths.
-  export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-$("$PY" -c "import torch; print('%d.%d' % torch.cuda.get_device_capability())")}
-  export MAX_JOBS=${MAX_JOBS:-16}
-  stage install 150 "$PY" -m pip install --no-build-isolation --no-deps -e .
-  # kernels/ is installed as zipformer_fast.kernels: PYTHONPATH=. alone does not provide it. If
-  # the full install failed, retry without the compiled extension (seconds), and as a last resort
-  # link it into this throwaway working copy, so the triton backend can still be measured.
+  # Without the CUDA extension (seconds): the optimizer falls back to its JIT/foreach paths, and
+  # nothing wanted here needs it. kernels/ is installed as zipformer_fast.kernels: PYTHONPATH=.
+  # alone does not provide it, so if the install fails it is linked into this throwaway copy.
+  ZIPFORMER_FAST_NO_EXTENSION=1 stage install 40 "$PY" -m pip install --no-build-isolation --no-deps -e .
   if [ "${GPU_CHECK_PLAN_ONLY:-0}" != "1" ] && ! "$PY" -c "import zipformer_fast.kernels" 2>/dev/null; then
-    ZIPFORMER_FAST_NO_EXTENSION=1 stage install_pure 60 "$PY" -m pip install --no-build-isolation --no-deps -e .
-    if ! "$PY" -c "import zipformer_fast.kernels" 2>/dev/null; then
-      say "zipformer_fast.kernels still not importable: linking kernels/ into zipformer_fast/ (this copy only)"
-      ln -sfn ../kernels "$ROOT/zipformer_fast/kernels"
-    fi
+    say "zipformer_fast.kernels still not importable: linking kernels/ into zipformer_fast/ (this copy only)"
+    ln -sfn ../kernels "$ROOT/zipformer_fast/kernels"
   fi
 
-  # Most wanted first (the deadline cuts the later stages): correctness on CUDA, then the issue's
-  # targets (bf16, 30 x 30 s): Figure 3 inference, the Zipformer-M training step, torch.compile of
-  # the reference Zipformer-L; then the per-op kernel table, the fp32 Figure 3, the optimizer.
+  # Most wanted first (the deadline cuts the later stages). Rows are written as they come, so a
+  # stage cut by its cap keeps the backends measured before (compile backends come last).
+  stage infer_L 100 "$PY" $LAT --models zipformer-L --backends reference,triton,compile,triton+compile \
+      --dtypes bf16 --modes infer --cudagraphs --warmup 2 --iters 5 --no-flops
+  stage train_M 75 "$PY" $LAT --models zipformer-M --backends reference,triton,compile,triton+compile \
+      --dtypes bf16 --modes train --warmup 2 --iters 3 --no-flops
+  run_other_bench kernels bench/kernels.py 45 --dtypes bf16 --providers triton,reference --time-budget 35
   # -k matches test, class and module names and marker names (case-insensitive): this takes
   # tests/test_gpu_*.py, @pytest.mark.gpu tests and the suite's CUDA/kernel tests.
-  # -v names each test as it finishes, so a failure is identified even when the stage times out
-  # before pytest's summary (the H100 run of session 1 lost its one failure's name that way).
+  # -v names each test as it finishes, so a failure is identified even when the stage times out.
   stage gpu_tests 110 "$PY" -m pytest -v -rfE -p no:cacheprovider tests \
       -k "cuda or gpu or triton or kernel or fused" --junitxml "$RESULTS/gpu_tests.xml"
-  stage bf16 110 "$PY" $LAT --backends reference,triton --dtypes bf16 --modes infer --iters 5
-  stage train 70 "$PY" $LAT --models zipformer-M --backends reference,triton --dtypes bf16 \
-      --modes train --warmup 2 --iters 5
-  stage compile 90 "$PY" $LAT --models zipformer-L --backends compile --dtypes bf16 --modes infer --iters 5
-  # Attention first inside kernels.py (issue #4: fwd+bwd vs reference and vs torch.compile), then
-  # the memory-bound ops (issue #3) in the time left.
-  run_other_bench kernels bench/kernels.py 120 --attention --dtypes bf16 --time-budget 100
+  run_other_bench kernels_attention bench/kernels.py 120 --attention --attention-only --dtypes bf16 --time-budget 100
   stage fig3 90 "$PY" $LAT --models zipformer-S,zipformer-M,zipformer-L --backends reference,triton \
       --dtypes fp32 --modes infer --iters 5
   run_other_bench optimizer bench/optimizer.py 45

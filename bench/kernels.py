@@ -3,8 +3,13 @@
 For every case (bench/cases_memory_bound.py; attention cases from bench/cases_attention.py with
 --attention) and provider (triton | reference | torch_compile) and mode (forward | backward | full):
 time (ms, p20/p50/p80), peak memory above the inputs (MB), and for memory-bound ops the achieved
-GB/s and % of the device's peak bandwidth (bytes = inputs read once + outputs written once, see
-cases_memory_bound). A `copy` row (x.copy_ of 1 GiB) gives the achievable bandwidth for scale.
+GB/s, % of the device's peak bandwidth (bytes = inputs read once + outputs written once, see
+cases_memory_bound) and the copy floor: a `copy` provider row per case and mode times a device
+copy moving the same bytes (read + write), and `pct_of_copy` = copy time / op time x 100 (100 =
+as fast as a copy of that volume: the floor for a memory-bound op). Also per call: `host_us`
+(CPU time of one call without synchronising: what the Python side costs, which small kernels
+cannot hide) and `launches` (aten ops + Triton kernels, bench/launch_counter.py). A `copy` row of
+1 GiB gives the achievable bandwidth for scale.
 
     python bench/kernels.py [--dtypes bf16,fp16,fp32] [--ops swoosh_l,bias_norm,...] [--attention [--attention-only]]
                             [--providers triton,reference,torch_compile] [--time-budget 60 (0: all)]
@@ -12,7 +17,13 @@ cases_memory_bound). A `copy` row (x.copy_ of 1 GiB) gives the achievable bandwi
 
 Output: one long-format table, rows (op, provider, mode, metric, p20, p50, p80, shape, dtype,
 device, torch, triton), in <out-dir>/kernels.{csv,json}, rewritten after each case so a timeout
-keeps what was measured. GPU timing: triton.testing.do_bench (L2 flushed between runs).
+keeps what was measured. GPU timing: triton.testing.do_bench_cudagraph (the call is captured in a
+CUDA graph and replayed, so launch gaps between small kernels do not count; metric `ms`); where a
+call cannot be captured, do_bench (metric `ms_eager`, L2 flushed between runs).
+
+Sections: the memory-bound ops and GEMMs (cases_memory_bound, `memory_bound_rows`) and the
+attention cases (cases_attention, `attention_rows`) are separate functions, so each can evolve on
+its own.
 --smoke (CPU/CI): tiny shapes, reference and (with TRITON_INTERPRET=1) triton, < 30 s.
 """
 import argparse
@@ -56,10 +67,12 @@ def peak_bandwidth(device: str):
     return next((bw for k, bw in PEAK_BW.items() if k in name), None)
 
 
-def timings(fn, device: str, smoke: bool):
-    """(p20, p50, p80) in ms."""
+def timings(fn, device: str, smoke: bool, graph: bool = False):
+    """(p20, p50, p80) in ms; graph=True: the call replayed from a CUDA graph."""
     if device == "cuda":
         import triton.testing
+        if graph:
+            return tuple(triton.testing.do_bench_cudagraph(fn, rep=40, quantiles=[0.2, 0.5, 0.8]))
         return tuple(triton.testing.do_bench(fn, warmup=10, rep=40, quantiles=[0.2, 0.5, 0.8]))
     fn()
     ts = []
@@ -80,6 +93,48 @@ def peak_mb(fn, device: str):
     fn()
     torch.cuda.synchronize()
     return (torch.cuda.max_memory_allocated() - base) / 2**20
+
+
+def graph_timings(fn, device: str, smoke: bool):
+    """(metric, p20, p50, p80): CUDA-graph timing ("ms"), or "ms_eager" where capture fails."""
+    if device == "cuda":
+        try:
+            return ("ms", *timings(fn, device, smoke, graph=True))
+        except Exception as e:  # e.g. a host sync inside the call
+            print(f"  (CUDA graph capture failed: {type(e).__name__}; timing eagerly)", flush=True)
+            torch.cuda.synchronize()
+            return ("ms_eager", *timings(fn, device, smoke))
+    return ("ms", *timings(fn, device, smoke))
+
+
+def host_us(fn, device: str, n: int = 50):
+    """Median CPU microseconds of one call, not synchronising between calls (launches are async)."""
+    fn()
+    ts = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        fn()
+        ts.append((time.perf_counter() - t0) * 1e6)
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return statistics.median(ts)
+
+
+def launches_per_call(fn) -> int:
+    """aten ops that launch work + Triton kernels of one call (bench/launch_counter.py)."""
+    from launch_counter import counting
+
+    with counting() as c:
+        fn()
+    return sum(c["aten"].values()) + sum(c["triton"].values())
+
+
+def copy_floor(moved_bytes: int, device: str, smoke: bool):
+    """(p20, p50, p80) ms of a device copy that reads and writes moved_bytes in total."""
+    n = max(1, moved_bytes // 2)
+    src = torch.empty(n, dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    return graph_timings(lambda: dst.copy_(src), device, smoke)[1:]
 
 
 def nbytes(ts):
@@ -129,8 +184,13 @@ def bench_case(case, provider, dtype, device, smoke, peak_bw):
     fwd_bytes = nbytes(inputs) + nbytes([out])
     bwd_bytes = nbytes([out]) + nbytes(inputs) + nbytes(leaves)
     for mode, fn in modes.items():
-        p20, p50, p80 = timings(fn, device, smoke)
-        rows.append((mode, "ms", p20, p50, p80))
+        metric, p20, p50, p80 = graph_timings(fn, device, smoke)
+        rows.append((mode, metric, p20, p50, p80))
+        us = host_us(fn, device, 5 if smoke else 50)
+        rows.append((mode, "host_us", us, us, us))
+        if provider != "torch_compile":  # a dispatch mode would retrace the compiled function
+            n = launches_per_call(fn)
+            rows.append((mode, "launches", n, n, n))
         mb = peak_mb(fn, device)
         if mb is not None:
             rows.append((mode, "peak_MB", mb, mb, mb))
@@ -140,6 +200,10 @@ def bench_case(case, provider, dtype, device, smoke, peak_bw):
             rows.append((mode, "GB_s", *gbs))
             if peak_bw:
                 rows.append((mode, "pct_peak_bw", *[100 * x * 1e9 / peak_bw for x in gbs]))
+            if provider == "triton":  # the floor, once per case and mode: a copy of the same volume
+                c20, c50, c80 = copy_floor(moved, device, smoke)
+                rows.append((mode, "copy_ms", c20, c50, c80))
+                rows.append((mode, "pct_of_copy", *[100 * c50 / t for t in (p80, p50, p20)]))
         elif case.flops is not None and mode == "forward":
             fl = case.flops(inputs)
             rows.append((mode, "TFLOP_s", *[fl / (t * 1e-3) / 1e12 for t in (p80, p50, p20)]))
@@ -200,6 +264,39 @@ def attention_rows(device, smoke, providers, out_of_time=lambda: False, skipped=
             yield rows
 
 
+def memory_bound_rows(device, smoke, dtypes, providers, wanted, peak_bw, out_of_time, skipped):
+    """The memory-bound ops and GEMMs (bench/cases_memory_bound.py); yields one batch of rows
+    (op, provider, mode, metric, p20, p50, p80, shape, dtype) per case."""
+    from cases_memory_bound import cases
+
+    for case in cases(smoke=smoke or device == "cpu"):
+        if wanted and case.op not in wanted:
+            continue
+        batch = []
+        for dt in dtypes:
+            for prov in providers:
+                if out_of_time():
+                    skipped.append(f"{case.op}[{case.shape}] {dt} {prov}")
+                    continue
+                try:
+                    res = bench_case(case, prov, DTYPES[dt], device, smoke, peak_bw)
+                except Exception as e:  # one failing provider must not hide the others' numbers
+                    print(f"FAILED {case.op} {prov} {dt}: {e!r}", flush=True)
+                    batch.append((case.op, prov, "forward", "error", float("nan"), float("nan"), float("nan"),
+                                  case.shape, dt))
+                    continue
+                for mode, metric, p20, p50, p80 in res:
+                    op_prov = "copy" if metric == "copy_ms" else prov
+                    batch.append((case.op, op_prov, mode, "ms" if metric == "copy_ms" else metric, p20, p50, p80,
+                                  case.shape, dt))
+                    if metric in ("ms", "ms_eager", "pct_of_copy", "host_us", "launches"):
+                        print(f"{case.op:28s} {case.shape:40s} {dt:5s} {prov:14s} {mode:8s} {metric:12s} "
+                              f"p50={p50:10.4f}", flush=True)
+                if device == "cuda":
+                    torch.cuda.empty_cache()
+        yield batch
+
+
 FIELDS = ("op", "provider", "mode", "metric", "p20", "p50", "p80", "shape", "dtype", "device", "torch", "triton", "command")
 
 
@@ -238,8 +335,6 @@ def main(argv=None) -> int:
     except ImportError:
         triton_version = ""
         providers = [p for p in providers if p != "triton"]
-    from cases_memory_bound import cases
-
     name = device_name(device)
     out_dir = pathlib.Path(a.out_dir) if a.out_dir else ROOT / "bench" / "results" / re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_")
     peak_bw = peak_bandwidth(device)
@@ -264,29 +359,11 @@ def main(argv=None) -> int:
             for r in batch:
                 add(*r)
             write(rows, out_dir)
-    for case in cases(smoke=a.smoke or device == "cpu"):
-        if a.attention_only:
-            break
-        if wanted and case.op not in wanted:
-            continue
-        for dt in dtypes:
-            for prov in providers:
-                if out_of_time():
-                    skipped.append(f"{case.op}[{case.shape}] {dt} {prov}")
-                    continue
-                try:
-                    res = bench_case(case, prov, DTYPES[dt], device, a.smoke, peak_bw)
-                except Exception as e:  # one failing provider must not hide the others' numbers
-                    print(f"FAILED {case.op} {prov} {dt}: {e!r}", flush=True)
-                    add(case.op, prov, "forward", "error", float("nan"), float("nan"), float("nan"), case.shape, dt)
-                    continue
-                for mode, metric, p20, p50, p80 in res:
-                    add(case.op, prov, mode, metric, p20, p50, p80, case.shape, dt)
-                    if metric in ("ms", "pct_peak_bw"):
-                        print(f"{case.op:28s} {case.shape:40s} {dt:5s} {prov:14s} {mode:8s} {metric:12s} p50={p50:10.4f}", flush=True)
-                if device == "cuda":
-                    torch.cuda.empty_cache()
-        write(rows, out_dir)
+    if not a.attention_only:
+        for batch in memory_bound_rows(device, a.smoke, dtypes, providers, wanted, peak_bw, out_of_time, skipped):
+            for r in batch:
+                add(*r)
+            write(rows, out_dir)
     if skipped:
         print(f"time budget reached: skipped {len(skipped)} runs: {skipped}")
     write(rows, out_dir)

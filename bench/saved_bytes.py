@@ -79,7 +79,20 @@ def saved_bytes(model, features, feature_lens, backend: str, fake: bool = True, 
         finally:
             if validate is not None:
                 model.validate_inputs = validate
+            if fake:
+                _drop_fake_caches(model)
     return {"bytes": int(sum(nb for nb, _ in seen.values())), "tensors": len(seen)}
+
+
+def _drop_fake_caches(model) -> None:
+    """Forget tensors a module cached during a fake run (the positional-encoding table): a later
+    real run must not compute with fake tensors (the fused ops launch kernels on real memory)."""
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    for m in model.modules():
+        for name, value in list(vars(m).items()):
+            if isinstance(value, FakeTensor):
+                setattr(m, name, None)
 
 
 @contextlib.contextmanager

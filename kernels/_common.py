@@ -1,6 +1,10 @@
-"""Launch helpers shared by the Triton kernels: interpreter detection, autotune config lists that
-collapse to one config under TRITON_INTERPRET=1 (autotuning benchmarks on a device), the number of
-programs for kernels that reduce over rows into per-program partial sums, and fp32 math helpers.
+"""Launch helpers shared by the Triton kernels: interpreter detection, host-side integer helpers,
+the SM count, the number of programs for kernels that reduce over rows into per-program partial
+sums or walk a tensor in a grid-stride loop, and fp32 math helpers.
+
+Launch configurations are fixed per (shape class, dtype) by each launcher (no autotuning in the
+hot path: an autotuner costs host time on every call and benchmarks on the first call of every
+new key). The interpreter pays per program instance, so it gets large blocks.
 
 Row-reduction scheme used by every backward with a parameter gradient (BiasNorm bias/log_scale,
 bypass scale, downsample weights): a fixed number P of programs each walk a contiguous range of
@@ -19,20 +23,42 @@ INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 def configs(gpu_configs, interpreter_config):
-    """Autotune configs: the GPU list, or the single interpreter config."""
+    """Autotune configs (compute-bound GEMMs only): the GPU list, or the single interpreter config."""
     return [interpreter_config] if INTERPRET else list(gpu_configs)
 
 
+# SM count assumed off-GPU (interpreter, ahead-of-time compiles); on a GPU it is queried.
+FALLBACK_SMS = 4
+
+
+def cdiv(a: int, b: int) -> int:
+    """Ceil-division of host ints (triton.cdiv is a constexpr_function: ~10 us per host call)."""
+    return -(-a // b)
+
+
+def next_pow2(n: int) -> int:
+    return 1 << max(0, int(n) - 1).bit_length()
+
+
 @functools.lru_cache(maxsize=None)
-def _num_sms(index: int) -> int:
+def _cuda_sms(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
 
 
-def reduction_programs(n_rows: int, device: torch.device, min_rows: int = 16) -> int:
-    """How many programs share the rows of a reduction: ~4 per SM on a GPU, few in the interpreter."""
+def num_sms(device: torch.device) -> int:
+    """Streaming multiprocessors of `device` (torch.cuda properties), FALLBACK_SMS elsewhere."""
     if device.type != "cuda":
-        return max(1, min(4, triton.cdiv(n_rows, min_rows)))
-    return max(1, min(4 * _num_sms(device.index or 0), triton.cdiv(n_rows, min_rows)))
+        return FALLBACK_SMS
+    index = device.index
+    return _cuda_sms(torch.cuda.current_device() if index is None else index)
+
+
+def reduction_programs(n_rows: int, device: torch.device, min_rows: int = 16, per_sm: int = 4) -> int:
+    """How many programs share the rows of a reduction: `per_sm` per SM on a GPU (so the partial
+    buffer has O(SMs) rows, not O(rows)), at least `min_rows` rows each, FALLBACK_SMS in the
+    interpreter."""
+    progs = FALLBACK_SMS if device.type != "cuda" else per_sm * num_sms(device)
+    return max(1, min(progs, cdiv(n_rows, min_rows)))
 
 
 def dot_precision(dtype: torch.dtype) -> str:
@@ -46,3 +72,40 @@ def dot_precision(dtype: torch.dtype) -> str:
 def softplus(z):
     # log(1 + e^z) without overflow; libdevice log1p is unavailable in the interpreter.
     return tl.maximum(z, 0.0) + tl.log(1.0 + tl.exp(-tl.abs(z)))
+
+
+@triton.jit
+def fold_rows_kernel(part_ptr, out_a_ptr, out_b_ptr, R, L, N_A, BLOCK_R: tl.constexpr, BLOCK_L: tl.constexpr):
+    """total[j] = sum_r part[r, j] over an (R, L) fp32 matrix of per-program partial sums; columns
+    j < N_A are written to out_a[j], the others to out_b[j - N_A], each in its tensor's dtype."""
+    cols = tl.program_id(0) * BLOCK_L + tl.arange(0, BLOCK_L)
+    cmask = cols < L
+    acc = tl.zeros((BLOCK_R, BLOCK_L), dtype=tl.float32)
+    for r0 in range(0, R, BLOCK_R):
+        rows = r0 + tl.arange(0, BLOCK_R)
+        acc += tl.load(part_ptr + rows.to(tl.int64)[:, None] * L + cols[None, :],
+                       mask=(rows < R)[:, None] & cmask[None, :], other=0.0)
+    total = tl.sum(acc, axis=0)
+    tl.store(out_a_ptr + cols, total.to(out_a_ptr.dtype.element_ty), mask=cmask & (cols < N_A))
+    tl.store(out_b_ptr + tl.where(cols >= N_A, cols - N_A, 0), total.to(out_b_ptr.dtype.element_ty),
+             mask=cmask & (cols >= N_A))
+
+
+FOLD_BLOCK_R, FOLD_BLOCK_L = (64, 256) if INTERPRET else (32, 128)
+
+
+def fold_rows(part, out_a, out_b=None) -> None:
+    """Sum the rows of the contiguous fp32 partials `part` (viewed as (R, L), L = out_a.numel() +
+    out_b.numel()) into out_a (first columns) and out_b (the rest): one launch instead of
+    torch's sum plus a dtype cast per output."""
+    n_a = out_a.numel()
+    L = n_a + (out_b.numel() if out_b is not None else 0)
+    R = part.numel() // L
+    fold_rows_kernel[(cdiv(L, FOLD_BLOCK_L),)](part, out_a, out_b if out_b is not None else out_a, R, L, n_a,
+                                               BLOCK_R=FOLD_BLOCK_R, BLOCK_L=FOLD_BLOCK_L, num_warps=4)
+
+
+def aot_specs(spec, dtypes):
+    """Ahead-of-time compile list for the shared kernels (the fold writes parameter gradients)."""
+    return [spec(fold_rows_kernel, {"BLOCK_R": 32, "BLOCK_L": 128}, {"part_ptr": "fp32"}, dt, num_warps=4)
+            for dt in dtypes]

@@ -13,13 +13,20 @@ accumulation everywhere. fp32 GEMMs use TF32 only when torch allows it (PRECISIO
 Padded K columns are forced to 0 after the activation (swoosh(0) != 0).
 
 dW uses split-M: SPLIT programs per (N, K) tile each reduce a contiguous range of rows into an
-fp32 partial (SPLIT, N, K) that the caller sums, so small weights still fill the GPU.
+fp32 partial row (SPLIT, N*K [+ N]), so small weights still fill the GPU; the programs of the
+first K tile also sum dY's rows (the bias gradient, last N columns). One fold launch
+(_common.fold_rows) sums the partials into dW and db in the parameters' dtypes.
+
+These GEMMs keep triton.autotune (tile shapes matter for compute-bound kernels and can only be
+chosen on the device), but only the first call of a key goes through the autotuner: `_launch`
+caches the chosen config per key and launches the kernel directly afterwards, so the hot path
+pays no autotuner bookkeeping.
 """
 import torch
 import triton
 import triton.language as tl
 
-from ._common import INTERPRET, configs, dot_precision, reduction_programs
+from ._common import INTERPRET, cdiv, configs, dot_precision, fold_rows, reduction_programs
 from .swoosh import swoosh_deriv, swoosh_value
 
 
@@ -109,10 +116,10 @@ def act_linear_dx_kernel(g_ptr, w_ptr, x_ptr, mask_ptr, dx_ptr, M, N, K, mask_ro
     tl.store(dx_ptr + rm64[:, None] * K + rk[None, :], acc.to(dx_ptr.dtype.element_ty), mask=valid)
 
 
-@triton.autotune(configs=_DW_CONFIGS, key=["N", "K", "HAS_MASK"])
+@triton.autotune(configs=_DW_CONFIGS, key=["N", "K", "HAS_MASK", "HAS_DB"])
 @triton.jit
 def act_linear_dw_kernel(g_ptr, x_ptr, mask_ptr, dw_part_ptr, M, N, K, mask_rows, stride_xm, m_per_split,
-                         shift, offset, HAS_MASK: tl.constexpr, PRECISION: tl.constexpr,
+                         shift, offset, HAS_MASK: tl.constexpr, HAS_DB: tl.constexpr, PRECISION: tl.constexpr,
                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
     """dW partial[s] = dY[rows of s]^T @ (act(x) * mask)[rows of s]; tile (BLOCK_N, BLOCK_K), steps of BLOCK_M rows."""
     pid_n = tl.program_id(0)
@@ -123,6 +130,7 @@ def act_linear_dw_kernel(g_ptr, x_ptr, mask_ptr, dw_part_ptr, M, N, K, mask_rows
     start = pid_s * m_per_split
     end = tl.minimum(start + m_per_split, M)
     acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
+    db = tl.zeros((BLOCK_N,), dtype=tl.float32)
     for m0 in range(start, end, BLOCK_M):
         rm = m0 + tl.arange(0, BLOCK_M)
         mm = rm < end
@@ -131,8 +139,14 @@ def act_linear_dw_kernel(g_ptr, x_ptr, mask_ptr, dw_part_ptr, M, N, K, mask_rows
         h = _activation_tile(x_ptr, mask_ptr, rm, rk, valid, mask_rows, K, stride_xm, shift, offset,
                              HAS_MASK, g_ptr.dtype.element_ty)
         acc = tl.dot(gt, h, acc, input_precision=PRECISION, out_dtype=tl.float32)
-    out = dw_part_ptr + pid_s.to(tl.int64) * N * K + rn.to(tl.int64)[:, None] * K + rk[None, :]
-    tl.store(out, acc, mask=(rn < N)[:, None] & (rk < K)[None, :])
+        if HAS_DB:
+            db += tl.sum(gt.to(tl.float32), axis=1)
+    row = dw_part_ptr + pid_s.to(tl.int64) * (N * K)
+    if HAS_DB:
+        row = dw_part_ptr + pid_s.to(tl.int64) * (N * K + N)
+    tl.store(row + rn.to(tl.int64)[:, None] * K + rk[None, :], acc, mask=(rn < N)[:, None] & (rk < K)[None, :])
+    if HAS_DB:
+        tl.store(row + N * K + rn, db, mask=(rn < N) & (pid_k == 0))
 
 
 @triton.autotune(configs=_FWD_CONFIGS, key=["N", "K", "HAS_BIAS"])
@@ -161,51 +175,75 @@ def linear_act_fwd_kernel(x_ptr, w_ptr, b_ptr, y_ptr, M, N, K, stride_xm, shift,
 
 
 # --------------------------------------------------------------------------------- launchers
+_CHOSEN = {}  # (kernel, key) -> the autotuner's config for that key
+
+
+def _launch(kernel, key, grid, *args, **constexprs):
+    """kernel[grid](*args, **constexprs), through the autotuner only on a key's first call."""
+    cfg = _CHOSEN.get((kernel, key))
+    if cfg is None:
+        kernel[grid](*args, **constexprs)
+        _CHOSEN[(kernel, key)] = kernel.best_config
+        return
+    meta = dict(cfg.kwargs, **constexprs)
+    kernel.fn[grid(meta)](*args, **meta, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+
+
 def _mn_grid(M, N):
-    return lambda meta: (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)
+    return lambda meta: (cdiv(M, meta["BLOCK_M"]) * cdiv(N, meta["BLOCK_N"]),)
 
 
 def forward(x2, w, bias, mask2, y, shift, offset) -> None:
     """x2 (M, K) unit column stride; w (N, K) contiguous in the GEMM dtype; y (M, N) contiguous."""
     M, K = x2.shape
     N = w.shape[0]
-    act_linear_fwd_kernel[_mn_grid(M, N)](
-        x2, w, bias if bias is not None else w, mask2 if mask2 is not None else x2, y, M, N, K,
-        mask2.shape[0] if mask2 is not None else 1, x2.stride(0), shift, offset,
-        HAS_BIAS=bias is not None, HAS_MASK=mask2 is not None, PRECISION=dot_precision(w.dtype))
+    has_b, has_m, prec = bias is not None, mask2 is not None, dot_precision(w.dtype)
+    _launch(act_linear_fwd_kernel, (N, K, has_m, has_b, x2.dtype, w.dtype, prec), _mn_grid(M, N),
+            x2, w, bias if has_b else w, mask2 if has_m else x2, y, M, N, K,
+            mask2.shape[0] if has_m else 1, x2.stride(0), shift, offset,
+            HAS_BIAS=has_b, HAS_MASK=has_m, PRECISION=prec)
 
 
-def backward(g, x2, w, mask2, shift, offset, need_dx: bool, need_dw: bool):
-    """g (M, N) contiguous in w's dtype. Returns (dx (M, K) in x's dtype or None, dW fp32 or None)."""
+def backward(g, x2, w, mask2, shift, offset, need_dx: bool, need_dw: bool, bias_dtype=None):
+    """g (M, N) contiguous in w's dtype. Returns (dx (M, K) in x's dtype or None, dW in w's dtype
+    or None, db (N,) in bias_dtype or None); db is computed (inside the dW pass when there is one)
+    when bias_dtype is given."""
     M, K = x2.shape
     N = w.shape[0]
     prec = dot_precision(w.dtype)
-    mask_arg = mask2 if mask2 is not None else x2
-    mask_rows = mask2.shape[0] if mask2 is not None else 1
-    dx = dw = None
+    has_m = mask2 is not None
+    mask_arg = mask2 if has_m else x2
+    mask_rows = mask2.shape[0] if has_m else 1
+    dx = dw = db = None
     if need_dx:
         dx = torch.empty((M, K), dtype=x2.dtype, device=x2.device)
-        act_linear_dx_kernel[_mn_grid(M, K)](g, w, x2, mask_arg, dx, M, N, K, mask_rows, x2.stride(0), shift,
-                                             HAS_MASK=mask2 is not None, PRECISION=prec)
+        _launch(act_linear_dx_kernel, (N, K, has_m, x2.dtype, w.dtype, prec), _mn_grid(M, K),
+                g, w, x2, mask_arg, dx, M, N, K, mask_rows, x2.stride(0), shift, HAS_MASK=has_m, PRECISION=prec)
+    has_db = bias_dtype is not None
     if need_dw:
-        tiles = triton.cdiv(N, 64) * triton.cdiv(K, 64)
-        split = max(1, min(reduction_programs(M, x2.device, min_rows=256) // max(1, tiles // 4), triton.cdiv(M, 256)))
+        tiles = cdiv(N, 64) * cdiv(K, 64)
+        split = max(1, min(reduction_programs(M, x2.device, min_rows=256) // max(1, tiles // 4), cdiv(M, 256)))
         if INTERPRET:
-            split = min(2, triton.cdiv(M, 64))
-        m_per = triton.cdiv(M, split)
-        part = torch.empty((split, N, K), dtype=torch.float32, device=x2.device)
-        grid = lambda meta: (triton.cdiv(N, meta["BLOCK_N"]), triton.cdiv(K, meta["BLOCK_K"]), split)
-        act_linear_dw_kernel[grid](g, x2, mask_arg, part, M, N, K, mask_rows, x2.stride(0), m_per, shift, offset,
-                                   HAS_MASK=mask2 is not None, PRECISION=prec)
-        dw = part.sum(0) if split > 1 else part[0]
-    return dx, dw
+            split = min(2, cdiv(M, 64))
+        part = torch.empty((split, N * K + (N if has_db else 0)), dtype=torch.float32, device=x2.device)
+        grid = lambda meta: (cdiv(N, meta["BLOCK_N"]), cdiv(K, meta["BLOCK_K"]), split)
+        _launch(act_linear_dw_kernel, (N, K, has_m, has_db, x2.dtype, g.dtype, prec, split), grid,
+                g, x2, mask_arg, part, M, N, K, mask_rows, x2.stride(0), cdiv(M, split), shift, offset,
+                HAS_MASK=has_m, HAS_DB=has_db, PRECISION=prec)
+        dw = torch.empty((N, K), dtype=w.dtype, device=x2.device)
+        db = torch.empty((N,), dtype=bias_dtype, device=x2.device) if has_db else None
+        fold_rows(part, dw, db)
+    elif has_db:
+        db = g.float().sum(0).to(bias_dtype)
+    return dx, dw, db
 
 
 def linear_act_forward(x2, w, bias, y, shift, offset) -> None:
     M, K = x2.shape
     N = w.shape[0]
-    linear_act_fwd_kernel[_mn_grid(M, N)](x2, w, bias if bias is not None else w, y, M, N, K, x2.stride(0),
-                                          shift, offset, HAS_BIAS=bias is not None, PRECISION=dot_precision(w.dtype))
+    has_b, prec = bias is not None, dot_precision(w.dtype)
+    _launch(linear_act_fwd_kernel, (N, K, has_b, x2.dtype, w.dtype, prec), _mn_grid(M, N),
+            x2, w, bias if has_b else w, y, M, N, K, x2.stride(0), shift, offset, HAS_BIAS=has_b, PRECISION=prec)
 
 
 def aot_specs(spec, dtypes):
@@ -220,8 +258,8 @@ def aot_specs(spec, dtypes):
                             floats=f, num_warps=4, tag=tag))
             out.append(spec(act_linear_dx_kernel, dict(blocks, HAS_MASK=True, PRECISION=prec), p, dt,
                             floats=("shift",), num_warps=4, tag=tag))
-            out.append(spec(act_linear_dw_kernel, dict(blocks, BLOCK_M=32, HAS_MASK=True, PRECISION=prec), p, dt,
-                            floats=f, num_warps=4, tag=tag))
+            out.append(spec(act_linear_dw_kernel, dict(blocks, BLOCK_M=32, HAS_MASK=True, HAS_DB=True, PRECISION=prec),
+                            p, dt, floats=f, num_warps=4, tag=tag))
             out.append(spec(linear_act_fwd_kernel, dict(blocks, HAS_BIAS=True, PRECISION=prec), p, dt,
                             floats=f, num_warps=4, tag=tag))
     return out

@@ -8,26 +8,35 @@ backward: with c = sum_j g_j x_j per row,
     dx   = s r (g - r^2 c (x - b) / D)
     db   = sum_rows s r^3 c (x - b) / D
     dlog = sum_rows s r c
-  db / dlog are reduced without atomics: P programs each own a contiguous range of rows and write
-  one partial row (P, D) / (P,); the caller sums the partials.
+  db / dlog are reduced without atomics: P (~4 per SM) programs each own a contiguous range of
+  rows and write one partial row (P, D + 1) (db, then dlog in the last column); one fold launch
+  (_common.fold_rows) sums the partials into the parameters' dtypes.
+
+Launch configs are fixed per row width: a forward tile holds ~4096 elements (16 per thread with
+8 warps: four 16-byte vectors in fp32), a backward tile ~2048 (it holds g, x and dx).
 """
 import torch
 import triton
 import triton.language as tl
 
-from ._common import configs, reduction_programs
-
-_FWD_CONFIGS = configs(
-    [triton.Config({"BLOCK_M": bm}, num_warps=w) for bm, w in ((1, 4), (4, 4), (8, 8), (16, 8))],
-    triton.Config({"BLOCK_M": 64}, num_warps=4),
-)
-_BWD_CONFIGS = configs(
-    [triton.Config({"BLOCK_M": bm}, num_warps=w) for bm, w in ((1, 4), (2, 4), (4, 8), (8, 8))],
-    triton.Config({"BLOCK_M": 32}, num_warps=4),
-)
+from ._common import INTERPRET, cdiv, fold_rows, next_pow2, reduction_programs
 
 
-@triton.autotune(configs=_FWD_CONFIGS, key=["BLOCK_D"])
+def _fwd_config(block_d: int):
+    """(BLOCK_M, num_warps) for the forward."""
+    if INTERPRET:
+        return 64, 4
+    bm = max(1, min(16, 4096 // block_d))
+    return bm, (8 if bm * block_d >= 4096 else 4)
+
+
+def _bwd_config(block_d: int):
+    if INTERPRET:
+        return 32, 4
+    bm = max(1, min(8, 2048 // block_d))
+    return bm, (8 if bm * block_d >= 2048 else 4)
+
+
 @triton.jit
 def bias_norm_fwd_kernel(x_ptr, b_ptr, ls_ptr, y_ptr, r_ptr, n_rows, D, stride_x,
                          BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
@@ -48,9 +57,8 @@ def bias_norm_fwd_kernel(x_ptr, b_ptr, ls_ptr, y_ptr, r_ptr, n_rows, D, stride_x
     tl.store(r_ptr + rows, r, mask=rmask)
 
 
-@triton.autotune(configs=_BWD_CONFIGS, key=["BLOCK_D"])
 @triton.jit
-def bias_norm_bwd_kernel(g_ptr, x_ptr, b_ptr, ls_ptr, r_ptr, dx_ptr, db_part_ptr, dls_part_ptr,
+def bias_norm_bwd_kernel(g_ptr, x_ptr, b_ptr, ls_ptr, r_ptr, dx_ptr, part_ptr,
                          n_rows, D, rows_per_prog, stride_x,
                          BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
     pid = tl.program_id(0)
@@ -77,34 +85,46 @@ def bias_norm_bwd_kernel(g_ptr, x_ptr, b_ptr, ls_ptr, r_ptr, dx_ptr, db_part_ptr
         tl.store(dx_ptr + rows64[:, None] * D + cols[None, :], dx.to(dx_ptr.dtype.element_ty), mask=m)
         db_acc += tl.sum((s * r * k)[:, None] * xb, axis=0)
         dls_acc += s * r * c
-    tl.store(db_part_ptr + pid * D + cols, db_acc, mask=cmask)
-    tl.store(dls_part_ptr + pid, tl.sum(dls_acc, axis=0))
+    part = part_ptr + pid.to(tl.int64) * (D + 1)
+    tl.store(part + cols, db_acc, mask=cmask)
+    tl.store(part + D, tl.sum(dls_acc, axis=0))
 
 
 def forward(x2, bias, log_scale, y2, rstd) -> None:
     """x2 (N, D) with unit column stride; y2 (N, D) contiguous; rstd (N,) fp32."""
     n, d = x2.shape
-    block_d = triton.next_power_of_2(d)
-    grid = lambda meta: (triton.cdiv(n, meta["BLOCK_M"]),)
-    bias_norm_fwd_kernel[grid](x2, bias, log_scale, y2, rstd, n, d, x2.stride(0), BLOCK_D=block_d)
+    block_d = next_pow2(d)
+    bm, warps = _fwd_config(block_d)
+    bias_norm_fwd_kernel[(cdiv(n, bm),)](x2, bias, log_scale, y2, rstd, n, d, x2.stride(0),
+                                         BLOCK_M=bm, BLOCK_D=block_d, num_warps=warps)
 
 
-def backward(g2, x2, bias, log_scale, rstd, dx2):
-    """Writes dx2; returns fp32 (dbias (D,), dlog_scale ()) summed over the per-program partials."""
+def backward(g2, x2, bias, log_scale, rstd, dx2, bias_dtype, log_scale_dtype):
+    """Writes dx2; returns (dbias (D,) in bias_dtype, dlog_scale (1,) in log_scale_dtype)."""
     n, d = x2.shape
     progs = reduction_programs(n, x2.device)
-    rows_per_prog = triton.cdiv(n, progs)
-    db_part = x2.new_empty((progs, d), dtype=torch.float32)
-    dls_part = x2.new_empty((progs,), dtype=torch.float32)
-    bias_norm_bwd_kernel[(progs,)](g2, x2, bias, log_scale, rstd, dx2, db_part, dls_part, n, d,
-                                   rows_per_prog, x2.stride(0), BLOCK_D=triton.next_power_of_2(d))
-    return db_part.sum(0), dls_part.sum()
+    block_d = next_pow2(d)
+    bm, warps = _bwd_config(block_d)
+    part = torch.empty((progs, d + 1), dtype=torch.float32, device=x2.device)
+    bias_norm_bwd_kernel[(progs,)](g2, x2, bias, log_scale, rstd, dx2, part, n, d, cdiv(n, progs), x2.stride(0),
+                                   BLOCK_M=bm, BLOCK_D=block_d, num_warps=warps)
+    dbias = torch.empty((d,), dtype=bias_dtype, device=x2.device)
+    dls = torch.empty((1,), dtype=log_scale_dtype, device=x2.device)
+    fold_rows(part, dbias, dls)
+    return dbias, dls
 
 
 def aot_specs(spec, dtypes):
     out = []
     for dt in dtypes:
-        p = {"b_ptr": "fp32", "ls_ptr": "fp32", "r_ptr": "fp32", "db_part_ptr": "fp32", "dls_part_ptr": "fp32"}
-        out.append(spec(bias_norm_fwd_kernel, {"BLOCK_M": 8, "BLOCK_D": 512}, p, dt, num_warps=4))
-        out.append(spec(bias_norm_bwd_kernel, {"BLOCK_M": 4, "BLOCK_D": 512}, p, dt, num_warps=8))
+        p = {"b_ptr": "fp32", "ls_ptr": "fp32", "r_ptr": "fp32", "part_ptr": "fp32"}
+        # Zipformer's widths, each its own (BLOCK_M, num_warps): all in fp16, the middle one otherwise.
+        for d in ((192, 512, 1024) if dt == "fp16" else (512,)):
+            block_d = next_pow2(d)
+            bm, w = _fwd_config(block_d)
+            out.append(spec(bias_norm_fwd_kernel, {"BLOCK_M": bm, "BLOCK_D": block_d}, p, dt, num_warps=w,
+                            tag=f"{dt},D={block_d}"))
+            bm, w = _bwd_config(block_d)
+            out.append(spec(bias_norm_bwd_kernel, {"BLOCK_M": bm, "BLOCK_D": block_d}, p, dt, num_warps=w,
+                            tag=f"{dt},D={block_d}"))
     return out

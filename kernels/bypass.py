@@ -6,32 +6,23 @@ truncation view is read in place). A tile is BLOCK_T frames x BLOCK_N columns of
 (B*C) axis; b = n // C and c = n % C are computed once per column vector, not per element.
 The scale has L = C entries (per channel) or L = B*C (per sequence and channel): index n % L.
 
-Backward writes dx, dx_orig and a per-program partial of dscale over its frames, (P, B*C) fp32;
-the caller folds it to the scale's shape. Upsample variant: y is (ceil(T/ds), B, C) and frame t
+Backward writes dx, dx_orig and a per-program partial of dscale over its frames, (P, B*C) fp32
+with P x column blocks ~ 4 programs per SM; one fold launch sums it into the scale's shape. Upsample variant: y is (ceil(T/ds), B, C) and frame t
 reads y[t // ds]; dy[t'] sums g * c over the ds frames of group t' (inside one program).
 """
 import torch
 import triton
 import triton.language as tl
 
-from ._common import configs, reduction_programs
+from ._common import INTERPRET, cdiv, fold_rows, num_sms, reduction_programs
 
-_CONFIGS = configs(
-    [triton.Config({"BLOCK_T": bt, "BLOCK_N": bn}, num_warps=w)
-     for bt, bn, w in ((2, 1024, 4), (4, 512, 4), (8, 256, 4), (4, 1024, 8))],
-    triton.Config({"BLOCK_T": 32, "BLOCK_N": 256}, num_warps=4),
-)
-_BWD_CONFIGS = configs(
-    [triton.Config({"BLOCK_T": bt, "BLOCK_N": bn}, num_warps=w)
-     for bt, bn, w in ((1, 1024, 4), (2, 512, 4), (4, 256, 4), (4, 512, 8))],
-    triton.Config({"BLOCK_T": 32, "BLOCK_N": 256}, num_warps=4),
-)
-# Upsample kernels loop over the ds frames of a group themselves: their tile is BLOCK_G groups.
-_UP_CONFIGS = configs(
-    [triton.Config({"BLOCK_G": bg, "BLOCK_N": bn}, num_warps=w)
-     for bg, bn, w in ((1, 1024, 4), (2, 512, 4), (4, 256, 4), (2, 1024, 8))],
-    triton.Config({"BLOCK_G": 16, "BLOCK_N": 256}, num_warps=4),
-)
+# Fixed tiles (frames x flattened columns): 2048 elements over 4 warps = 16 per thread, i.e. four
+# 16-byte vectors per tensor in fp32. The interpreter gets big tiles (it pays per program).
+FWD_T, FWD_N, FWD_WARPS = (32, 256, 4) if INTERPRET else (4, 512, 4)
+BWD_T, BWD_N, BWD_WARPS = (32, 256, 4) if INTERPRET else (4, 256, 4)
+UP_G, UP_N, UP_WARPS = (16, 256, 4) if INTERPRET else (2, 512, 4)
+UP_BWD_G, UP_BWD_N = (16, 256) if INTERPRET else (2, 256)
+PROGRAMS_PER_SM = 4  # reductions: programs along T = ~4 per SM / column blocks
 
 
 @triton.jit
@@ -42,7 +33,6 @@ def _cols(n0, BLOCK_N: tl.constexpr, B, C, sb):
     return n, n < B * C, b.to(tl.int64) * sb + (n - b * C)
 
 
-@triton.autotune(configs=_CONFIGS, key=["C", "L"])
 @triton.jit
 def bypass_fwd_kernel(xo_ptr, y_ptr, c_ptr, out_ptr, T, B, C, L, sxo_t, sxo_b, sy_t, sy_b,
                       BLOCK_T: tl.constexpr, BLOCK_N: tl.constexpr):
@@ -58,7 +48,6 @@ def bypass_fwd_kernel(xo_ptr, y_ptr, c_ptr, out_ptr, T, B, C, L, sxo_t, sxo_b, s
     tl.store(out_ptr + t64 * (B * C) + n[None, :], out.to(out_ptr.dtype.element_ty), mask=m)
 
 
-@triton.autotune(configs=_BWD_CONFIGS, key=["C", "L"])
 @triton.jit
 def bypass_bwd_kernel(g_ptr, xo_ptr, y_ptr, c_ptr, dxo_ptr, dy_ptr, dc_part_ptr,
                       T, B, C, L, t_per_prog, sxo_t, sxo_b, sy_t, sy_b,
@@ -83,7 +72,6 @@ def bypass_bwd_kernel(g_ptr, xo_ptr, y_ptr, c_ptr, dxo_ptr, dy_ptr, dc_part_ptr,
     tl.store(dc_part_ptr + pid.to(tl.int64) * (B * C) + n, acc, mask=nmask)
 
 
-@triton.autotune(configs=_UP_CONFIGS, key=["C", "L", "DS"])
 @triton.jit
 def upsample_bypass_fwd_kernel(xo_ptr, y_ptr, c_ptr, out_ptr, T, Tg, B, C, L, sxo_t, sxo_b, sy_t, sy_b,
                                DS: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr):
@@ -102,7 +90,6 @@ def upsample_bypass_fwd_kernel(xo_ptr, y_ptr, c_ptr, out_ptr, T, Tg, B, C, L, sx
         tl.store(out_ptr + t64 * (B * C) + n[None, :], out.to(out_ptr.dtype.element_ty), mask=m)
 
 
-@triton.autotune(configs=_UP_CONFIGS, key=["C", "L", "DS"])
 @triton.jit
 def upsample_bypass_bwd_kernel(g_ptr, xo_ptr, y_ptr, c_ptr, dxo_ptr, dy_ptr, dc_part_ptr,
                                T, Tg, B, C, L, g_per_prog, sxo_t, sxo_b, sy_t, sy_b,
@@ -133,54 +120,61 @@ def upsample_bypass_bwd_kernel(g_ptr, xo_ptr, y_ptr, c_ptr, dxo_ptr, dy_ptr, dc_
     tl.store(dc_part_ptr + pid.to(tl.int64) * (B * C) + n, acc, mask=nmask)
 
 
-def _grid2(rows, cols, row_key):
-    return lambda meta: (triton.cdiv(rows, meta[row_key]), triton.cdiv(cols, meta["BLOCK_N"]))
+def _reduction_progs(rows: int, n_blocks: int, device, min_rows: int) -> int:
+    """Programs along T for a backward with n_blocks column blocks: ~PROGRAMS_PER_SM per SM in
+    total, so the (P, B*C) partial buffer stays O(SMs x B*C / n_blocks) whatever T is."""
+    budget = cdiv(PROGRAMS_PER_SM * num_sms(device), n_blocks)
+    return max(1, min(reduction_programs(rows, device, min_rows=min_rows), budget))
 
 
-def _fold_scale(dc_part, B, C, L):
-    """(P, B*C) partials -> the scale's flattened (L,) gradient in fp32."""
-    total = dc_part.sum(0)
-    return total.view(B, C).sum(0) if L == C else total
+def _fold_scale(dc_part, B, C, L, scale_dtype):
+    """(P, B*C) partials -> the scale's flattened (L,) gradient in scale_dtype (one launch)."""
+    out = torch.empty((L,), dtype=scale_dtype, device=dc_part.device)
+    fold_rows(dc_part, out)  # rows of length L: for L == C, the B sequences fold as well
+    return out
 
 
 def forward(x_orig, y, scale_flat, out) -> None:
     T, B, C = x_orig.shape
-    bypass_fwd_kernel[_grid2(T, B * C, "BLOCK_T")](
+    bypass_fwd_kernel[(cdiv(T, FWD_T), cdiv(B * C, FWD_N))](
         x_orig, y, scale_flat, out, T, B, C, scale_flat.numel(),
-        x_orig.stride(0), x_orig.stride(1), y.stride(0), y.stride(1))
+        x_orig.stride(0), x_orig.stride(1), y.stride(0), y.stride(1),
+        BLOCK_T=FWD_T, BLOCK_N=FWD_N, num_warps=FWD_WARPS)
 
 
-def backward(grad, x_orig, y, scale_flat, dxo, dy):
+def backward(grad, x_orig, y, scale_flat, dxo, dy, scale_dtype):
     T, B, C = x_orig.shape
-    progs = reduction_programs(T, x_orig.device, min_rows=4)
-    t_per = triton.cdiv(T, progs)
+    n_blocks = cdiv(B * C, BWD_N)
+    progs = _reduction_progs(T, n_blocks, x_orig.device, min_rows=4)
     dc_part = torch.empty((progs, B * C), dtype=torch.float32, device=x_orig.device)
-    grid = lambda meta: (progs, triton.cdiv(B * C, meta["BLOCK_N"]))
     L = scale_flat.numel()
-    bypass_bwd_kernel[grid](grad, x_orig, y, scale_flat, dxo, dy, dc_part, T, B, C, L, t_per,
-                            x_orig.stride(0), x_orig.stride(1), y.stride(0), y.stride(1))
-    return _fold_scale(dc_part, B, C, L)
+    bypass_bwd_kernel[(progs, n_blocks)](grad, x_orig, y, scale_flat, dxo, dy, dc_part, T, B, C, L, cdiv(T, progs),
+                                         x_orig.stride(0), x_orig.stride(1), y.stride(0), y.stride(1),
+                                         BLOCK_T=BWD_T, BLOCK_N=BWD_N, num_warps=BWD_WARPS)
+    return _fold_scale(dc_part, B, C, L, scale_dtype)
 
 
 def upsample_forward(x_orig, y_down, scale_flat, out, ds: int) -> None:
     T, B, C = x_orig.shape
     Tg = y_down.shape[0]
-    upsample_bypass_fwd_kernel[_grid2(Tg, B * C, "BLOCK_G")](
+    upsample_bypass_fwd_kernel[(cdiv(Tg, UP_G), cdiv(B * C, UP_N))](
         x_orig, y_down, scale_flat, out, T, Tg, B, C, scale_flat.numel(),
-        x_orig.stride(0), x_orig.stride(1), y_down.stride(0), y_down.stride(1), DS=ds)
+        x_orig.stride(0), x_orig.stride(1), y_down.stride(0), y_down.stride(1), DS=ds,
+        BLOCK_G=UP_G, BLOCK_N=UP_N, num_warps=UP_WARPS)
 
 
-def upsample_backward(grad, x_orig, y_down, scale_flat, dxo, dy, ds: int):
+def upsample_backward(grad, x_orig, y_down, scale_flat, dxo, dy, ds: int, scale_dtype):
     T, B, C = x_orig.shape
     Tg = y_down.shape[0]
-    progs = reduction_programs(Tg, x_orig.device, min_rows=2)
-    g_per = triton.cdiv(Tg, progs)
+    n_blocks = cdiv(B * C, UP_BWD_N)
+    progs = _reduction_progs(Tg, n_blocks, x_orig.device, min_rows=2)
     dc_part = torch.empty((progs, B * C), dtype=torch.float32, device=x_orig.device)
-    grid = lambda meta: (progs, triton.cdiv(B * C, meta["BLOCK_N"]))
     L = scale_flat.numel()
-    upsample_bypass_bwd_kernel[grid](grad, x_orig, y_down, scale_flat, dxo, dy, dc_part, T, Tg, B, C, L, g_per,
-                                     x_orig.stride(0), x_orig.stride(1), y_down.stride(0), y_down.stride(1), DS=ds)
-    return _fold_scale(dc_part, B, C, L)
+    upsample_bypass_bwd_kernel[(progs, n_blocks)](
+        grad, x_orig, y_down, scale_flat, dxo, dy, dc_part, T, Tg, B, C, L, cdiv(Tg, progs),
+        x_orig.stride(0), x_orig.stride(1), y_down.stride(0), y_down.stride(1), DS=ds,
+        BLOCK_G=UP_BWD_G, BLOCK_N=UP_BWD_N, num_warps=4)
+    return _fold_scale(dc_part, B, C, L, scale_dtype)
 
 
 def aot_specs(spec, dtypes):
@@ -189,6 +183,10 @@ def aot_specs(spec, dtypes):
         p = {"c_ptr": "fp32", "dc_part_ptr": "fp32"}
         out.append(spec(bypass_fwd_kernel, {"BLOCK_T": 4, "BLOCK_N": 512}, p, dt, num_warps=4))
         out.append(spec(bypass_bwd_kernel, {"BLOCK_T": 4, "BLOCK_N": 256}, p, dt, num_warps=4))
-        out.append(spec(upsample_bypass_fwd_kernel, {"DS": 4, "BLOCK_G": 2, "BLOCK_N": 512}, p, dt, num_warps=4))
-        out.append(spec(upsample_bypass_bwd_kernel, {"DS": 8, "BLOCK_G": 2, "BLOCK_N": 256}, p, dt, num_warps=4))
+        # DS unrolls the frame loop: every factor Zipformer uses in fp16, the largest otherwise.
+        for ds in ((2, 4, 8) if dt == "fp16" else (8,)):
+            out.append(spec(upsample_bypass_fwd_kernel, {"DS": ds, "BLOCK_G": 2, "BLOCK_N": 512}, p, dt, num_warps=4,
+                            tag=f"{dt},ds{ds}"))
+            out.append(spec(upsample_bypass_bwd_kernel, {"DS": ds, "BLOCK_G": 2, "BLOCK_N": 256}, p, dt, num_warps=4,
+                            tag=f"{dt},ds{ds}"))
     return out

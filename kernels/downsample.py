@@ -3,34 +3,41 @@
 x is (T, B, C) with a unit channel stride (T/B strides free, so a channel-truncation view between
 stacks is read in place); out is (Tg, B, C), Tg = ceil(T/ds), contiguous. Frame index
 t = tg*ds + k is clamped to T-1: that is the reference's padding by repeating the last frame.
-w = softmax(bias) (ds floats) is computed by the caller, plus its suffix sums wsuf[k] = sum_{j>=k} w_j.
+w = softmax(bias) (ds floats) and its suffix sums wsuf[k] = sum_{j>=k} w_j are computed by every
+program from the (ds,) bias (no host-side torch ops).
 
 forward : out[tg] = sum_k w_k x[min(tg*ds + k, T-1)]                    (one read of x, one write)
 backward: dx[t] = g[t // ds] * w[t % ds], except the last frame T-1, which also collects the
           padded positions: g[Tg-1] * wsuf[(T-1) % ds].
-          dw_k = sum_{tg, n} g[tg, n] x[min(tg*ds + k, T-1), n], per-program partials (no atomics);
-          the caller applies the softmax Jacobian to get dbias (ds numbers).
+          dw_k = sum_{tg, n} g[tg, n] x[min(tg*ds + k, T-1), n], per-program partials (no atomics,
+          ~4 programs per SM in total); a second launch sums them and applies the softmax Jacobian,
+          dbias = w * (dw - sum_j w_j dw_j), writing dbias in the bias dtype.
 """
 import torch
 import triton
 import triton.language as tl
 
-from ._common import configs, reduction_programs
+from ._common import INTERPRET, cdiv, next_pow2, num_sms, reduction_programs
 
-_FWD_CONFIGS = configs(
-    [triton.Config({"BLOCK_G": bg, "BLOCK_N": bn}, num_warps=w)
-     for bg, bn, w in ((1, 1024, 4), (2, 512, 4), (4, 256, 4), (2, 1024, 8))],
-    triton.Config({"BLOCK_G": 16, "BLOCK_N": 256}, num_warps=4),
-)
-_BWD_CONFIGS = configs(
-    [triton.Config({"BLOCK_G": bg}, num_warps=w) for bg, w in ((1, 4), (2, 4), (2, 8), (4, 8))],
-    triton.Config({"BLOCK_G": 8}, num_warps=4),
-)
+# Forward tile: BLOCK_G groups x BLOCK_N columns, each group reading DS frames (fixed; 2 x 512 over
+# 4 warps = 8 outputs and 8 x DS inputs per thread).
+FWD_G, FWD_N, FWD_WARPS = (16, 256, 4) if INTERPRET else (2, 512, 4)
+BWD_G = 8 if INTERPRET else 2
+PROGRAMS_PER_SM = 4
 
 
-@triton.autotune(configs=_FWD_CONFIGS, key=["C", "DS"])
 @triton.jit
-def downsample_fwd_kernel(x_ptr, w_ptr, out_ptr, T, Tg, B, C, sx_t, sx_b,
+def _softmax_weight(b_ptr, k, DS: tl.constexpr):
+    """softmax(bias)[k] for a tensor of indices k (bias has DS entries), in fp32."""
+    kk = tl.arange(0, DS)
+    bb = tl.load(b_ptr + kk).to(tl.float32)
+    mx = tl.max(bb, axis=0)
+    den = tl.sum(tl.exp(bb - mx), axis=0)
+    return tl.exp(tl.load(b_ptr + k).to(tl.float32) - mx) / den
+
+
+@triton.jit
+def downsample_fwd_kernel(x_ptr, b_ptr, out_ptr, T, Tg, B, C, sx_t, sx_b,
                           DS: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr):
     tg = tl.program_id(0) * BLOCK_G + tl.arange(0, BLOCK_G)
     n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -42,13 +49,12 @@ def downsample_fwd_kernel(x_ptr, w_ptr, out_ptr, T, Tg, B, C, sx_t, sx_b,
     for k in tl.static_range(DS):
         t = tl.minimum(tg * DS + k, T - 1)
         x = tl.load(x_ptr + t.to(tl.int64)[:, None] * sx_t + ox[None, :], mask=m, other=0.0).to(tl.float32)
-        acc += tl.load(w_ptr + k) * x
+        acc += _softmax_weight(b_ptr, k, DS) * x
     tl.store(out_ptr + tg.to(tl.int64)[:, None] * (B * C) + n[None, :], acc.to(out_ptr.dtype.element_ty), mask=m)
 
 
-@triton.autotune(configs=_BWD_CONFIGS, key=["C", "DS", "BLOCK_N"])
 @triton.jit
-def downsample_bwd_kernel(g_ptr, x_ptr, w_ptr, wsuf_ptr, dx_ptr, dw_part_ptr,
+def downsample_bwd_kernel(g_ptr, x_ptr, b_ptr, dx_ptr, dw_part_ptr,
                           T, Tg, B, C, g_per_prog, sx_t, sx_b,
                           DS: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr):
     """Grid (P, column blocks); dw_part is (P, column blocks, DS).
@@ -65,8 +71,10 @@ def downsample_bwd_kernel(g_ptr, x_ptr, w_ptr, wsuf_ptr, dx_ptr, dw_part_ptr,
     ox = b.to(tl.int64) * sx_b + (n - b * C)
     r = tl.arange(0, BLOCK_G * DS)
     k = r % DS
-    wk = tl.load(w_ptr + k)
-    wlast = tl.load(wsuf_ptr + k)
+    wk = _softmax_weight(b_ptr, k, DS)
+    kk = tl.arange(0, DS)
+    wall = _softmax_weight(b_ptr, kk, DS)
+    wlast = tl.sum(tl.where(kk[None, :] >= k[:, None], wall[None, :], 0.0), axis=1)  # suffix sums
     start = pid * g_per_prog
     end = tl.minimum(start + g_per_prog, Tg)
     acc = tl.zeros((BLOCK_G * DS, BLOCK_N), dtype=tl.float32)
@@ -83,43 +91,62 @@ def downsample_bwd_kernel(g_ptr, x_ptr, w_ptr, wsuf_ptr, dx_ptr, dw_part_ptr,
         tl.store(dx_ptr + t.to(tl.int64)[:, None] * (B * C) + n[None, :], (g * wt[:, None]).to(dx_ptr.dtype.element_ty),
                  mask=m & (t < T)[:, None])
     per_row = tl.sum(acc, axis=1)
-    kk = tl.arange(0, DS)
     dw = tl.sum(tl.where(k[:, None] == kk[None, :], per_row[:, None], 0.0), axis=0)
     tl.store(dw_part_ptr + (pid * tl.num_programs(1) + pn).to(tl.int64) * DS + kk, dw)
 
 
-def forward(x, w, out, ds: int) -> None:
+@triton.jit
+def downsample_dbias_kernel(part_ptr, b_ptr, out_ptr, R, DS: tl.constexpr, BLOCK_R: tl.constexpr):
+    """dw = sum of the (R, DS) partials; dbias = w * (dw - sum_j w_j dw_j), w = softmax(bias)."""
+    kk = tl.arange(0, DS)
+    acc = tl.zeros((BLOCK_R, DS), dtype=tl.float32)
+    for r0 in range(0, R, BLOCK_R):
+        rows = r0 + tl.arange(0, BLOCK_R)
+        acc += tl.load(part_ptr + rows.to(tl.int64)[:, None] * DS + kk[None, :], mask=(rows < R)[:, None], other=0.0)
+    dw = tl.sum(acc, axis=0)
+    w = _softmax_weight(b_ptr, kk, DS)
+    tl.store(out_ptr + kk, (w * (dw - tl.sum(w * dw, axis=0))).to(out_ptr.dtype.element_ty))
+
+
+def forward(x, bias, out, ds: int) -> None:
     T, B, C = x.shape
     Tg = out.shape[0]
-    grid = lambda meta: (triton.cdiv(Tg, meta["BLOCK_G"]), triton.cdiv(B * C, meta["BLOCK_N"]))
-    downsample_fwd_kernel[grid](x, w, out, T, Tg, B, C, x.stride(0), x.stride(1), DS=ds)
+    downsample_fwd_kernel[(cdiv(Tg, FWD_G), cdiv(B * C, FWD_N))](x, bias, out, T, Tg, B, C, x.stride(0), x.stride(1),
+                                                                 DS=ds, BLOCK_G=FWD_G, BLOCK_N=FWD_N, num_warps=FWD_WARPS)
 
 
-def backward(grad, x, w, dx, ds: int):
-    """Writes dx (T, B, C) contiguous; returns dw (ds,) fp32."""
+def backward(grad, x, bias, dx):
+    """Writes dx (T, B, C) contiguous; returns dbias (ds,) in bias's dtype."""
     T, B, C = x.shape
+    ds = bias.shape[0]
     Tg = grad.shape[0]
     # Fixed (not tuned) column block: the partial buffer's size depends on it.
     block_n = max(64, 2048 // ds) if x.device.type == "cuda" else 256
-    block_n = min(block_n, triton.next_power_of_2(B * C))
-    n_blocks = triton.cdiv(B * C, block_n)
+    block_n = min(block_n, next_pow2(B * C))
+    n_blocks = cdiv(B * C, block_n)
     progs = reduction_programs(Tg, x.device, min_rows=max(2, 16 // max(1, n_blocks)))
-    if x.device.type == "cuda":  # keep the grid (progs x column blocks) around 4 waves
-        progs = max(1, min(progs, triton.cdiv(4 * 132, n_blocks)))
-    g_per = triton.cdiv(Tg, progs)
-    wsuf = w.flip(0).cumsum(0).flip(0).contiguous()
+    # ~PROGRAMS_PER_SM programs per SM in total (progs x column blocks): the partial buffer is
+    # O(SMs x ds), whatever T.
+    progs = max(1, min(progs, cdiv(PROGRAMS_PER_SM * num_sms(x.device), n_blocks)))
     dw_part = torch.empty((progs, n_blocks, ds), dtype=torch.float32, device=x.device)
-    downsample_bwd_kernel[(progs, n_blocks)](grad, x, w, wsuf, dx, dw_part, T, Tg, B, C, g_per,
-                                             x.stride(0), x.stride(1), DS=ds, BLOCK_N=block_n)
-    return dw_part.sum((0, 1))
+    downsample_bwd_kernel[(progs, n_blocks)](grad, x, bias, dx, dw_part, T, Tg, B, C, cdiv(Tg, progs),
+                                             x.stride(0), x.stride(1), DS=ds, BLOCK_G=BWD_G, BLOCK_N=block_n,
+                                             num_warps=4 if block_n * BWD_G * ds <= 2048 else 8)
+    dbias = torch.empty((ds,), dtype=bias.dtype, device=x.device)
+    downsample_dbias_kernel[(1,)](dw_part, bias, dbias, progs * n_blocks, DS=ds, BLOCK_R=64, num_warps=4)
+    return dbias
 
 
 def aot_specs(spec, dtypes):
     out = []
     for dt in dtypes:
-        p = {"w_ptr": "fp32", "wsuf_ptr": "fp32", "dw_part_ptr": "fp32"}
-        out.append(spec(downsample_fwd_kernel, {"DS": 2, "BLOCK_G": 2, "BLOCK_N": 512}, p, dt, num_warps=4))
-        out.append(spec(downsample_bwd_kernel, {"DS": 8, "BLOCK_G": 2, "BLOCK_N": 256}, p, dt, num_warps=8))
-        out.append(spec(downsample_bwd_kernel, {"DS": 2, "BLOCK_G": 4, "BLOCK_N": 1024}, p, dt, num_warps=8,
-                        tag=dt + ",ds2"))
+        p = {"b_ptr": "fp32", "dw_part_ptr": "fp32", "part_ptr": "fp32"}
+        # Every factor Zipformer uses in fp16, with the launcher's block sizes; the largest otherwise.
+        for ds in ((2, 4, 8) if dt == "fp16" else (8,)):
+            block_n = max(64, 2048 // ds)
+            out.append(spec(downsample_fwd_kernel, {"DS": ds, "BLOCK_G": 2, "BLOCK_N": 512}, p, dt, num_warps=4,
+                            tag=f"{dt},ds{ds}"))
+            out.append(spec(downsample_bwd_kernel, {"DS": ds, "BLOCK_G": 2, "BLOCK_N": block_n}, p, dt,
+                            num_warps=4 if block_n * 2 * ds <= 2048 else 8, tag=f"{dt},ds{ds}"))
+    out.append(spec(downsample_dbias_kernel, {"DS": 8, "BLOCK_R": 64}, {}, "fp32", num_warps=4))
     return out

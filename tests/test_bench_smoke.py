@@ -144,3 +144,23 @@ def test_kernel_bench_measures_attention_before_the_memory_bound_ops(tmp_path):
     rows = list(csv.DictReader(open(tmp_path / "attn" / "kernels.csv")))
     assert {r["op"] for r in rows} - {"copy"} and all(r["op"] == "copy" or r["op"].startswith("attn_") for r in rows)
     assert rows[1]["mode"] == "full"  # fwd+bwd before forward-only
+
+
+def test_kernel_bench_reports_copy_floor_host_time_and_launches(tmp_path):
+    """Each memory-bound case gets a same-volume copy row and % of copy; every provider row has
+    host microseconds and launches per call (the fused forward of bias_norm is one kernel)."""
+    import kernels as kernel_bench
+    assert kernel_bench.main(["--smoke", "--ops", "bias_norm", "--providers", "triton,reference", "--time-budget", "0",
+                              "--out-dir", str(tmp_path)]) == 0
+    rows = list(csv.DictReader(open(tmp_path / "kernels.csv")))
+    case_rows = [r for r in rows if r["op"] == "bias_norm"]
+    metric = {(r["provider"], r["mode"], r["metric"], r["shape"]): float(r["p50"]) for r in case_rows}
+    shapes = {r["shape"] for r in case_rows}
+    for shape in shapes:
+        for mode in ("forward", "backward"):
+            assert metric[("copy", mode, "ms", shape)] > 0
+            assert metric[("triton", mode, "pct_of_copy", shape)] > 0
+            assert metric[("triton", mode, "host_us", shape)] > 0
+        assert metric[("triton", "forward", "launches", shape)] == 1
+        assert metric[("triton", "backward", "launches", shape)] == 2  # kernel + partial-sum fold
+        assert metric[("reference", "forward", "launches", shape)] > 1

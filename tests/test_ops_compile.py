@@ -42,3 +42,48 @@ def test_fullgraph_compile_matches_eager():
     assert_close(out, eager, torch.float32, "compiled output")
     for i, (a, e) in enumerate(zip(got, want)):
         assert_close(a, e, torch.float32, f"compiled grad {i}")
+
+
+def test_compiled_graph_holds_the_custom_ops_and_eager_does_not():
+    """Traced, each fused launch is one opaque zipformer_fast:: node (no kernel internals, no
+    graph break); in eager mode the same call runs the launcher directly (ops/_registry.FusedOp),
+    so no custom op is dispatched at all."""
+    torch.manual_seed(0)
+    T, B, D = 7, 2, 20
+    args = [torch.randn(T, B, D), torch.tensor(0.5), torch.randn(D), torch.rand(D), torch.randn(D, D) / 5,
+            torch.randn(D), torch.randn(2)]
+    graphs = []
+
+    def record(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    torch._dynamo.reset()
+    with use_backend("triton"), torch.no_grad():
+        torch.compile(_block, fullgraph=True, backend=record)(*args, None)
+        targets = {str(n.target) for g in graphs for n in g.graph.nodes if n.op == "call_function"}
+        fused = {t for t in targets if t.startswith("zipformer_fast.")}
+        assert {"zipformer_fast.bias_norm_fwd.default", "zipformer_fast.bypass_fwd.default",
+                "zipformer_fast.swoosh_fwd.default", "zipformer_fast.act_linear_fwd.default",
+                "zipformer_fast.downsample_fwd.default"} <= fused, targets
+
+        from torch._library.custom_ops import CustomOpDef
+        from triton.runtime.interpreter import InterpretedFunction
+        custom_calls, launches = [], []
+        call, run = CustomOpDef.__call__, InterpretedFunction.run
+
+        def spy_call(self, *a, **k):
+            custom_calls.append(self._qualname)
+            return call(self, *a, **k)
+
+        def spy_run(self, *a, **k):
+            launches.append(self.fn.__name__)
+            return run(self, *a, **k)
+
+        CustomOpDef.__call__, InterpretedFunction.run = spy_call, spy_run
+        try:
+            _block(*args, None)
+        finally:
+            CustomOpDef.__call__, InterpretedFunction.run = call, run
+        assert custom_calls == []  # eager: the launchers ran without the custom-op dispatcher
+        assert len(launches) >= 6, launches  # ... and they did launch the kernels

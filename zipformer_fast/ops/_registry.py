@@ -1,11 +1,18 @@
 """torch.library plumbing shared by the fused ops (and usable by the attention ops).
 
-Every fused op is a `torch.library.custom_op` in the "zipformer_fast" namespace, with a fake
+Every fused launcher is a `torch.library.custom_op` in the "zipformer_fast" namespace, with a fake
 (meta) implementation and an autograd formula registered on it. That makes the Triton launch
 opaque to torch.compile: dynamo traces a model calling these ops without graph breaks, and the
 op's backward is itself a custom op. `torch.library.custom_op` / `register_fake` /
 `register_autograd` exist from torch 2.4 on; `triton_op` (torch >= 2.6) is not needed because we
 never want inductor to look inside our kernels.
+
+The custom-op dispatcher costs ~20 us of Python per call (schema checks, autograd wrapper,
+redispatch), which eager mode pays on every call while the kernel itself may take a few us. So
+the custom op is used only while tracing: `FusedOp` calls its plain Python launcher in eager mode
+and the registered op under `torch.compiler.is_compiling()` or a TorchDispatchMode (`tracing()`),
+and each op module pairs the op's registered autograd with an equivalent `torch.autograd.Function`
+for eager (same saved tensors, same backward launcher). bench/host_overhead.py measures the result.
 
 Kernels are imported lazily (`kernels("bias_norm")`) so that the package imports without triton.
 Op implementations must not use `from __future__ import annotations`: custom_op infers the schema
@@ -38,6 +45,54 @@ def custom_op(name: str, fake: Optional[Callable] = None, mutates_args=()):
 
 def register_autograd(op, backward: Callable, setup_context: Callable) -> None:
     op.register_autograd(backward, setup_context=setup_context)
+
+
+if hasattr(torch, "compiler") and hasattr(torch.compiler, "is_compiling"):
+    is_compiling = torch.compiler.is_compiling
+else:  # pragma: no cover - torch < 2.3
+    is_compiling = torch._dynamo.is_compiling
+
+_dispatch_modes = torch._C._len_torch_dispatch_stack
+
+
+def tracing() -> bool:
+    """Whether the custom ops must be used: dynamo is tracing, or a TorchDispatchMode is active
+    (FakeTensorMode, make_fx's proxy mode, a counting mode): such modes see one opaque op and run
+    its fake impl on fake tensors, where a direct launch would try to read fake memory."""
+    return is_compiling() or _dispatch_modes() > 0
+
+
+def use_op(x: torch.Tensor) -> bool:
+    """tracing(), or x lives on the meta device (shape propagation: the op's fake impl answers)."""
+    return x.is_meta or tracing()
+
+
+class FusedOp:
+    """A launcher `impl` registered as the custom op zipformer_fast::<name> (with its fake impl).
+
+    Calling the FusedOp runs `impl` directly in eager mode and the custom op while tracing
+    (`tracing()`), so compiled graphs hold one opaque node per launch. Code that is traced by
+    AOTAutograd without dynamo (a registered autograd formula) calls `.op` explicitly."""
+
+    def __init__(self, name: str, impl: Callable, fake: Callable, mutates_args=()):
+        self.impl = impl
+        self.op = torch.library.custom_op(f"{NAMESPACE}::{name}", impl, mutates_args=mutates_args)
+        self.op.register_fake(fake)
+
+    def __call__(self, *args):
+        if use_op(args[0]):
+            return self.op(*args)
+        return self.impl(*args)
+
+
+def needs_grad(*tensors) -> bool:
+    """Whether autograd would record an op on these tensors (None entries are skipped)."""
+    if not torch.is_grad_enabled():
+        return False
+    for t in tensors:
+        if t is not None and t.requires_grad:
+            return True
+    return False
 
 
 @functools.lru_cache(maxsize=None)

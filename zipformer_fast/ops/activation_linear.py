@@ -9,7 +9,8 @@ caller draws it (see `make_dropout_mask`) so that the reference and fused paths 
 random numbers.
 
 Reference: plain autograd (it stores the activation output as well as x).
-Fused (kernels/activation_linear.py, op zipformer_fast::act_linear_fwd): a Triton GEMM whose
+Fused (kernels/activation_linear.py; an autograd.Function in eager mode, the custom op
+zipformer_fast::act_linear_fwd under torch.compile): a Triton GEMM whose
 prologue computes swoosh(x) * mask per K tile; backward recomputes it in the prologue of the
 weight-gradient GEMM and applies swoosh'(x) * mask in the epilogue of dY @ W. The activation is
 never stored. Saved for backward: x, the weight (in the GEMM dtype: under autocast that is the
@@ -30,7 +31,8 @@ import torch
 from torch import Tensor
 
 from ..backend import use_triton_for
-from ._registry import autocast_enabled, compute_dtype, contiguous_rows, custom_op, kernels, register_autograd
+from ._registry import (FusedOp, autocast_enabled, compute_dtype, contiguous_rows, kernels, needs_grad,
+                        register_autograd, use_op)
 from .swoosh import (SWOOSH_L_OFFSET, SWOOSH_L_SHIFT, SWOOSH_R_OFFSET, SWOOSH_R_SHIFT, swoosh_l_reference,
                      swoosh_r_reference)
 
@@ -92,14 +94,17 @@ def _fwd_fake(x: Tensor, weight: Tensor, bias: Optional[Tensor], mask: Optional[
     return torch.empty(tuple(x.shape[:-1]) + (weight.shape[0],), dtype=weight.dtype, device=x.device)
 
 
-@custom_op("act_linear_fwd", fake=_fwd_fake)
-def _act_linear_fwd(x: Tensor, weight: Tensor, bias: Optional[Tensor], mask: Optional[Tensor], shift: float,
-                    offset: float) -> Tensor:
+def _act_linear_fwd_impl(x: Tensor, weight: Tensor, bias: Optional[Tensor], mask: Optional[Tensor], shift: float,
+                         offset: float) -> Tensor:
     x2 = contiguous_rows(x)
     y = torch.empty((x2.shape[0], weight.shape[0]), dtype=weight.dtype, device=x.device)
     mask2 = _mask_rows(mask, x) if mask is not None else None
-    kernels("activation_linear").forward(x2, weight.contiguous(), bias, mask2, y, shift, offset)
+    kernels("activation_linear").forward(x2, _contiguous(weight), bias, mask2, y, shift, offset)
     return y.view(tuple(x.shape[:-1]) + (weight.shape[0],))
+
+
+def _contiguous(t: Tensor) -> Tensor:
+    return t if t.is_contiguous() else t.contiguous()
 
 
 def _bwd_fake(grad: Tensor, x: Tensor, weight: Tensor, mask: Optional[Tensor], shift: float, offset: float,
@@ -110,19 +115,31 @@ def _bwd_fake(grad: Tensor, x: Tensor, weight: Tensor, mask: Optional[Tensor], s
             torch.empty((N,) if need_db else (0,), dtype=torch.float32, device=x.device))
 
 
-@custom_op("act_linear_bwd", fake=_bwd_fake)
-def _act_linear_bwd(grad: Tensor, x: Tensor, weight: Tensor, mask: Optional[Tensor], shift: float, offset: float,
-                    need_dx: bool, need_dw: bool, need_db: bool) -> Tuple[Tensor, Tensor, Tensor]:
+def _act_linear_grads(grad: Tensor, x: Tensor, weight: Tensor, mask: Optional[Tensor], shift: float, offset: float,
+                      need_dx: bool, need_dw: bool, db_dtype: Optional[torch.dtype]):
+    """(dx or None, dW in weight's dtype or None, db in db_dtype or None)."""
     x2 = contiguous_rows(x)
     N = weight.shape[0]
-    g = grad.reshape(-1, N).to(weight.dtype).contiguous()
+    g = grad.reshape(-1, N)
+    if g.dtype != weight.dtype:
+        g = g.to(weight.dtype)
     mask2 = _mask_rows(mask, x) if mask is not None else None
-    dx, dw = kernels("activation_linear").backward(g, x2, weight.contiguous(), mask2, shift, offset, need_dx, need_dw)
+    dx, dw, db = kernels("activation_linear").backward(_contiguous(g), x2, _contiguous(weight), mask2, shift, offset,
+                                                       need_dx, need_dw, db_dtype)
+    return (dx.view(x.shape) if need_dx else None), dw, db
+
+
+def _act_linear_bwd_impl(grad: Tensor, x: Tensor, weight: Tensor, mask: Optional[Tensor], shift: float, offset: float,
+                         need_dx: bool, need_dw: bool, need_db: bool) -> Tuple[Tensor, Tensor, Tensor]:
+    dx, dw, db = _act_linear_grads(grad, x, weight, mask, shift, offset, need_dx, need_dw,
+                                   torch.float32 if need_db else None)
     # Outputs that are not needed are distinct empty tensors (custom-op outputs may not alias).
-    dx = dx.view(x.shape) if need_dx else x.new_empty((0,))
-    dw = dw.to(weight.dtype) if need_dw else x.new_empty((0,), dtype=weight.dtype)
-    db = g.float().sum(0) if need_db else x.new_empty((0,), dtype=torch.float32)
-    return dx, dw, db
+    return (dx if need_dx else x.new_empty((0,)), dw if need_dw else x.new_empty((0,), dtype=weight.dtype),
+            db if need_db else x.new_empty((0,), dtype=torch.float32))
+
+
+_act_linear_fwd = FusedOp("act_linear_fwd", _act_linear_fwd_impl, _fwd_fake)
+_act_linear_bwd = FusedOp("act_linear_bwd", _act_linear_bwd_impl, _bwd_fake)
 
 
 def _setup(ctx, inputs, output):
@@ -136,24 +153,47 @@ def _backward(ctx, grad):
     x, weight, mask = ctx.saved_tensors
     need = ctx.needs_input_grad
     need_db = ctx.bias_dtype is not None and need[2]
-    dx, dw, db = _act_linear_bwd(grad, x, weight, mask, ctx.shift, ctx.offset, need[0], need[1], need_db)
+    dx, dw, db = _act_linear_bwd.op(grad, x, weight, mask, ctx.shift, ctx.offset, need[0], need[1], need_db)
     return (dx if need[0] else None, dw if need[1] else None, db.to(ctx.bias_dtype) if need_db else None,
             None, None, None)
 
 
-register_autograd(_act_linear_fwd, _backward, _setup)
+register_autograd(_act_linear_fwd.op, _backward, _setup)
+
+
+class _ActLinearFused(torch.autograd.Function):
+    """Eager twin of the op's registered autograd: same launchers, same saved tensors; db comes
+    out of the dW pass's fold in the bias dtype."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, mask, shift, offset):
+        ctx.shift, ctx.offset = shift, offset
+        ctx.bias_dtype = bias.dtype if bias is not None else None
+        ctx.save_for_backward(x, weight, mask)
+        return _act_linear_fwd_impl(x, weight, bias, mask, shift, offset)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        x, weight, mask = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        db_dtype = ctx.bias_dtype if need[2] else None
+        dx, dw, db = _act_linear_grads(grad, x, weight, mask, ctx.shift, ctx.offset, need[0], need[1], db_dtype)
+        return dx, dw, db, None, None, None
 
 
 def _linear_act_fake(x: Tensor, weight: Tensor, bias: Optional[Tensor], shift: float, offset: float) -> Tensor:
     return torch.empty(tuple(x.shape[:-1]) + (weight.shape[0],), dtype=weight.dtype, device=x.device)
 
 
-@custom_op("linear_act_fwd", fake=_linear_act_fake)
-def _linear_act_fwd(x: Tensor, weight: Tensor, bias: Optional[Tensor], shift: float, offset: float) -> Tensor:
+def _linear_act_fwd_impl(x: Tensor, weight: Tensor, bias: Optional[Tensor], shift: float, offset: float) -> Tensor:
     x2 = contiguous_rows(x)
     y = torch.empty((x2.shape[0], weight.shape[0]), dtype=weight.dtype, device=x.device)
-    kernels("activation_linear").linear_act_forward(x2, weight.contiguous(), bias, y, shift, offset)
+    kernels("activation_linear").linear_act_forward(x2, _contiguous(weight), bias, y, shift, offset)
     return y.view(tuple(x.shape[:-1]) + (weight.shape[0],))
+
+
+_linear_act_fwd = FusedOp("linear_act_fwd", _linear_act_fwd_impl, _linear_act_fake)
 
 
 # ---------------------------------------------------------------------------------- dispatch
@@ -172,15 +212,18 @@ def activation_dropout_linear(
     shift, offset = _activation_constants(activation)
     if x.numel() > 0 and use_triton_for(x, weight, bias, dropout_mask):
         x, w = _gemm_operands(x, weight, "activation_dropout_linear")
-        return _act_linear_fwd(x, w, bias, dropout_mask, shift, offset)
+        if use_op(x):
+            return _act_linear_fwd.op(x, w, bias, dropout_mask, shift, offset)
+        if needs_grad(x, w, bias):
+            return _ActLinearFused.apply(x, w, bias, dropout_mask, shift, offset)
+        return _act_linear_fwd_impl(x, w, bias, dropout_mask, shift, offset)
     return activation_dropout_linear_reference(x, weight, bias, activation, dropout_mask)
 
 
 def linear_swoosh(x: Tensor, weight: Tensor, bias: Optional[Tensor], activation: str) -> Tensor:
     """swoosh(linear(x)): fused epilogue when no gradient is needed, else the reference."""
     shift, offset = _activation_constants(activation)
-    needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias))
-    if not needs_grad and x.numel() > 0 and use_triton_for(x, weight, bias):
+    if not needs_grad(x, weight, bias) and x.numel() > 0 and use_triton_for(x, weight, bias):
         x, w = _gemm_operands(x, weight, "linear_swoosh")
         return _linear_act_fwd(x, w, bias, shift, offset)
     return linear_swoosh_reference(x, weight, bias, activation)

@@ -10,10 +10,12 @@ Statistics are computed in fp32; the output has x's dtype.
 Paths:
 - reference: plain autograd of the formula (saves x in fp32 if x is fp16/bf16, the centred
   difference and more).
-- fused (kernels/bias_norm.py, op zipformer_fast::bias_norm_fwd): one pass per row in fp32.
+- fused (kernels/bias_norm.py; an autograd.Function in eager mode, the custom op
+  zipformer_fast::bias_norm_fwd under torch.compile): one pass per row in fp32.
   Saved for backward: x itself (as icefall, store_output_for_backprop=False), the per-row
   r = rsqrt(mean((x-b)^2)) in fp32 (4 bytes/row), and the parameters. Backward recomputes the rest
-  in one pass; bias and log_scale gradients come from per-program partial sums (no atomics).
+  in one pass; bias and log_scale gradients come from per-program partial sums (no atomics),
+  folded by a second small kernel into the parameters' dtypes.
   x needs a unit channel stride (other layouts are copied); rows may be strided.
 """
 from typing import Tuple
@@ -22,7 +24,7 @@ import torch
 from torch import Tensor
 
 from ..backend import use_triton_for
-from ._registry import contiguous_rows, custom_op, kernels, register_autograd
+from ._registry import FusedOp, contiguous_rows, kernels, needs_grad, register_autograd, use_op
 
 MAX_FUSED_DIM = 16384  # one row must fit a program's registers; wider rows use the reference
 
@@ -38,12 +40,11 @@ def _fwd_fake(x: Tensor, log_scale: Tensor, bias: Tensor) -> Tuple[Tensor, Tenso
     return torch.empty(x.shape, dtype=x.dtype, device=x.device), x.new_empty((n,), dtype=torch.float32)
 
 
-@custom_op("bias_norm_fwd", fake=_fwd_fake)
-def _bias_norm_fwd(x: Tensor, log_scale: Tensor, bias: Tensor) -> Tuple[Tensor, Tensor]:
+def _bias_norm_fwd_impl(x: Tensor, log_scale: Tensor, bias: Tensor) -> Tuple[Tensor, Tensor]:
     x2 = contiguous_rows(x)
     y2 = torch.empty(x2.shape, dtype=x.dtype, device=x.device)
     rstd = torch.empty((x2.shape[0],), dtype=torch.float32, device=x.device)
-    kernels("bias_norm").forward(x2, bias.contiguous(), log_scale, y2, rstd)
+    kernels("bias_norm").forward(x2, bias if bias.is_contiguous() else bias.contiguous(), log_scale, y2, rstd)
     return y2.view(x.shape), rstd
 
 
@@ -51,13 +52,19 @@ def _bwd_fake(grad: Tensor, x: Tensor, log_scale: Tensor, bias: Tensor, rstd: Te
     return torch.empty_like(x, memory_format=torch.contiguous_format), torch.empty_like(log_scale), torch.empty_like(bias)
 
 
-@custom_op("bias_norm_bwd", fake=_bwd_fake)
-def _bias_norm_bwd(grad: Tensor, x: Tensor, log_scale: Tensor, bias: Tensor, rstd: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+def _bias_norm_bwd_impl(grad: Tensor, x: Tensor, log_scale: Tensor, bias: Tensor, rstd: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
     x2 = contiguous_rows(x)
-    g2 = grad.reshape(x2.shape).contiguous()
+    g2 = grad.reshape(x2.shape)
+    if not g2.is_contiguous():
+        g2 = g2.contiguous()
     dx2 = torch.empty(x2.shape, dtype=x.dtype, device=x.device)
-    dbias, dls = kernels("bias_norm").backward(g2, x2, bias.contiguous(), log_scale, rstd, dx2)
-    return dx2.view(x.shape), dls.to(log_scale.dtype).reshape(log_scale.shape), dbias.to(bias.dtype)
+    dbias, dls = kernels("bias_norm").backward(g2, x2, bias if bias.is_contiguous() else bias.contiguous(),
+                                               log_scale, rstd, dx2, bias.dtype, log_scale.dtype)
+    return dx2.view(x.shape), dls.view(log_scale.shape), dbias
+
+
+_bias_norm_fwd = FusedOp("bias_norm_fwd", _bias_norm_fwd_impl, _fwd_fake)
+_bias_norm_bwd = FusedOp("bias_norm_bwd", _bias_norm_bwd_impl, _bwd_fake)
 
 
 def _setup(ctx, inputs, output):
@@ -67,14 +74,37 @@ def _setup(ctx, inputs, output):
 
 def _backward(ctx, grad_y, _grad_rstd):
     x, log_scale, bias, rstd = ctx.saved_tensors
-    dx, dls, db = _bias_norm_bwd(grad_y, x, log_scale, bias, rstd)
+    dx, dls, db = _bias_norm_bwd.op(grad_y, x, log_scale, bias, rstd)
     return dx, dls, db
 
 
-register_autograd(_bias_norm_fwd, _backward, _setup)
+register_autograd(_bias_norm_fwd.op, _backward, _setup)
+
+
+class _BiasNormFused(torch.autograd.Function):
+    """Eager twin of the op's registered autograd: same launchers, same saved tensors."""
+
+    @staticmethod
+    def forward(ctx, x, log_scale, bias):
+        y, rstd = _bias_norm_fwd_impl(x, log_scale, bias)
+        ctx.save_for_backward(x, log_scale, bias, rstd)
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_y):
+        return _bias_norm_bwd_impl(grad_y, *ctx.saved_tensors)
+
+
+def fused_ok(x: Tensor, log_scale: Tensor, bias: Tensor) -> bool:
+    return x.shape[-1] <= MAX_FUSED_DIM and x.numel() > 0 and use_triton_for(x, log_scale, bias)
 
 
 def bias_norm(x: Tensor, log_scale: Tensor, bias: Tensor) -> Tensor:
-    if x.shape[-1] <= MAX_FUSED_DIM and x.numel() > 0 and use_triton_for(x, log_scale, bias):
-        return _bias_norm_fwd(x, log_scale, bias)[0]
+    if fused_ok(x, log_scale, bias):
+        if use_op(x):
+            return _bias_norm_fwd.op(x, log_scale, bias)[0]
+        if needs_grad(x, log_scale, bias):
+            return _BiasNormFused.apply(x, log_scale, bias)
+        return _bias_norm_fwd_impl(x, log_scale, bias)[0]
     return bias_norm_reference(x, log_scale, bias)

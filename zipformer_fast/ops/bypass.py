@@ -17,7 +17,8 @@ module; the op is the elementwise combination. Output dtype follows torch promot
   backward kernels, so the gradients equal the two fused ops'. Saves one (T, B, D) tensor per layer
   for one extra BiasNorm pass in backward.
 
-Fused path (kernels/bypass.py): one read of each input and one write of out. Saved for backward:
+Fused path (kernels/bypass.py; autograd.Functions calling the launchers in eager mode, the custom
+ops zipformer_fast::bypass_fwd/bwd under torch.compile): one read of each input and one write of out. Saved for backward:
 x_orig and x (or y_down) themselves, no new tensor (the reference autograd saves the difference
 x - x_orig, a new (T, B, D) tensor, plus the upsampled copy). Inputs need a unit channel stride
 (T and B strides are free, so a channel-truncation view is not copied); others are copied.
@@ -29,7 +30,7 @@ import torch
 from torch import Tensor
 
 from ..backend import use_triton_for
-from ._registry import as_tbc, custom_op, kernels, register_autograd
+from ._registry import FusedOp, as_tbc, kernels, needs_grad, register_autograd, use_op
 from .downsample import simple_upsample_reference
 
 
@@ -65,16 +66,19 @@ def _fake(x_orig: Tensor, y: Tensor, scale: Tensor, ds: int) -> Tensor:
     return torch.empty(x_orig.shape, dtype=_out_dtype(x_orig, y, scale), device=x_orig.device)
 
 
-@custom_op("bypass_fwd", fake=_fake)
-def _bypass_fwd(x_orig: Tensor, y: Tensor, scale: Tensor, ds: int) -> Tensor:
+def _flat(scale: Tensor) -> Tensor:
+    return scale.reshape(-1) if scale.is_contiguous() else scale.reshape(-1).contiguous()
+
+
+def _bypass_fwd_impl(x_orig: Tensor, y: Tensor, scale: Tensor, ds: int) -> Tensor:
     """ds == 0: plain bypass (y is (T, B, D)); ds >= 1: y is (ceil(T/ds), B, D), upsampled."""
     xo, yy = as_tbc(x_orig), as_tbc(y)
     out = torch.empty(xo.shape, dtype=_out_dtype(x_orig, y, scale), device=x_orig.device)
     k = kernels("bypass")
     if ds == 0:
-        k.forward(xo, yy, scale.reshape(-1).contiguous(), out)
+        k.forward(xo, yy, _flat(scale), out)
     else:
-        k.upsample_forward(xo, yy, scale.reshape(-1).contiguous(), out, ds)
+        k.upsample_forward(xo, yy, _flat(scale), out, ds)
     return out
 
 
@@ -83,19 +87,21 @@ def _bwd_fake(grad: Tensor, x_orig: Tensor, y: Tensor, scale: Tensor, ds: int) -
             torch.empty(y.shape, dtype=y.dtype, device=y.device), torch.empty_like(scale))
 
 
-@custom_op("bypass_bwd", fake=_bwd_fake)
-def _bypass_bwd(grad: Tensor, x_orig: Tensor, y: Tensor, scale: Tensor, ds: int) -> Tuple[Tensor, Tensor, Tensor]:
+def _bypass_bwd_impl(grad: Tensor, x_orig: Tensor, y: Tensor, scale: Tensor, ds: int) -> Tuple[Tensor, Tensor, Tensor]:
     xo, yy = as_tbc(x_orig), as_tbc(y)
-    g = grad.contiguous()
+    g = grad if grad.is_contiguous() else grad.contiguous()
     dxo = torch.empty(xo.shape, dtype=x_orig.dtype, device=x_orig.device)
     dy = torch.empty(yy.shape, dtype=y.dtype, device=y.device)
     k = kernels("bypass")
-    flat = scale.reshape(-1).contiguous()
     if ds == 0:
-        dc = k.backward(g, xo, yy, flat, dxo, dy)
+        dc = k.backward(g, xo, yy, _flat(scale), dxo, dy, scale.dtype)
     else:
-        dc = k.upsample_backward(g, xo, yy, flat, dxo, dy, ds)
-    return dxo, dy, dc.to(scale.dtype).reshape(scale.shape)
+        dc = k.upsample_backward(g, xo, yy, _flat(scale), dxo, dy, ds, scale.dtype)
+    return dxo, dy, dc.view(scale.shape)
+
+
+_bypass_fwd = FusedOp("bypass_fwd", _bypass_fwd_impl, _fake)
+_bypass_bwd = FusedOp("bypass_bwd", _bypass_bwd_impl, _bwd_fake)
 
 
 def _setup(ctx, inputs, output):
@@ -106,16 +112,40 @@ def _setup(ctx, inputs, output):
 
 def _backward(ctx, grad):
     x_orig, y, scale = ctx.saved_tensors
-    dxo, dy, dc = _bypass_bwd(grad, x_orig, y, scale, ctx.ds)
+    dxo, dy, dc = _bypass_bwd.op(grad, x_orig, y, scale, ctx.ds)
     return dxo, dy, dc, None
 
 
-register_autograd(_bypass_fwd, _backward, _setup)
+register_autograd(_bypass_fwd.op, _backward, _setup)
+
+
+class _BypassFused(torch.autograd.Function):
+    """Eager twin of the op's registered autograd: same launchers, same saved tensors."""
+
+    @staticmethod
+    def forward(ctx, x_orig, y, scale, ds):
+        ctx.ds = ds
+        ctx.save_for_backward(x_orig, y, scale)
+        return _bypass_fwd_impl(x_orig, y, scale, ds)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        x_orig, y, scale = ctx.saved_tensors
+        return (*_bypass_bwd_impl(grad, x_orig, y, scale, ctx.ds), None)
+
+
+def _bypass_call(x_orig: Tensor, y: Tensor, scale: Tensor, ds: int) -> Tensor:
+    if use_op(x_orig):
+        return _bypass_fwd.op(x_orig, y, scale, ds)
+    if needs_grad(x_orig, y, scale):
+        return _BypassFused.apply(x_orig, y, scale, ds)
+    return _bypass_fwd_impl(x_orig, y, scale, ds)
 
 
 def bypass(x_orig: Tensor, x: Tensor, scale: Tensor) -> Tensor:
     if x_orig.shape == x.shape and _fused_ok(x_orig, x, scale):
-        return _bypass_fwd(x_orig, x, scale, 0)
+        return _bypass_call(x_orig, x, scale, 0)
     return bypass_reference(x_orig, x, scale)
 
 
@@ -125,7 +155,7 @@ def upsample_bypass(x_orig: Tensor, y_down: Tensor, ds: int, scale: Tensor) -> T
     if y_down.shape[0] * ds < T:
         raise ValueError(f"upsample_bypass: {y_down.shape[0]} frames x ds={ds} cannot cover T={T}")
     if ds >= 1 and _fused_ok(x_orig, y_down, scale):
-        return _bypass_fwd(x_orig, y_down, scale, int(ds))
+        return _bypass_call(x_orig, y_down, scale, int(ds))
     return upsample_bypass_reference(x_orig, y_down, ds, scale)
 
 
@@ -135,6 +165,9 @@ def bias_norm_bypass_reference(x_orig: Tensor, x: Tensor, log_scale: Tensor, bia
 
 
 class _BiasNormBypass(torch.autograd.Function):
+    """Calls the launchers through their FusedOps: plain calls in eager mode, the custom ops
+    while dynamo traces this Function."""
+
     @staticmethod
     def forward(ctx, x_orig, x, log_scale, bias, scale):
         from .bias_norm import _bias_norm_fwd
@@ -155,8 +188,9 @@ class _BiasNormBypass(torch.autograd.Function):
 
 def bias_norm_bypass(x_orig: Tensor, x: Tensor, log_scale: Tensor, bias: Tensor, scale: Tensor) -> Tensor:
     """x_orig + (bias_norm(x, log_scale, bias) - x_orig) * scale; see the module docstring."""
-    from .bias_norm import MAX_FUSED_DIM, bias_norm
-    if (x_orig.shape == x.shape and x.shape[-1] <= MAX_FUSED_DIM and _fused_ok(x_orig, x, scale)
-            and use_triton_for(log_scale, bias)):
-        return _BiasNormBypass.apply(x_orig, x, log_scale, bias, scale)
+    from .bias_norm import _bias_norm_fwd_impl, bias_norm, fused_ok
+    if x_orig.shape == x.shape and fused_ok(x, log_scale, bias) and _fused_ok(x_orig, x, scale):
+        if use_op(x_orig) or needs_grad(x_orig, x, log_scale, bias, scale):
+            return _BiasNormBypass.apply(x_orig, x, log_scale, bias, scale)
+        return _bypass_fwd_impl(x_orig, _bias_norm_fwd_impl(x, log_scale, bias)[0], scale, 0)
     return bypass(x_orig, bias_norm(x, log_scale, bias), scale)

@@ -6,9 +6,11 @@
 - simple_upsample(x (T',B,C), ds, T): repeat every frame ds times, keep the first T.
 - convert_num_channels(x, D): keep the first D channels, or append zeros up to D.
 
-Fused path for simple_downsample (kernels/downsample.py, op zipformer_fast::downsample_fwd):
+Fused path for simple_downsample (kernels/downsample.py; an autograd.Function in eager mode, the
+custom op zipformer_fast::downsample_fwd under torch.compile):
 one read of x, one write of the (ceil(T/ds), B, C) output; the padding is never materialised
-(frame indices are clamped to T-1). Saved for backward: x and the (ds,) bias only (the reference
+(frame indices are clamped to T-1); softmax(bias) and its Jacobian are computed inside the
+kernels (ds <= 8 numbers per program). Saved for backward: x and the (ds,) bias only (the reference
 saves the padded copy of x). Output dtype = promotion of (x, bias), as the reference's
 `x * softmax(bias)`. x needs a unit channel stride; a truncation view x[..., :D] (what
 convert_num_channels returns when narrowing) is read in place, without a copy. ds must be a
@@ -24,7 +26,7 @@ import torch
 from torch import Tensor
 
 from ..backend import use_triton_for
-from ._registry import as_tbc, custom_op, kernels, register_autograd
+from ._registry import FusedOp, as_tbc, kernels, needs_grad, register_autograd, use_op
 
 
 def simple_downsample_reference(x: Tensor, bias: Tensor) -> Tensor:
@@ -57,13 +59,12 @@ def _fwd_fake(x: Tensor, bias: Tensor) -> Tensor:
                        dtype=torch.promote_types(x.dtype, bias.dtype), device=x.device)
 
 
-@custom_op("downsample_fwd", fake=_fwd_fake)
-def _downsample_fwd(x: Tensor, bias: Tensor) -> Tensor:
+def _downsample_fwd_impl(x: Tensor, bias: Tensor) -> Tensor:
     ds = bias.shape[0]
     xx = as_tbc(x)
-    out = torch.empty(_fwd_fake(x, bias).shape, dtype=torch.promote_types(x.dtype, bias.dtype), device=x.device)
-    w = torch.softmax(bias.float(), dim=0).contiguous()
-    kernels("downsample").forward(xx, w, out, ds)
+    out = torch.empty(((x.shape[0] + ds - 1) // ds,) + tuple(x.shape[1:]),
+                      dtype=torch.promote_types(x.dtype, bias.dtype), device=x.device)
+    kernels("downsample").forward(xx, bias, out, ds)
     return out
 
 
@@ -71,15 +72,15 @@ def _bwd_fake(grad: Tensor, x: Tensor, bias: Tensor) -> Tuple[Tensor, Tensor]:
     return torch.empty(x.shape, dtype=x.dtype, device=x.device), torch.empty_like(bias)
 
 
-@custom_op("downsample_bwd", fake=_bwd_fake)
-def _downsample_bwd(grad: Tensor, x: Tensor, bias: Tensor) -> Tuple[Tensor, Tensor]:
-    ds = bias.shape[0]
+def _downsample_bwd_impl(grad: Tensor, x: Tensor, bias: Tensor) -> Tuple[Tensor, Tensor]:
     xx = as_tbc(x)
     dx = torch.empty(xx.shape, dtype=x.dtype, device=x.device)
-    w = torch.softmax(bias.float(), dim=0).contiguous()
-    dw = kernels("downsample").backward(grad.contiguous(), xx, w, dx, ds)
-    dbias = w * (dw - (w * dw).sum())  # softmax Jacobian, in fp32
-    return dx, dbias.to(bias.dtype)
+    dbias = kernels("downsample").backward(grad if grad.is_contiguous() else grad.contiguous(), xx, bias, dx)
+    return dx, dbias
+
+
+_downsample_fwd = FusedOp("downsample_fwd", _downsample_fwd_impl, _fwd_fake)
+_downsample_bwd = FusedOp("downsample_bwd", _downsample_bwd_impl, _bwd_fake)
 
 
 def _setup(ctx, inputs, output):
@@ -88,16 +89,34 @@ def _setup(ctx, inputs, output):
 
 def _backward(ctx, grad):
     x, bias = ctx.saved_tensors
-    return _downsample_bwd(grad, x, bias)
+    return _downsample_bwd.op(grad, x, bias)
 
 
-register_autograd(_downsample_fwd, _backward, _setup)
+register_autograd(_downsample_fwd.op, _backward, _setup)
+
+
+class _DownsampleFused(torch.autograd.Function):
+    """Eager twin of the op's registered autograd: same launchers, same saved tensors."""
+
+    @staticmethod
+    def forward(ctx, x, bias):
+        ctx.save_for_backward(x, bias)
+        return _downsample_fwd_impl(x, bias)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        return _downsample_bwd_impl(grad, *ctx.saved_tensors)
 
 
 def simple_downsample(x: Tensor, bias: Tensor) -> Tensor:
     ds = bias.shape[0]
     if x.dim() == 3 and x.numel() > 0 and ds & (ds - 1) == 0 and use_triton_for(x, bias):
-        return _downsample_fwd(x, bias)
+        if use_op(x):
+            return _downsample_fwd.op(x, bias)
+        if needs_grad(x, bias):
+            return _DownsampleFused.apply(x, bias)
+        return _downsample_fwd_impl(x, bias)
     return simple_downsample_reference(x, bias)
 
 

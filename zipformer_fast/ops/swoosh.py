@@ -15,16 +15,17 @@ Two ways to keep what backward needs:
 
 Paths: reference = plain autograd of the formula (saves x and intermediates), or, for the compact
 mode, a small autograd.Function doing the same quantisation in torch. Fused = kernels/swoosh.py
-behind the custom op zipformer_fast::swoosh_fwd (one read of x, one write of y [+ 1 byte]);
+(one read of x, one write of y [+ 1 byte]): an autograd.Function calling the launcher in eager
+mode, the custom op zipformer_fast::swoosh_fwd while torch.compile traces (ops/_registry.py);
 non-contiguous inputs are copied to contiguous first.
 """
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
 
 from ..backend import use_triton_for
-from ._registry import custom_op, kernels, register_autograd
+from ._registry import FusedOp, kernels, register_autograd, use_op
 
 SWOOSH_L_SHIFT, SWOOSH_L_OFFSET = 4.0, 0.035
 SWOOSH_R_SHIFT, SWOOSH_R_OFFSET = 1.0, 0.313261687
@@ -84,23 +85,35 @@ def _fwd_fake(x: Tensor, shift: float, offset: float, compact: bool) -> Tuple[Te
     return torch.empty(x.shape, dtype=x.dtype, device=x.device), x.new_empty(code_shape, dtype=torch.uint8)
 
 
-@custom_op("swoosh_fwd", fake=_fwd_fake)
-def _swoosh_fwd(x: Tensor, shift: float, offset: float, compact: bool) -> Tuple[Tensor, Tensor]:
-    xc = x.contiguous()
+def _swoosh_fwd_impl(x: Tensor, shift: float, offset: float, compact: bool) -> Tuple[Tensor, Optional[Tensor]]:
+    """(y, uint8 code or None)."""
+    xc = x if x.is_contiguous() else x.contiguous()
     y = torch.empty_like(xc)
-    code = torch.empty(xc.shape, dtype=torch.uint8, device=x.device) if compact else x.new_empty((0,), dtype=torch.uint8)
-    # The seed comes from torch's CPU generator, so torch.manual_seed makes runs repeatable.
-    seed = int(torch.randint(0, 2**31 - 1, (1,)).item()) if compact else 0
-    kernels("swoosh").forward(xc, y, code if compact else None, seed, shift, offset)
+    code, seed = None, 0
+    if compact:
+        code = torch.empty(xc.shape, dtype=torch.uint8, device=x.device)
+        # The seed comes from torch's CPU generator, so torch.manual_seed makes runs repeatable.
+        seed = int(torch.randint(0, 2**31 - 1, (1,)).item())
+    kernels("swoosh").forward(xc, y, code, seed, shift, offset)
     return y, code
 
 
-@custom_op("swoosh_bwd", fake=lambda grad, saved, shift, compact: torch.empty(grad.shape, dtype=grad.dtype, device=grad.device))
-def _swoosh_bwd(grad: Tensor, saved: Tensor, shift: float, compact: bool) -> Tensor:
-    g = grad.contiguous()
+def _swoosh_fwd_op_impl(x: Tensor, shift: float, offset: float, compact: bool) -> Tuple[Tensor, Tensor]:
+    y, code = _swoosh_fwd_impl(x, shift, offset, compact)
+    return y, (code if compact else x.new_empty((0,), dtype=torch.uint8))
+
+
+def _swoosh_bwd_impl(grad: Tensor, saved: Tensor, shift: float, compact: bool) -> Tensor:
+    g = grad if grad.is_contiguous() else grad.contiguous()
+    s = saved if saved.is_contiguous() else saved.contiguous()
     dx = torch.empty_like(g)
-    kernels("swoosh").backward(g, saved.contiguous(), dx, shift, compact)
+    kernels("swoosh").backward(g, s, dx, shift, compact)
     return dx
+
+
+_swoosh_fwd = FusedOp("swoosh_fwd", _swoosh_fwd_op_impl, _fwd_fake)
+_swoosh_bwd = FusedOp("swoosh_bwd", _swoosh_bwd_impl,
+                      lambda grad, saved, shift, compact: torch.empty(grad.shape, dtype=grad.dtype, device=grad.device))
 
 
 def _setup(ctx, inputs, output):
@@ -111,17 +124,39 @@ def _setup(ctx, inputs, output):
 
 def _backward(ctx, grad_y, _grad_code):
     (saved,) = ctx.saved_tensors
-    return _swoosh_bwd(grad_y, saved, ctx.shift, ctx.compact), None, None, None
+    return _swoosh_bwd.op(grad_y, saved, ctx.shift, ctx.compact), None, None, None
 
 
-register_autograd(_swoosh_fwd, _backward, _setup)
+register_autograd(_swoosh_fwd.op, _backward, _setup)
+
+
+class _SwooshFused(torch.autograd.Function):
+    """Eager twin of the op's registered autograd: same launchers, same saved tensor."""
+
+    @staticmethod
+    def forward(ctx, x, shift, offset, compact):
+        y, code = _swoosh_fwd_impl(x, shift, offset, compact)
+        ctx.shift, ctx.compact = shift, compact
+        ctx.save_for_backward(code if compact else x)
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_y):
+        (saved,) = ctx.saved_tensors
+        return _swoosh_bwd_impl(grad_y, saved, ctx.shift, ctx.compact), None, None, None
 
 
 # ---------------------------------------------------------------------------------- dispatch
 def swoosh(x: Tensor, shift: float, offset: float, compact_derivative: bool = False) -> Tensor:
-    compact = bool(compact_derivative) and x.requires_grad and torch.is_grad_enabled()
+    grad = x.requires_grad and torch.is_grad_enabled()
+    compact = grad and bool(compact_derivative)
     if use_triton_for(x):
-        return _swoosh_fwd(x, shift, offset, compact)[0]
+        if use_op(x):
+            return _swoosh_fwd.op(x, shift, offset, compact)[0]
+        if grad:
+            return _SwooshFused.apply(x, shift, offset, compact)
+        return _swoosh_fwd_impl(x, shift, offset, False)[0]
     if compact:
         return _SwooshCompactReference.apply(x, shift, offset)
     return swoosh_reference(x, shift, offset)

@@ -1,0 +1,218 @@
+"""Host (Python) time per fused-op call, with the Triton launches stubbed out.
+
+Method: TRITON_INTERPRET=1 is set before triton is imported, so every @triton.jit kernel is an
+`InterpretedFunction`; its `run` (what `kernel[grid](...)` calls, also through an autotuner) is
+replaced by a counter that evaluates the grid and returns at once. Everything else runs for
+real on the CPU: our dispatch, argument checks, allocations, torch ops around the kernels and
+the autograd machinery. Inputs are tiny (a few hundred elements) so the CPU cost of any torch op
+is its dispatch overhead, which is what a GPU run would pay on the host too. Each op is timed
+(time.perf_counter_ns per call, torch.set_num_threads(1)):
+
+    forward         inputs require grad, grad mode on (what training pays)
+    forward_nograd  under torch.no_grad() (inference)
+    backward        the backward node alone: y.grad_fn.apply(dy) (our backward formula, its
+                    allocations and launches; what the autograd engine calls for the node)
+    backward_engine torch.autograd.grad(y, inputs, dy) on a fresh forward's graph (adds the
+                    engine's own per-graph cost, see the calibration rows; the forward is not timed)
+
+median µs over --iters calls after a warm-up, plus the number of Triton launches per call.
+Calibration rows, same process: torch.empty_like of the tiny tensor, a trivial autograd.Function
+(save x, return empty_like) forward, its backward node, and autograd.grad on it: the floor any
+autograd-recorded op pays on this machine (a loaded 2-core CI box is ~2-3x slower than a
+desktop core, so compare ops against these rather than across machines).
+
+    python bench/host_overhead.py [--label after] [--iters 2000] [--ops swoosh_l,bias_norm]
+                                  [--out bench/results/cpu/host_overhead.json]
+
+The output file keeps one entry per --label (e.g. "before" / "after"), so two runs of different
+code versions land side by side.
+"""
+import argparse
+import os
+import pathlib
+import platform
+import statistics
+import sys
+import time
+
+os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported anywhere
+
+import torch  # noqa: E402
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from labelled_results import provenance, write_entry  # noqa: E402
+
+LAUNCHES = [0]
+
+
+def stub_triton_launches() -> None:
+    """Replace the interpreter's kernel launch with a counter (the grid is still evaluated)."""
+    from triton.runtime.interpreter import InterpretedFunction
+
+    def run(self, *args, grid, warmup, **kwargs):
+        if callable(grid):
+            grid(dict(zip(self.arg_names, args), **kwargs))
+        LAUNCHES[0] += 1
+
+    InterpretedFunction.run = run
+
+
+def _r(shape, grad=True, dtype=torch.float32):
+    return torch.randn(shape, dtype=dtype).requires_grad_(grad)
+
+
+def cases():
+    """name -> (make inputs, call). Shapes: tiny, Zipformer-like layouts (T, B, C)."""
+    from zipformer_fast import ops
+    from zipformer_fast.ops import activation_linear as al
+
+    T, B, C = 8, 2, 16
+
+    def p(shape):
+        return torch.rand(shape).requires_grad_()
+
+    return {
+        "swoosh_l": (lambda: [_r((T, B, C))], lambda x: ops.swoosh_l(x)),
+        "swoosh_r_compact": (lambda: [_r((T, B, C))], lambda x: ops.swoosh_r(x, compact_derivative=True)),
+        "bias_norm": (lambda: [_r((T, B, C)), torch.tensor(0.3).requires_grad_(), p((C,))],
+                      lambda x, ls, b: ops.bias_norm(x, ls, b)),
+        "bypass": (lambda: [_r((T, B, C)), _r((T, B, C)), p((C,))], lambda xo, x, c: ops.bypass(xo, x, c)),
+        "upsample_bypass": (lambda: [_r((T, B, C)), _r((T // 2, B, C)), p((C,))],
+                            lambda xo, y, c: ops.upsample_bypass(xo, y, 2, c)),
+        "bias_norm_bypass": (lambda: [_r((T, B, C)), _r((T, B, C)), torch.tensor(0.3).requires_grad_(), p((C,)), p((C,))],
+                             lambda xo, x, ls, b, c: ops.bias_norm_bypass(xo, x, ls, b, c)),
+        "simple_downsample": (lambda: [_r((T, B, C)), p((2,))], lambda x, b: ops.simple_downsample(x, b)),
+        "act_dropout_linear": (lambda: [_r((T, B, C)), _r((C, C)), _r((C,)), (torch.rand(1, B, C) > 0.1).float()],
+                               lambda x, w, b, m: al.activation_dropout_linear(x, w, b, "SwooshL", m)),
+        "linear_swoosh": (lambda: [_r((T, B, C), False), _r((C, C), False), _r((C,), False)],
+                          lambda x, w, b: al.linear_swoosh(x, w, b, "SwooshL")),
+    }
+
+
+def _median_us(fn, iters: int) -> float:
+    ts = []
+    for _ in range(iters):
+        t0 = time.perf_counter_ns()
+        fn(None)
+        ts.append(time.perf_counter_ns() - t0)
+    return statistics.median(ts) / 1e3
+
+
+class _Trivial(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return torch.empty_like(x)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return torch.empty_like(g)
+
+
+def calibration(iters: int) -> dict:
+    x = _r((8, 2, 16))
+    g = torch.randn(8, 2, 16)
+    y = _Trivial.apply(x)
+    row = {"empty_like_us": _median_us(lambda _: torch.empty_like(x), iters),
+           "trivial_function_forward_us": _median_us(lambda _: _Trivial.apply(x), iters),
+           "trivial_function_backward_us": _median_us(lambda _: y.grad_fn.apply(g), iters)}
+    ts = []
+    for _ in range(iters):
+        y = _Trivial.apply(x)
+        t0 = time.perf_counter_ns()
+        torch.autograd.grad(y, [x], g)
+        ts.append(time.perf_counter_ns() - t0)
+    row["trivial_function_backward_engine_us"] = statistics.median(ts) / 1e3
+    return {k: round(v, 2) for k, v in row.items()}
+
+
+def measure(name, make, call, iters: int) -> dict:
+    from zipformer_fast import use_backend
+
+    inputs = make()
+    grads_of = [t for t in inputs if isinstance(t, torch.Tensor) and t.requires_grad]
+    row = {}
+    with use_backend("triton"):
+        for _ in range(20):
+            call(*inputs)
+        if grads_of:
+            LAUNCHES[0] = 0
+            row["forward_us"] = _median_us(lambda _: call(*inputs), iters)
+            row["launches_forward"] = LAUNCHES[0] / iters
+        with torch.no_grad():
+            for _ in range(20):
+                call(*inputs)
+            LAUNCHES[0] = 0
+            row["forward_nograd_us"] = _median_us(lambda _: call(*inputs), iters)
+            row["launches_forward_nograd"] = LAUNCHES[0] / iters
+        if grads_of:
+            y = call(*inputs)
+            dy = torch.randn_like(y)
+
+            def fresh(_=None):
+                return call(*inputs)
+
+            def bwd(y):
+                torch.autograd.grad(y, grads_of, dy)
+
+            for _ in range(20):
+                bwd(fresh())
+            y = fresh()
+            node = y.grad_fn
+            try:
+                node.apply(dy)
+                grads = (dy,)
+            except TypeError:  # a node with a second (non-differentiable) output wants its grad too
+                grads = (dy, None)
+            LAUNCHES[0] = 0
+            row["backward_us"] = _median_us(lambda _: node.apply(*grads), iters)
+            row["launches_backward"] = LAUNCHES[0] / iters
+            ts = []
+            for _ in range(iters):
+                y = fresh()
+                n0 = LAUNCHES[0]
+                t0 = time.perf_counter_ns()
+                bwd(y)
+                ts.append(time.perf_counter_ns() - t0)
+            row["backward_engine_us"] = statistics.median(ts) / 1e3
+    return {k: round(v, 2) if isinstance(v, float) else v for k, v in row.items()}
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--label", default="after")
+    ap.add_argument("--iters", type=int, default=2000)
+    ap.add_argument("--ops", default="", help="comma-separated subset of the cases")
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "cpu" / "host_overhead.json"))
+    ap.add_argument("--no-write", action="store_true")
+    a = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    stub_triton_launches()
+    import triton
+
+    only = {s for s in a.ops.split(",") if s}
+    calib = calibration(a.iters)
+    print("calibration " + "  ".join(f"{k}={v}" for k, v in calib.items()), flush=True)
+    results = {}
+    for name, (make, call) in cases().items():
+        if only and name not in only:
+            continue
+        results[name] = measure(name, make, call, a.iters)
+        print(f"{name:22s} " + "  ".join(f"{k}={v}" for k, v in results[name].items()), flush=True)
+    entry = {"results_us": results, "calibration_us": calib, "torch": torch.__version__,
+             "triton": triton.__version__, "python": platform.python_version(),
+             "cpu": platform.processor() or platform.machine(), "threads": 1, "iters": a.iters, **provenance(argv)}
+    if not a.no_write:
+        write_entry(a.out, a.label, "TRITON_INTERPRET=1 with InterpretedFunction.run replaced by a counter; tiny CPU "
+                    "tensors; median us per call (see bench/host_overhead.py)", entry)
+    return entry
+
+
+if __name__ == "__main__":
+    main()

@@ -31,7 +31,7 @@ from . import attention_fwd as _fwd
 
 # (max value width, BM, BN, warps): the backward holds much more per tile than the forward (P, dP,
 # dS, the offset pieces, three atomic targets), and ptxas keeps many loop-invariant addresses live:
-# 16 x 16 tiles are what fits 168 registers without spills (bench/results/ptxas/attention.json).
+# 16 x 16 tiles are what fits 168 registers without spills (bench/results/ptxas/report.md).
 BWD_TILES = ((64, 16, 16, 4), (1 << 30, 16, 16, 8))
 # Above this value width a use's backward walks its key blocks twice (dS for dq/dk/dp/dpos, then
 # dv): the one-walk kernel with a (BN, BDV) dv accumulator and full-width dout tiles spills

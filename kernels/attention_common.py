@@ -30,7 +30,7 @@ PENALTY = tl.constexpr(1.0e-4)
 
 
 # ptxas register cap of every attention kernel on GPUs: 168 x 128 threads lets three 4-warp
-# programs share an SM (255 allows two); see bench/results/ptxas/attention.json for what fits.
+# programs share an SM (255 allows two); see bench/results/ptxas/report.md for what fits.
 MAX_REGISTERS = 168
 
 

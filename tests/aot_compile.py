@@ -53,6 +53,10 @@ class KernelSpec:
     num_warps: int = 4
     num_stages: int = 3
     not_divisible: Sequence[str] = ()  # int/pointer args never given the divisibility-16 attribute
+    # When set, ONLY these args get the divisibility-16 attribute (a kernel whose launcher knows
+    # which strides are multiples of 16, e.g. attention's padded mask rows).
+    divisible16: Optional[Sequence[str]] = None
+    maxnreg: Optional[int] = None      # the register cap the launcher passes (Triton's maxnreg option)
 
 
 def jit_function(kernel):
@@ -100,7 +104,8 @@ def divisibility_attrs(kernel, signature: Dict[str, str], not_divisible: Sequenc
 
 
 def compile_kernel(kernel, signature: Dict[str, str], constexprs: Dict[str, object], arch: int,
-                   num_warps: int = 4, num_stages: int = 3, attrs: Optional[dict] = None):
+                   num_warps: int = 4, num_stages: int = 3, attrs: Optional[dict] = None,
+                   maxnreg: Optional[int] = None):
     """Compile for sm_<arch>; returns triton's CompiledKernel (asm has ptx and cubin)."""
     if os.environ.get("TRITON_INTERPRET", "0") == "1":
         raise RuntimeError("ahead-of-time compilation needs TRITON_INTERPRET unset")
@@ -110,7 +115,7 @@ def compile_kernel(kernel, signature: Dict[str, str], constexprs: Dict[str, obje
     fn = jit_function(kernel)
     src = triton.compiler.ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
     return triton.compile(src, target=GPUTarget("cuda", arch, 32),
-                          options={"num_warps": num_warps, "num_stages": num_stages})
+                          options={"num_warps": num_warps, "num_stages": num_stages, "maxnreg": maxnreg})
 
 
 def resource_usage(compiled, arch: int) -> Dict[str, int]:
@@ -174,8 +179,14 @@ def _compile_task(i: int):
     row = {"group": group, "kernel": s.name, "arch": f"sm_{arch}", "num_warps": s.num_warps,
            "divisibility_16": _DIVISIBILITY[0]}
     try:
-        attrs = divisibility_attrs(s.kernel, s.signature, s.not_divisible) if _DIVISIBILITY[0] else None
-        compiled = compile_kernel(s.kernel, s.signature, s.constexprs, arch, s.num_warps, s.num_stages, attrs)
+        attrs = None
+        if _DIVISIBILITY[0] and s.divisible16 is not None:
+            names = list(jit_function(s.kernel).arg_names)
+            attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in s.divisible16}
+        elif _DIVISIBILITY[0]:
+            attrs = divisibility_attrs(s.kernel, s.signature, s.not_divisible)
+        compiled = compile_kernel(s.kernel, s.signature, s.constexprs, arch, s.num_warps, s.num_stages, attrs,
+                                  s.maxnreg)
         assert "cubin" in compiled.asm and len(compiled.asm["cubin"]) > 0
         row.update(resource_usage(compiled, arch))
         spills = row["spill_stores"] + row["spill_loads"]

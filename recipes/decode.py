@@ -51,6 +51,8 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--backend", default="auto", choices=["auto", "triton", "reference"])
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--compile", type=str2bool, default=False,
+                   help="torch.compile the encoder (fullgraph, dynamic shapes; input checks stay eager)")
     p.add_argument("--res-dir", default=None, help="default: <exp-dir>/<decoding-method>")
     return p
 
@@ -154,6 +156,8 @@ def main(argv=None) -> Dict[str, dict]:
         if args.decoding_method != "ctc_greedy_search" and not params["use_transducer"]:
             raise SystemExit("error: this model has no transducer; use --decoding-method ctc_greedy_search")
         model.to(device)
+        if args.compile:
+            model.compile_encoder()
         res_dir = Path(args.res_dir) if args.res_dir else Path(args.exp_dir) / args.decoding_method
         results = {}
         for split in args.splits:

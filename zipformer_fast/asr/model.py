@@ -121,6 +121,14 @@ class AsrModel(nn.Module):
         out, out_lens = self.encoder(x, x_lens, src_key_padding_mask)
         return out.permute(1, 0, 2), out_lens
 
+    def compile_encoder(self, **compile_kwargs) -> None:
+        """Replace `encode` (not the input checks) by torch.compile(encode, fullgraph=True, dynamic=True,
+        **compile_kwargs). The model must not be deep-copied afterwards (the compiled function is an
+        instance attribute); state_dict() is unaffected."""
+        kwargs = dict(fullgraph=True, dynamic=True)
+        kwargs.update(compile_kwargs)
+        self.encode = torch.compile(self.encode, **kwargs)
+
     def forward(self, features: Tensor, feature_lens: Tensor) -> Tuple[Tensor, Tensor]:
         return self.forward_encoder(features, feature_lens)
 

@@ -157,3 +157,47 @@ def test_compiled_path_matches_golden(golden):
     with use_backend("reference"):
         errs = check_against_golden(model, golden, rtol=1e-5, grads=True)
     assert sum(k.startswith("param_grads[") for k in errs) == len(golden["param_grads"])
+
+
+# -------------------------------------------------------------------------------- inductor
+def test_inductor_compiled_eval_encoder_matches_eager():
+    """The default backend (inductor, C++ on CPU) on the sync-free eval encoder with dynamic shapes:
+    same output as eager for two lengths (inductor may reorder float sums: 1e-5)."""
+    model = build_xs().eval()
+    torch._dynamo.reset()
+    encode = torch.compile(model.encode, fullgraph=True, dynamic=True)
+    with torch.no_grad(), use_backend("reference"):
+        for B, T in ((2, 60), (3, 77)):
+            x, lens = xs_inputs(B, T)
+            got, got_lens = encode(x, lens)
+            want, want_lens = model.encode(x, lens)
+            assert torch.equal(got_lens, want_lens)
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------ CUDA graphs
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("backend", ["reference", "auto"])
+def test_cuda_graph_capture_of_eval_encoder(backend):
+    """A plain torch.cuda.CUDAGraph capture of the sync-free encoder replays eager's output for new
+    inputs of the captured shape."""
+    model = build_xs().cuda().eval()
+    x, lens = (t.cuda() for t in xs_inputs(2, 80))
+    static_x, static_lens = x.clone(), lens.clone()
+    with torch.no_grad(), use_backend(backend):
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(2):  # warm-up: caches, kernel compilation
+                model.encode(static_x, static_lens)
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            static_out, static_out_lens = model.encode(static_x, static_lens)
+        x2, lens2 = (t.cuda() for t in xs_inputs(2, 80, seed=1))
+        static_x.copy_(x2)
+        static_lens.copy_(lens2)
+        graph.replay()
+        want, want_lens = model.encode(x2, lens2)
+    assert torch.equal(static_out_lens, want_lens)
+    torch.testing.assert_close(static_out, want, rtol=1e-5, atol=1e-5)

@@ -20,10 +20,11 @@ class Dropout2(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if self.training and device_side():
+            # An explicit torch.rand mask (F.dropout wants a Python float p, and compiled graphs
+            # decompose it into other random calls than eager's kernel: eager and compiled would
+            # then draw different masks from the same seed).
             p = value(self.p)
-            if isinstance(p, Tensor):  # a scheduled p: F.dropout wants a Python float
-                return x * keep_mask(x.shape, p, x.device, x.dtype) * (1.0 / (1.0 - p))
-            return nn.functional.dropout(x, p=p, training=True)
+            return x * keep_mask(x.shape, p, x.device, x.dtype) * (1.0 / (1.0 - p))
         return nn.functional.dropout(x, p=float(self.p), training=self.training)
 
 

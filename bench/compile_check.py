@@ -6,7 +6,9 @@
 2. A compiled training loop (`torch.compile(model.forward_encoder, fullgraph=True, dynamic=True)`,
    dynamo backend --backend, default aot_eager) over --steps steps in which everything icefall varies
    varies: batch count (every ScheduledFloat) advancing each step, Balancer/Whiten firing, layer and
-   module skips, dropout, feature masks, T and B. Counted: compilations (dynamo frames compiled).
+   module skips, dropout, feature masks, T (40..89 frames) and B (2..4; a batch of 1 would cost one
+   more compilation: dynamic shapes specialise sizes 0 and 1). Counted: compilations (dynamo frames
+   compiled). Runs first; the JSON is rewritten after every stage.
 3. The same loop in eager mode with device-side randomness (what the compiled graph computes) from
    the same seeds and initial weights: per-step losses, largest relative difference.
 

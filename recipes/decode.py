@@ -63,6 +63,8 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--backend", default="auto", choices=["auto", "triton", "reference"])
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--compile", type=str2bool, default=False,
+                   help="torch.compile the encoder (fullgraph, dynamic shapes; input checks stay eager)")
     p.add_argument("--res-dir", default=None, help="default: <exp-dir>/<decoding-method>[-chunk/streaming suffix]")
     g = p.add_argument_group("causal models (trained with --causal 1)")
     g.add_argument("--chunk-size", type=int, default=None,
@@ -263,6 +265,8 @@ def main(argv=None) -> Dict[str, dict]:
         check_method(args.decoding_method, params)
         model.to(device)
         suffix = configure_chunking(model, args)
+        if args.compile:
+            model.compile_encoder()
         if args.streaming and args.decoding_method not in ("greedy_search", "modified_beam_search"):
             raise ValueError("--streaming decodes with the transducer (greedy_search or modified_beam_search)")
         res_dir = Path(args.res_dir) if args.res_dir else Path(args.exp_dir) / (args.decoding_method + suffix)

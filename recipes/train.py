@@ -97,6 +97,8 @@ class Trainer:
                            world_size=info.world_size, base_lr=base_lr,
                            max_duration=args.max_duration, args=vars(args))
         self.model_avg = make_averaged_copy(self.model) if info.is_main else None
+        if args.compile:  # after the copy: the compiled encoder is an instance attribute
+            self.model.compile_encoder()
         self.resume_rng = None
         self._maybe_resume()
 

@@ -14,6 +14,12 @@ asserts every output length is > 0). `max(lengths) < T` is allowed (frames past 
 utterance are padding). NaN/Inf in features is rejected. All value checks are reduced on-device and
 read back with ONE host sync (icefall's subsampling already syncs once per batch for its length
 assert); pass `validate_inputs=False` to skip them.
+
+`forward_encoder` = `check_inputs` (shape checks, then the value checks with their one sync) followed
+by `encode`, which never synchronises with the host (no .item()/.tolist()/nonzero, no branch on
+tensor values): `encode` is the region to torch.compile or capture in a CUDA graph. When
+forward_encoder itself is traced by torch.compile, the value checks are left out (a host read would
+break the graph); call `check_input_values` before the compiled call to keep them.
 """
 from __future__ import annotations
 
@@ -98,8 +104,13 @@ class AsrModel(nn.Module):
             raise TypeError(f"feature_lens must be an integer tensor, got {feature_lens.dtype}")
         if feature_lens.shape[0] != B:
             raise ValueError(f"feature_lens has {feature_lens.shape[0]} entries for a batch of {B}")
-        if not self.validate_inputs or features.device.type == "meta":
+        if not self.validate_inputs or features.device.type == "meta" or torch.compiler.is_compiling():
             return
+        self.check_input_values(features, feature_lens)
+
+    def check_input_values(self, features: Tensor, feature_lens: Tensor) -> None:
+        """The value checks (lengths within [9, T], finite features): one host sync."""
+        T = features.shape[1]
         too_long, too_short, not_finite = torch.stack([
             (feature_lens > T).any(), (feature_lens < MIN_FRAMES).any(),
             ~torch.isfinite(features).all()]).tolist()  # one host sync
@@ -114,12 +125,24 @@ class AsrModel(nn.Module):
     def forward_encoder(self, features: Tensor, feature_lens: Tensor) -> Tuple[Tensor, Tensor]:
         """(B, T, 80), (B,) -> encoder_out (B, T', E), encoder_out_lens (B,)."""
         self.check_inputs(features, feature_lens)
+        return self.encode(features, feature_lens)
+
+    def encode(self, features: Tensor, feature_lens: Tensor) -> Tuple[Tensor, Tensor]:
+        """forward_encoder without the input checks: no host synchronisation (compile / CUDA-graph this)."""
         x, x_lens = self.encoder_embed(features, feature_lens)
         T1 = x.shape[1]
         src_key_padding_mask = torch.arange(T1, device=x.device).unsqueeze(0) >= x_lens.unsqueeze(1)
         x = x.permute(1, 0, 2)  # (T1, B, D0)
         out, out_lens = self.encoder(x, x_lens, src_key_padding_mask)
         return out.permute(1, 0, 2), out_lens
+
+    def compile_encoder(self, **compile_kwargs) -> None:
+        """Replace `encode` (not the input checks) by torch.compile(encode, fullgraph=True, dynamic=True,
+        **compile_kwargs). The model must not be deep-copied afterwards (the compiled function is an
+        instance attribute); state_dict() is unaffected."""
+        kwargs = dict(fullgraph=True, dynamic=True)
+        kwargs.update(compile_kwargs)
+        self.encode = torch.compile(self.encode, **kwargs)
 
     def forward(self, features: Tensor, feature_lens: Tensor) -> Tuple[Tensor, Tensor]:
         return self.forward_encoder(features, feature_lens)

@@ -21,7 +21,8 @@ from .. import ops
 from ..ops.streaming_attention import streaming_attention_weights
 from .grad_shapers import Balancer, Whiten, whitening_schedule
 from .linear import ScaledLinear
-from .scheduled_float import FloatLike, ScheduledFloat
+from .randomness import device_side, keep_mask
+from .scheduled_float import FloatLike, ScheduledFloat, value
 from .streaming_state import check_cache
 
 
@@ -63,17 +64,19 @@ class RelPositionMultiheadAttentionWeights(nn.Module):
         k = k.reshape(T, B, H, dq)
         p = p.reshape(T, B, H, dp)
 
-        # Python-random draws in icefall's order: positional skip, score penalty (training only),
-        # then the 0.001 entropy-print draw icefall makes on every call.
-        use_pos = (not self.training) or random.random() >= float(self.pos_emb_skip_rate)
-        penalize = self.training and random.random() < 0.1
-        if penalize:
-            random.random()  # icefall's with_loss log draw
-        random.random()
-
-        pos_proj = None
-        if use_pos:
-            pos_proj = self.linear_pos(pos_emb).reshape(2 * T - 1, H, dp)
+        if device_side():
+            pos_proj, penalize = self._positional_term_on_device(pos_emb, T)
+        else:
+            # Python-random draws in icefall's order: positional skip, score penalty (training only),
+            # then the 0.001 entropy-print draw icefall makes on every call.
+            use_pos = (not self.training) or random.random() >= float(self.pos_emb_skip_rate)
+            penalize = self.training and random.random() < 0.1
+            if penalize:
+                random.random()  # icefall's with_loss log draw
+            random.random()
+            pos_proj = None
+            if use_pos:
+                pos_proj = self.linear_pos(pos_emb).reshape(2 * T - 1, H, dp)
         if attn_mask is not None and attn_mask.dtype != torch.bool:
             raise TypeError(f"attn_mask must be bool, got {attn_mask.dtype}")
         if key_padding_mask is not None and tuple(key_padding_mask.shape) != (B, T):
@@ -97,6 +100,19 @@ class RelPositionMultiheadAttentionWeights(nn.Module):
         weights = streaming_attention_weights(q, k.reshape(left_context_len + T, B, H, dq), p, pos_proj,
                                               key_padding_mask)
         return weights, k[-left_context_len:]
+
+    def _positional_term_on_device(self, pos_emb: Tensor, T: int):
+        """(pos_proj, penalize) with the positional skip drawn on device: a skipped call multiplies
+        pos_proj by 0, which adds exact zeros to the scores (the same forward as leaving the term
+        out). The score penalty (icefall: 10% of training calls) is not applied here:
+        ops.attention_weights takes it as a Python bool, which a compiled graph would specialise on."""
+        H, dp = self.num_heads, self.pos_head_dim
+        pos_proj = self.linear_pos(pos_emb).reshape(2 * T - 1, H, dp)
+        if self.training:
+            rate = value(self.pos_emb_skip_rate)
+            if isinstance(rate, Tensor) or rate != 0.0:
+                pos_proj = pos_proj * keep_mask((), rate, pos_proj.device, pos_proj.dtype)
+        return pos_proj, False
 
 
 class SelfAttention(nn.Module):

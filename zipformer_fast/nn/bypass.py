@@ -15,7 +15,8 @@ from torch import Tensor, nn
 
 from .. import ops
 from .grad_shapers import limit_param_value
-from .scheduled_float import FloatLike, ScheduledFloat
+from .randomness import device_side, keep_mask
+from .scheduled_float import FloatLike, ScheduledFloat, value
 
 
 class BypassModule(nn.Module):
@@ -34,6 +35,8 @@ class BypassModule(nn.Module):
         """(D,) in eval; in training (D,) or (B, D) with zero rows for skipped sequences."""
         if torch.jit.is_scripting() or torch.jit.is_tracing() or not self.training:
             return self.bypass_scale
+        if device_side():
+            return self._get_scale_on_device(batch_size)
         ans = limit_param_value(self.bypass_scale, min=float(self.scale_min), max=float(self.scale_max))
         skip_rate = float(self.skip_rate)
         if skip_rate != 0.0:
@@ -41,6 +44,18 @@ class BypassModule(nn.Module):
             ans = ans * keep
         straight_through_rate = float(self.straight_through_rate)
         if straight_through_rate != 0.0:
+            st = torch.rand((batch_size, 1), device=ans.device) < straight_through_rate
+            ans = torch.maximum(ans, st.to(ans.dtype))
+        return ans
+
+    def _get_scale_on_device(self, batch_size: int) -> Tensor:
+        """get_scale with schedules as tensors and the skip masks always drawn (a zero rate keeps all)."""
+        ans = limit_param_value(self.bypass_scale, min=value(self.scale_min), max=value(self.scale_max))
+        skip_rate = value(self.skip_rate)
+        if isinstance(skip_rate, Tensor) or skip_rate != 0.0:
+            ans = ans * keep_mask((batch_size, 1), skip_rate, ans.device)
+        straight_through_rate = value(self.straight_through_rate)
+        if isinstance(straight_through_rate, Tensor) or straight_through_rate != 0.0:
             st = torch.rand((batch_size, 1), device=ans.device) < straight_through_rate
             ans = torch.maximum(ans, st.to(ans.dtype))
         return ans

@@ -9,7 +9,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .scheduled_float import FloatLike
+from .randomness import device_side, keep_mask
+from .scheduled_float import FloatLike, value
 
 
 class Dropout2(nn.Module):
@@ -18,6 +19,12 @@ class Dropout2(nn.Module):
         self.p = p
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.training and device_side():
+            # An explicit torch.rand mask (F.dropout wants a Python float p, and compiled graphs
+            # decompose it into other random calls than eager's kernel: eager and compiled would
+            # then draw different masks from the same seed).
+            p = value(self.p)
+            return x * keep_mask(x.shape, p, x.device, x.dtype) * (1.0 / (1.0 - p))
         return nn.functional.dropout(x, p=float(self.p), training=self.training)
 
 
@@ -28,8 +35,10 @@ class Dropout3(nn.Module):
         self.shared_dim = shared_dim
 
     def forward(self, x: Tensor) -> Tensor:
-        p = float(self.p)
-        if not self.training or p == 0.0:
+        if not self.training:
+            return x
+        p = value(self.p)
+        if not isinstance(p, Tensor) and p == 0.0:
             return x
         shape = list(x.shape)
         shape[self.shared_dim] = 1

@@ -9,6 +9,11 @@ Python's `random` (as icefall does, in the same order) whether to act on a given
   `whitening_limit`; its probability switches between min_prob/max_prob after each backward.
 - ScaleGrad: gradient x alpha (training only).
 - limit_param_value: flips gradient signs that push a parameter further outside [min, max].
+
+Under torch.compile (randomness.device_side()) the same decisions are drawn on device: each call
+passes a 0-dim bool "fire" tensor to its autograd.Function and the backward keeps its edit only
+where it is true; schedules come in as tensors (scheduled_float.value). The Whiten probability
+then lives in the non-persistent buffer `prob_tensor`, switched by the backward itself.
 """
 from __future__ import annotations
 
@@ -21,7 +26,8 @@ import torch
 from torch import Tensor, nn
 
 from ..ops.balancer import BalancerConfig, balancer
-from .scheduled_float import FloatLike, ScheduledFloat
+from .randomness import device_side
+from .scheduled_float import FloatLike, ScheduledFloat, value
 
 
 # --------------------------------------------------------------------------------- Balancer
@@ -43,14 +49,15 @@ class _CutoffEstimator:
         return above
 
 
-def _proportion_positive_to_mean(p: float) -> float:
+def _proportion_positive_to_mean(p):
     # Approximate inverse erf via atanh, as icefall (eps avoids log(0) at p = 0 or 1).
+    log = torch.log if isinstance(p, Tensor) else math.log
     z = 2.0 * p - 1.0
     eps = 1.0e-10
-    return 0.8139535143 * (math.log(1 + z + eps) - math.log(1 - z + eps)) / 2.0
+    return 0.8139535143 * (log(1 + z + eps) - log(1 - z + eps)) / 2.0
 
 
-def _abs_to_rms(a: float) -> float:
+def _abs_to_rms(a):
     return 1.25331413732 * a  # sqrt(pi/2): mean |x| -> rms for Gaussian data
 
 
@@ -87,6 +94,8 @@ class Balancer(nn.Module):
         and apply it in their backward."""
         if torch.jit.is_scripting() or not requires_grad or self.forced is False:
             return None
+        if device_side():
+            return self._draw_on_device(shape, device)
         if self.forced is None:
             if torch.device(device).type == "cuda" and self.mem_cutoff(torch.cuda.memory_allocated()):
                 return None
@@ -102,6 +111,25 @@ class Balancer(nn.Module):
             raise ValueError(f"Balancer: expected {self.num_channels} channels on dim {self.channel_dim}, "
                              f"got shape {tuple(shape)}")
         return BalancerConfig(min_mean, max_mean, min_rms, max_rms, grad_scale, self.channel_dim % len(shape))
+
+    def _draw_on_device(self, shape, device) -> BalancerConfig:
+        """The traceable draw: always a config; whether it acts is its `fire` tensor (forced: None, acts)."""
+        if shape[self.channel_dim] != self.num_channels:
+            raise ValueError(f"Balancer: expected {self.num_channels} channels on dim {self.channel_dim}, "
+                             f"got shape {tuple(shape)}")
+        fire = None
+        if self.forced is None:
+            fire = torch.rand((), device=device) < value(self.prob)
+
+        def limit(v: FloatLike) -> Tensor:
+            # Float limits become tensors too: dynamo would otherwise trace the math.log of a
+            # float module attribute symbolically and guard on it.
+            return torch.as_tensor(value(v), dtype=torch.float32, device=device)
+
+        return BalancerConfig(_proportion_positive_to_mean(limit(self.min_positive)),
+                              _proportion_positive_to_mean(limit(self.max_positive)),
+                              _abs_to_rms(limit(self.min_abs)), _abs_to_rms(limit(self.max_abs)),
+                              limit(self.grad_scale), self.channel_dim % len(shape), fire)
 
 
 # ----------------------------------------------------------------------------------- Whiten
@@ -143,6 +171,34 @@ class _WhitenFunction(torch.autograd.Function):
         return grad + (penalty_grad * scale).to(grad.dtype), None
 
 
+class _WhitenOnDevice(torch.autograd.Function):
+    """_WhitenFunction's traceable twin: `fire` (0-dim bool) says whether this call acts, `limit` may be
+    a tensor, and the probability switch is written into `prob` (the module's prob_tensor) in place."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, fire: Tensor, limit, prob: Tensor, num_groups: int, grad_scale: float,
+                min_prob: float, max_prob: float) -> Tensor:
+        ctx.limit_is_tensor = isinstance(limit, Tensor)
+        ctx.limit = None if ctx.limit_is_tensor else limit
+        ctx.save_for_backward(x, fire, prob, *((limit,) if ctx.limit_is_tensor else ()))
+        ctx.num_groups, ctx.grad_scale, ctx.min_prob, ctx.max_prob = num_groups, grad_scale, min_prob, max_prob
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        x, fire, prob, *rest = ctx.saved_tensors
+        limit = rest[0] if ctx.limit_is_tensor else ctx.limit
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            xf = x.detach().to(torch.float32)
+            penalty_grad, metric = torch.func.grad_and_value(whitening_metric)(xf, ctx.num_groups)
+        below = metric < limit
+        with torch.no_grad():
+            prob.copy_(torch.where(fire, torch.where(below, ctx.min_prob, ctx.max_prob), prob))
+        scale = ctx.grad_scale * (grad.to(torch.float32).norm() / (penalty_grad.norm() + 1.0e-20))
+        edited = grad + (penalty_grad * scale).to(grad.dtype)
+        return torch.where(fire & ~below, edited, grad), None, None, None, None, None, None, None
+
+
 class Whiten(nn.Module):
     """icefall Whiten(num_groups, whitening_limit, prob=(min_p, max_p), grad_scale). Identity forward."""
 
@@ -160,13 +216,25 @@ class Whiten(nn.Module):
         if not 0 < self.min_prob <= self.max_prob <= 1:
             raise ValueError(f"Whiten: prob={prob} must satisfy 0 < min <= max <= 1")
         self.prob = self.max_prob
+        # The probability as device-side draws use it (not in the state dict).
+        self.register_buffer("prob_tensor", torch.tensor(self.max_prob), persistent=False)
         # None: icefall's random choice; True / False: always / never act (tests, golden replay).
         self.forced: Optional[bool] = None
 
     def forward(self, x: Tensor) -> Tensor:
-        grad_scale = float(self.grad_scale)
         if not x.requires_grad or self.forced is False:
             return x
+        if device_side():
+            grad_scale = float(self.grad_scale)  # a constant in every icefall Whiten
+            if grad_scale == 0:
+                return x
+            if self.forced is None:
+                fire = torch.rand((), device=x.device) <= self.prob_tensor
+            else:
+                fire = torch.ones((), dtype=torch.bool, device=x.device)
+            return _WhitenOnDevice.apply(x, fire, value(self.whitening_limit), self.prob_tensor, self.num_groups,
+                                         grad_scale, self.min_prob, self.max_prob)
+        grad_scale = float(self.grad_scale)
         if self.forced is None and random.random() > self.prob:
             return x
         if grad_scale == 0:
@@ -221,10 +289,34 @@ class _LimitParamValue(torch.autograd.Function):
         return grad, None, None
 
 
-def limit_param_value(x: Tensor, min: float, max: float, prob: float = 0.6, training: bool = True) -> Tensor:
-    """With probability `prob` (training only) wrap x so backward keeps it within [min, max]."""
-    if max < min:
+class _LimitParamValueOnDevice(torch.autograd.Function):
+    """_LimitParamValue with the bounds as 0-dim tensors and a 0-dim bool `fire`."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, lo: Tensor, hi: Tensor, fire: Tensor) -> Tensor:
+        ctx.save_for_backward(x, lo, hi, fire)
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        x, lo, hi, fire = ctx.saved_tensors
+        flip = fire & (((grad > 0) & (x < lo)) | ((grad < 0) & (x > hi)))
+        # Both of icefall's flips: the first one can make grad negative, then x > hi flips it back
+        # only if x is also above hi (impossible when lo <= hi), so one combined flip is the same.
+        return torch.where(flip, -grad, grad), None, None, None
+
+
+def limit_param_value(x: Tensor, min, max, prob: float = 0.6, training: bool = True) -> Tensor:
+    """With probability `prob` (training only) wrap x so backward keeps it within [min, max].
+    min / max are floats, or 0-dim tensors under device-side randomness."""
+    if not isinstance(min, Tensor) and not isinstance(max, Tensor) and max < min:
         raise ValueError(f"limit_param_value: max={max} < min={min}")
-    if training and random.random() < prob:
+    if not training:
+        return x
+    if device_side():
+        lo, hi = (torch.as_tensor(v, dtype=torch.float32, device=x.device) for v in (min, max))
+        fire = torch.rand((), device=x.device) < prob
+        return _LimitParamValueOnDevice.apply(x, lo, hi, fire)
+    if random.random() < prob:
         return _LimitParamValue.apply(x, min, max)
     return x

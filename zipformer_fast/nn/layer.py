@@ -21,7 +21,8 @@ from .bypass import BypassModule
 from .convolution import ConvolutionModule
 from .feedforward import FeedforwardModule
 from .grad_shapers import Balancer, Whiten, whitening_schedule
-from .scheduled_float import FloatLike, ScheduledFloat
+from .randomness import device_side, keep_mask
+from .scheduled_float import FloatLike, ScheduledFloat, value
 
 
 def _sf(*points, default=0.0) -> ScheduledFloat:
@@ -68,11 +69,20 @@ class Zipformer2EncoderLayer(nn.Module):
         self.balancer2 = Balancer(embed_dim, channel_dim=-1, min_positive=0.45, max_positive=0.55,
                                   min_abs=0.1, max_abs=4.0)
 
-    def _sequence_mask(self, x: Tensor, rate: float) -> Optional[Tensor]:
-        """(B, 1) keep mask (0/1 in x's dtype) or None when nothing is dropped."""
-        if rate == 0.0 or not self.training or torch.jit.is_scripting() or torch.jit.is_tracing():
+    def _sequence_mask(self, x: Tensor, rate) -> Optional[Tensor]:
+        """(B, 1) keep mask (0/1 in x's dtype) or None when nothing is dropped. `rate` is a float,
+        or under device-side randomness a 0-dim tensor (always drawn)."""
+        if not self.training or torch.jit.is_scripting() or torch.jit.is_tracing():
+            return None
+        if isinstance(rate, Tensor):
+            return keep_mask((x.shape[1], 1), rate, x.device, x.dtype)
+        if rate == 0.0:
             return None
         return (torch.rand(x.shape[1], 1, device=x.device) > rate).to(x.dtype)
+
+    def _rate(self, rate: FloatLike):
+        """A skip rate as forward uses it: 0 in eval, else float or (device-side) tensor."""
+        return value(rate) if self.training else 0.0
 
     @staticmethod
     def _masked(y: Tensor, mask: Optional[Tensor]) -> Tensor:
@@ -82,28 +92,32 @@ class Zipformer2EncoderLayer(nn.Module):
                 src_key_padding_mask: Optional[Tensor] = None) -> Tensor:
         """src (T, B, D); pos_emb (1, 2T-1, P)."""
         src_orig = src
-        attention_skip_rate = float(self.attention_skip_rate) if self.training else 0.0
+        attention_skip_rate = self._rate(self.attention_skip_rate)
         attn_weights = self.self_attn_weights(src, pos_emb=pos_emb, attn_mask=attn_mask,
                                               key_padding_mask=src_key_padding_mask)
         src = src + self.feed_forward1(src)
         att_mask = self._sequence_mask(src, attention_skip_rate)
 
         head0 = ops.attention_head0(attn_weights)
-        # icefall's condition is `not self.training and random() < const_attention_rate`; the rate is
-        # a ScheduledFloat whose eval value is 0, so constant attention never fires (in training the
-        # `not self.training` short-circuits). Reproduced as is, including the eval-mode draw.
-        if not self.training and random.random() < float(self.const_attention_rate):
-            head0 = ops.constant_attention(head0)
+        # icefall zipformer.py Zipformer2EncoderLayer.forward: in training, with probability
+        # const_attention_rate, head 0 of the weights becomes uniform over the unmasked keys (pushes
+        # the non-linear attention towards averaging over time).
+        if self.training:
+            if device_side():
+                fire = ~keep_mask((), value(self.const_attention_rate), head0.device)
+                head0 = torch.where(fire, ops.constant_attention(head0), head0)
+            elif random.random() < float(self.const_attention_rate):
+                head0 = ops.constant_attention(head0)
 
         na = self.balancer_na(self.nonlin_attention(src, head0))
         src = src + self._masked(na, att_mask)
         src = src + self._masked(self.self_attn1(src, attn_weights), att_mask)
 
-        conv_skip_rate = float(self.conv_skip_rate) if self.training else 0.0
+        conv_skip_rate = self._rate(self.conv_skip_rate)
         conv = self.conv_module1(src, chunk_size=chunk_size, src_key_padding_mask=src_key_padding_mask)
         src = src + self._masked(conv, self._sequence_mask(src, conv_skip_rate))
 
-        ff2_skip_rate = float(self.ff2_skip_rate) if self.training else 0.0
+        ff2_skip_rate = self._rate(self.ff2_skip_rate)
         ff2 = self.balancer_ff2(self.feed_forward2(src))
         src = src + self._masked(ff2, self._sequence_mask(src, ff2_skip_rate))
 
@@ -111,11 +125,11 @@ class Zipformer2EncoderLayer(nn.Module):
 
         src = src + self._masked(self.self_attn2(src, attn_weights), att_mask)
 
-        conv_skip_rate = float(self.conv_skip_rate) if self.training else 0.0
+        conv_skip_rate = self._rate(self.conv_skip_rate)
         conv = self.conv_module2(src, chunk_size=chunk_size, src_key_padding_mask=src_key_padding_mask)
         src = src + self._masked(conv, self._sequence_mask(src, conv_skip_rate))
 
-        ff3_skip_rate = float(self.ff3_skip_rate) if self.training else 0.0
+        ff3_skip_rate = self._rate(self.ff3_skip_rate)
         ff3 = self.balancer_ff3(self.feed_forward3(src))
         src = src + self._masked(ff3, self._sequence_mask(src, ff3_skip_rate))
 

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import ops
-from .scheduled_float import FloatLike
+from .scheduled_float import FloatLike, value
 
 
 def _rescale_(module: nn.Module, initial_scale: float) -> nn.Module:
@@ -39,6 +39,16 @@ def ScaledConv2d(*args, initial_scale: float = 1.0, **kwargs) -> nn.Conv2d:  # n
     return _rescale_(nn.Conv2d(*args, **kwargs), initial_scale)
 
 
+def _scheduled_dropout_mask(x: Tensor, p: Tensor, shared_dim: Optional[int]) -> Tensor:
+    """ops.make_dropout_mask for a 0-dim tensor p (a schedule under torch.compile): same draw, same
+    formula, and no `p == 0` branch (a zero p keeps every element with scale 1)."""
+    shape = list(x.shape)
+    if shared_dim is not None:
+        shape[shared_dim] = 1
+    keep = torch.rand(*shape, device=x.device, dtype=x.dtype) > p
+    return keep.to(x.dtype) * (1.0 / (1.0 - p))
+
+
 class ActivationDropoutAndLinear(nn.Module):
     """linear(dropout(activation(x))) with activation "SwooshL" or "SwooshR"."""
 
@@ -58,5 +68,9 @@ class ActivationDropoutAndLinear(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         mask = None
         if self.training:
-            mask = ops.make_dropout_mask(x, float(self.dropout_p), self.dropout_shared_dim)
+            p = value(self.dropout_p)
+            if isinstance(p, Tensor):
+                mask = _scheduled_dropout_mask(x, p, self.dropout_shared_dim)
+            else:
+                mask = ops.make_dropout_mask(x, p, self.dropout_shared_dim)
         return ops.activation_dropout_linear(x, self.weight, self.bias, self.activation, mask)

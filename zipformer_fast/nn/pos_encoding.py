@@ -46,6 +46,10 @@ class CompactRelPositionalEncoding(nn.Module):
         self.pe = None  # attribute, not a buffer
 
     def _table(self, needed: int, like: Tensor) -> Tensor:
+        if torch.compiler.is_compiling():
+            # No cache while tracing: writing self.pe would be a side effect the graph guards on.
+            # Each row depends only on its own offset, so the values equal the cached table's.
+            return compact_rel_pos_table(needed, self.embed_dim, self.length_factor, like.device).to(like.dtype)
         pe = self.pe
         if pe is None or pe.size(0) < 2 * needed - 1 or pe.device != like.device:
             pe = compact_rel_pos_table(max(needed, self.max_len), self.embed_dim, self.length_factor, like.device)

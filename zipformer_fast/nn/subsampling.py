@@ -22,7 +22,8 @@ from .bias_norm import BiasNorm
 from .dropout import Dropout3
 from .grad_shapers import Balancer, ScaleGrad, Whiten
 from .linear import ScaledConv2d
-from .scheduled_float import FloatLike, ScheduledFloat
+from .randomness import keep_mask
+from .scheduled_float import FloatLike, ScheduledFloat, value
 from .streaming_state import check_cache
 
 
@@ -61,8 +62,10 @@ class ConvNeXt(nn.Module):
         that ops.conv_chain can fuse it with the convs that read its output)."""
         mask = None
         if self.training:
-            rate = float(self.layerdrop_rate)
-            if rate != 0.0:
+            rate = value(self.layerdrop_rate)
+            if isinstance(rate, Tensor):  # device-side (torch.compile): always drawn
+                mask = keep_mask((x.shape[0], 1, 1, 1), rate, x.device)
+            elif rate != 0.0:
                 mask = torch.rand((x.shape[0], 1, 1, 1), dtype=x.dtype, device=x.device) > rate
         # depthwise -> pointwise1 -> hidden_balancer -> SwooshL -> pointwise2 as one ops.conv_chain
         # (its fused path stores only the chain's input and recomputes the rest in backward).

@@ -109,10 +109,25 @@ class Zipformer2(nn.Module):
         """(chunk_size, left_context_chunks); (-1, -1) when not causal or full context was drawn."""
         if not self.causal:
             return -1, -1
+        if torch.compiler.is_compiling():
+            # The chunk size sets shapes (conv chunking, mask pattern): a compiled graph is built for
+            # one choice; a random choice per call cannot be traced.
+            if len(self.chunk_size) != 1 or len(self.left_context_frames) != 1:
+                raise RuntimeError(
+                    f"torch.compile of a causal Zipformer2 needs one chunk_size and one left_context_frames "
+                    f"(got {self.chunk_size} / {self.left_context_frames}): the per-call random choice "
+                    "changes shapes; build the model (or a decoding copy) with a single value of each")
+            return self._chunk_info(self.chunk_size[0], self.left_context_frames[0])
         chunk_size = random.choice(self.chunk_size)
         if chunk_size == -1:
             return -1, -1
-        left_context_chunks = random.choice(self.left_context_frames) // chunk_size  # -1 // c == -1
+        return self._chunk_info(chunk_size, random.choice(self.left_context_frames))
+
+    @staticmethod
+    def _chunk_info(chunk_size: int, left_context_frames: int) -> Tuple[int, int]:
+        if chunk_size == -1:
+            return -1, -1
+        left_context_chunks = left_context_frames // chunk_size  # -1 // c == -1
         if left_context_chunks == 0:
             left_context_chunks = 1
         return chunk_size, left_context_chunks

@@ -6,65 +6,85 @@ gradient of a per-channel constraint loss (mean/std within [min_mean, max_mean],
 [min_rms, max_rms]) normalised per channel to RMS grad_scale; it needs x element-wise.
 
 - `BalancerConfig`: the limits one active call uses (nn.Balancer.draw decides, with icefall's random
-  draws, whether a call acts and returns its config, or None).
+  draws, whether a call acts and returns its config, or None). Under torch.compile the limits may be
+  0-dim tensors (batch-count schedules) and `fire` a 0-dim bool tensor: the random decision drawn on
+  device; the edit is then computed and kept only where `fire` is true (torch.where), so the graph
+  does not depend on the draw.
 - `balancer_gradient(x, grad, config)`: the edited gradient (fp32 math, outside autocast).
 - `balancer(x, config)`: the autograd form (saves x); what nn.Balancer applies.
+The constraint loss is differentiated with torch.func.grad (the same derivative formulas as
+torch.autograd.grad, bit-identical results, and traceable by dynamo inside a backward).
 Ops that take a BalancerConfig (ops.conv_chain, ops.gated_depthwise_conv1d) apply balancer_gradient to
 the tensor they recompute in backward, so an active Balancer there stores nothing.
 """
-from typing import NamedTuple
+from typing import NamedTuple, Optional, Union
 
 import torch
 from torch import Tensor
 
+Limit = Union[float, Tensor]
+
 
 class BalancerConfig(NamedTuple):
-    min_mean: float
-    max_mean: float
-    min_rms: float
-    max_rms: float
-    grad_scale: float
+    min_mean: Limit
+    max_mean: Limit
+    min_rms: Limit
+    max_rms: Limit
+    grad_scale: Limit
     channel_dim: int  # non-negative
+    fire: Optional[Tensor] = None  # 0-dim bool: act or not (device-side draw); None: act
+
+
+def _constraint_loss(xf: Tensor, dims, min_mean: Limit, max_mean: Limit, min_rms: Limit, max_rms: Limit) -> Tensor:
+    uncentered_var = (xf ** 2).mean(dim=dims, keepdim=True)
+    mean = xf.mean(dim=dims, keepdim=True)
+    stddev = (uncentered_var - mean * mean).clamp(min=1.0e-20).sqrt()
+    rms = uncentered_var.clamp(min=1.0e-20).sqrt()
+    m = mean / stddev
+    m_loss = (m - m.clamp(min=min_mean, max=max_mean)).abs()
+    r_loss = (rms.clamp(min=min_rms, max=max_rms) / rms).log().abs()
+    return (m_loss + r_loss).sum()
 
 
 def balancer_gradient(x: Tensor, grad: Tensor, config: BalancerConfig) -> Tensor:
-    min_mean, max_mean, min_rms, max_rms, grad_scale, channel_dim = config
+    min_mean, max_mean, min_rms, max_rms, grad_scale, channel_dim, fire = config
     # The constraint loss is differentiated in fp32, outside autocast.
-    with torch.enable_grad(), torch.autocast(device_type=x.device.type, enabled=False):
-        xf = x.detach().to(torch.float32).requires_grad_(True)
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        xf = x.detach().to(torch.float32)
         dims = [d for d in range(xf.ndim) if d != channel_dim]
-        uncentered_var = (xf ** 2).mean(dim=dims, keepdim=True)
-        mean = xf.mean(dim=dims, keepdim=True)
-        stddev = (uncentered_var - mean * mean).clamp(min=1.0e-20).sqrt()
-        rms = uncentered_var.clamp(min=1.0e-20).sqrt()
-        m = mean / stddev
-        m_loss = (m - m.clamp(min=min_mean, max=max_mean)).abs()
-        r_loss = (rms.clamp(min=min_rms, max=max_rms) / rms).log().abs()
-        loss = m_loss + r_loss
-        (loss_grad,) = torch.autograd.grad(loss, xf, torch.ones_like(loss))
+        loss_grad = torch.func.grad(_constraint_loss)(xf, dims, min_mean, max_mean, min_rms, max_rms)
     # Normalise the constraint gradient to RMS grad_scale per channel, then weight each
     # element by |grad| (a noisy estimate of how much that element matters).
     loss_grad_rms = (loss_grad ** 2).mean(dim=dims, keepdim=True).sqrt().clamp(min=1.0e-20)
     loss_grad = loss_grad * (grad_scale / loss_grad_rms)
     gf = grad.to(torch.float32)
-    return (gf + gf.abs() * loss_grad).to(grad.dtype)
+    edited = (gf + gf.abs() * loss_grad).to(grad.dtype)
+    return edited if fire is None else torch.where(fire, edited, grad)
 
 
 class _BalancerFunction(torch.autograd.Function):
+    """Identity forward; limits that are tensors (schedules, the fire flag) are saved with x."""
+
     @staticmethod
-    def forward(ctx, x: Tensor, config: BalancerConfig) -> Tensor:
-        ctx.save_for_backward(x)
-        ctx.config = config
+    def forward(ctx, x: Tensor, min_mean, max_mean, min_rms, max_rms, grad_scale, channel_dim: int, fire):
+        fields = (min_mean, max_mean, min_rms, max_rms, grad_scale, fire)
+        ctx.is_tensor = tuple(isinstance(f, Tensor) for f in fields)
+        ctx.constants = tuple(None if t else f for f, t in zip(fields, ctx.is_tensor))
+        ctx.channel_dim = channel_dim
+        ctx.save_for_backward(x, *(f for f, t in zip(fields, ctx.is_tensor) if t))
         return x.view_as(x)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        (x,) = ctx.saved_tensors
-        return balancer_gradient(x, grad, ctx.config), None
+        x, *tensors = ctx.saved_tensors
+        it = iter(tensors)
+        f = [next(it) if t else c for t, c in zip(ctx.is_tensor, ctx.constants)]
+        config = BalancerConfig(f[0], f[1], f[2], f[3], f[4], ctx.channel_dim, f[5])
+        return (balancer_gradient(x, grad, config),) + (None,) * 7
 
 
-def balancer(x: Tensor, config: BalancerConfig) -> Tensor:
+def balancer(x: Tensor, config: Optional[BalancerConfig]) -> Tensor:
     """Identity forward; backward applies balancer_gradient (config None: plain identity)."""
     if config is None:
         return x
-    return _BalancerFunction.apply(x, config)
+    return _BalancerFunction.apply(x, *config)

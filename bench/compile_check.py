@@ -1,0 +1,148 @@
+"""torch.compile readiness of the XS Zipformer on CPU: graph breaks, recompilations, compiled = eager.
+
+1. Graph breaks of `torch._dynamo.explain(model.forward_encoder)` for the reference and the triton
+   backend (the latter under TRITON_INTERPRET=1 on CPU: tracing only needs the custom ops' fake
+   impls), in eval (inference, no_grad), eval with gradients (Balancers act in eval too) and training.
+2. A compiled training loop (`torch.compile(model.forward_encoder, fullgraph=True, dynamic=True)`,
+   dynamo backend --backend, default aot_eager) over --steps steps in which everything icefall varies
+   varies: batch count (every ScheduledFloat) advancing each step, Balancer/Whiten firing, layer and
+   module skips, dropout, feature masks, T (40..89 frames) and B (2..4; a batch of 1 would cost one
+   more compilation: dynamic shapes specialise sizes 0 and 1). Counted: compilations (dynamo frames
+   compiled). Runs first; the JSON is rewritten after every stage.
+3. The same loop in eager mode with device-side randomness (what the compiled graph computes) from
+   the same seeds and initial weights: per-step losses, largest relative difference.
+
+    python bench/compile_check.py [--steps 50] [--backend aot_eager] [--out bench/results/cpu/compile_check.json]
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import sys
+import time
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import torch  # noqa: E402
+
+from zipformer_fast import use_backend  # noqa: E402
+from zipformer_fast.asr.model import AsrModel  # noqa: E402
+from zipformer_fast.config import ZipformerConfig  # noqa: E402
+from zipformer_fast.nn import set_batch_count  # noqa: E402
+from zipformer_fast.nn.randomness import use_device_side_randomness  # noqa: E402
+
+
+def xs_model(seed: int = 0) -> AsrModel:
+    torch.manual_seed(seed)
+    return AsrModel(ZipformerConfig.preset("XS"), vocab_size=64, use_transducer=True, use_ctc=True)
+
+
+def graph_breaks(backend: str, mode: str) -> dict:
+    """mode: "inference" (eval, no_grad), "eval_grad" (eval, gradients on) or "train"."""
+    model = xs_model()
+    model.train(mode == "train")
+    if mode == "train":
+        set_batch_count(model, 500.0)
+    x, lens = torch.randn(2, 60, 80), torch.tensor([60, 50])
+    torch._dynamo.reset()
+    t0 = time.time()
+    with use_backend(backend), torch.set_grad_enabled(mode != "inference"):
+        e = torch._dynamo.explain(model.forward_encoder)(x, lens)
+    reasons = sorted({str(b.reason).split("\n")[0][:200] for b in e.break_reasons})
+    return {"graph_breaks": e.graph_break_count, "graphs": e.graph_count, "reasons": reasons,
+            "seconds": round(time.time() - t0, 1)}
+
+
+def batches(steps: int, seed: int = 1):
+    """(features, lengths, batch_count) per step: T and B vary, the batch count advances."""
+    g = torch.Generator().manual_seed(seed)
+    for i in range(steps):
+        # B >= 2: dynamic shapes specialise a size of 1, so a batch of one would compile once more.
+        B = int(torch.randint(2, 5, (1,), generator=g))
+        T = int(torch.randint(40, 90, (1,), generator=g))
+        lens = torch.randint(max(9, T - 20), T + 1, (B,), generator=g)
+        lens[0] = T
+        yield torch.randn(B, T, 80, generator=g), lens, 50.0 * i
+
+
+def train_loop(model: AsrModel, encode, data, backend: str, seed: int = 2) -> list:
+    """Plain SGD on a surrogate loss over `data` ((features, lengths, batch_count) per step);
+    returns the per-step losses."""
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    torch.manual_seed(seed)
+    losses = []
+    model.train()
+    with use_backend(backend):
+        for x, lens, bc in data:
+            set_batch_count(model, bc)
+            out, out_lens = encode(x, lens)
+            valid = (torch.arange(out.shape[1])[None, :] < out_lens[:, None]).unsqueeze(-1)
+            loss = (out.square() * valid).sum() / valid.sum() + model.ctc_log_probs(out).mean().neg() * 1e-3
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+    return losses
+
+
+def compiled_vs_eager(steps: int, dynamo_backend: str, backend: str) -> dict:
+    from torch._dynamo.testing import CompileCounterWithBackend
+    base = xs_model()
+    compiled_model, eager_model = copy.deepcopy(base), copy.deepcopy(base)
+    torch._dynamo.reset()
+    counter = CompileCounterWithBackend(dynamo_backend)
+    encode = torch.compile(compiled_model.forward_encoder, fullgraph=True, dynamic=True, backend=counter)
+    t0 = time.time()
+    compiled = train_loop(compiled_model, encode, batches(steps), backend)
+    t_compiled = time.time() - t0
+    t0 = time.time()
+    with use_device_side_randomness():
+        eager = train_loop(eager_model, eager_model.forward_encoder, batches(steps), backend)
+    t_eager = time.time() - t0
+    diffs = [abs(a - b) / max(abs(b), 1e-30) for a, b in zip(compiled, eager)]
+    return {"steps": steps, "dynamo_backend": dynamo_backend, "ops_backend": backend,
+            "compilations": counter.frame_count, "losses_compiled": compiled, "losses_eager": eager,
+            "max_rel_loss_diff": max(diffs), "first_step_rel_loss_diff": diffs[0],
+            "losses_bitwise_equal": compiled == eager,
+            "seconds_compiled_loop": round(t_compiled, 1), "seconds_eager_loop": round(t_eager, 1)}
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument("--backend", default="aot_eager", help="dynamo backend of the training loop")
+    ap.add_argument("--ops-backends", default="reference,triton")
+    ap.add_argument("--modes", default="inference,eval_grad,train")
+    ap.add_argument("--out", default=None)
+    a = ap.parse_args(argv)
+    result = {"torch": torch.__version__, "python": platform.python_version(), "device": "cpu",
+              "machine": platform.machine(), "cpu_threads": torch.get_num_threads(),
+              "triton_interpret": os.environ.get("TRITON_INTERPRET"),
+              "command": "python bench/compile_check.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+              "graph_breaks": {}}
+    def save():
+        if a.out:
+            os.makedirs(os.path.dirname(a.out) or ".", exist_ok=True)
+            with open(a.out, "w") as f:
+                json.dump(result, f, indent=1)
+
+    if a.steps > 0:
+        r = compiled_vs_eager(a.steps, a.backend, "reference")
+        result["training_loop"] = r
+        print(f"compiled training loop: {r['compilations']} compilations over {r['steps']} steps; "
+              f"max relative loss difference vs eager {r['max_rel_loss_diff']:.3g}", flush=True)
+        save()
+    for ops_backend in a.ops_backends.split(","):
+        for mode in a.modes.split(","):
+            r = graph_breaks(ops_backend, mode)
+            result["graph_breaks"][f"{ops_backend}/{mode}"] = r
+            print(f"graph breaks {ops_backend}/{mode}: {r['graph_breaks']} ({r['seconds']} s)", flush=True)
+            save()
+    return result
+
+
+if __name__ == "__main__":
+    main()

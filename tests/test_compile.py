@@ -1,0 +1,218 @@
+"""The XS model under torch.compile: one graph (fullgraph, no breaks) on both backends in inference
+and training, a compiled training loop that does not recompile as everything icefall varies moves,
+the compiled graph computing what eager computes, the golden file holding for the compiled path, and
+an eval forward free of host synchronisation (what a CUDA-graph capture needs).
+
+Tracing uses dynamo's "eager" backend where only the graph matters and "aot_eager" where the
+backward must be traced too (no inductor C++ compile: seconds, not minutes). Random training
+decisions are drawn on device while tracing (zipformer_fast.nn.randomness); eager runs with
+`use_device_side_randomness()` compute exactly the compiled graph's function.
+
+Tracing the XS model in training (and the inductor compile) takes several CPU-minutes on a 2-core
+machine, so those tests run only with ZIPFORMER_FAST_TEST_COMPILE=1 (bench/compile_check.py measures
+the same things); the eval traces, the sync checks and tests/test_device_randomness.py always run.
+"""
+import os
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from golden_check import check_against_golden
+from zipformer_fast import use_backend
+from zipformer_fast.asr.model import AsrModel
+from zipformer_fast.config import ZipformerConfig
+from zipformer_fast.nn import set_batch_count
+from zipformer_fast.nn.randomness import use_device_side_randomness
+
+
+heavy_compile = pytest.mark.skipif(os.environ.get("ZIPFORMER_FAST_TEST_COMPILE", "0") != "1",
+                                   reason="several CPU-minutes of tracing; set ZIPFORMER_FAST_TEST_COMPILE=1")
+
+
+def build_xs(seed: int = 0) -> AsrModel:
+    torch.manual_seed(seed)
+    return AsrModel(ZipformerConfig.preset("XS"), vocab_size=64, use_transducer=True, use_ctc=True)
+
+
+def xs_inputs(B: int = 2, T: int = 60, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    lens = torch.randint(T - 15, T + 1, (B,), generator=g)
+    lens[0] = T
+    return torch.randn(B, T, 80, generator=g), lens
+
+
+# ------------------------------------------------------------------------------ no host sync
+class _NoHostSync(TorchDispatchMode):
+    """Fails on every op that reads a tensor value back to the host. Tensor.tolist does not pass the
+    dispatcher on CPU, so it is patched too."""
+    FORBIDDEN = {torch.ops.aten._local_scalar_dense.default, torch.ops.aten.nonzero.default,
+                 torch.ops.aten.is_nonzero.default, torch.ops.aten.item.default}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func in self.FORBIDDEN:
+            raise AssertionError(f"host synchronisation: {func}")
+        return func(*args, **(kwargs or {}))
+
+    def __enter__(self):
+        self._tolist = torch.Tensor.tolist
+
+        def tolist(_):
+            raise AssertionError("host synchronisation: Tensor.tolist")
+        torch.Tensor.tolist = tolist
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        torch.Tensor.tolist = self._tolist
+        return super().__exit__(*exc)
+
+
+@pytest.mark.parametrize("sync", [lambda: bool(torch.ones(1) > 0), lambda: torch.ones(3).nonzero(),
+                                  lambda: torch.ones(2).tolist(), lambda: torch.ones(()).item()])
+def test_the_sync_detector_detects(sync):
+    with pytest.raises(AssertionError, match="host synchronisation"), _NoHostSync():
+        sync()
+
+
+def test_eval_encode_never_synchronises_with_the_host():
+    model = build_xs().eval()
+    x, lens = xs_inputs()
+    with torch.no_grad(), use_backend("reference"):
+        want, want_lens = model.forward_encoder(x, lens)  # with its up-front value checks
+        with _NoHostSync():
+            got, got_lens = model.encode(x, lens)
+    assert torch.equal(got, want) and torch.equal(got_lens, want_lens)
+    # The checks that do read values are in check_input_values, which forward_encoder runs first.
+    with pytest.raises(AssertionError, match="host synchronisation"), _NoHostSync():
+        model.check_input_values(x, lens)
+
+
+def test_forward_encoder_keeps_its_value_checks():
+    model = build_xs().eval()
+    x, lens = xs_inputs()
+    x[0, 3, 5] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        model.forward_encoder(x, lens)
+
+
+# ------------------------------------------------------------------------------- one graph
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+@pytest.mark.parametrize("mode", ["inference", "train"])
+def test_whole_model_traces_as_one_graph_and_computes_eagers_function(backend, mode):
+    """fullgraph=True raises at the first graph break. Inference: eval under no_grad; train: training
+    mode with a batch count inside every schedule's ramp (all skips, Balancers, Whitens and dropouts
+    live). The traced graph must give eager's output from the same seed."""
+    if backend == "triton":
+        pytest.importorskip("triton")
+    if mode == "train" and os.environ.get("ZIPFORMER_FAST_TEST_COMPILE", "0") != "1":
+        pytest.skip("several CPU-minutes of tracing; set ZIPFORMER_FAST_TEST_COMPILE=1")
+    model = build_xs()
+    model.train(mode == "train")
+    set_batch_count(model, 1500.0)
+    x, lens = xs_inputs()
+    torch._dynamo.reset()
+    compiled = torch.compile(model.forward_encoder, fullgraph=True, backend="eager")
+    with use_backend(backend), torch.set_grad_enabled(mode == "train"):
+        torch.manual_seed(5)
+        got, got_lens = compiled(x, lens)
+        torch.manual_seed(5)
+        with use_device_side_randomness():
+            want, want_lens = model.forward_encoder(x, lens)
+    assert torch.equal(got_lens, want_lens)
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+
+
+# ------------------------------------------------------------------------ compiled training
+@heavy_compile
+def test_compiled_training_loop_does_not_recompile_and_matches_eager():
+    """Four steps with new T and B each, the batch count crossing schedule breakpoints (skip rates,
+    Balancer probabilities, dropout), random firing everywhere: one compilation with dynamic shapes
+    (at most 3 allowed), and per-step losses equal to the eager loop with device-side randomness
+    from the same seeds (aot_eager runs the same aten ops in the same order)."""
+    import copy
+    import sys
+    import pathlib
+    from torch._dynamo.testing import CompileCounterWithBackend
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "bench"))
+    from compile_check import train_loop
+
+    def data():
+        for i, (B, T, bc) in enumerate([(2, 60, 0.0), (3, 75, 700.0), (2, 48, 2500.0), (3, 90, 9000.0)]):
+            x, lens = xs_inputs(B, T, seed=i)
+            yield x, lens, bc
+
+    base = build_xs()
+    compiled_model, eager_model = copy.deepcopy(base), copy.deepcopy(base)
+    torch._dynamo.reset()
+    counter = CompileCounterWithBackend("aot_eager")
+    encode = torch.compile(compiled_model.forward_encoder, fullgraph=True, dynamic=True, backend=counter)
+    compiled = train_loop(compiled_model, encode, data(), "reference")
+    with use_device_side_randomness():
+        eager = train_loop(eager_model, eager_model.forward_encoder, data(), "reference")
+    assert counter.frame_count <= 3
+    assert compiled == pytest.approx(eager, rel=1e-5)
+    for (name, p), q in zip(compiled_model.named_parameters(), eager_model.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-6, msg=name)
+    # The Whiten probabilities switched in the compiled backward as in eager's.
+    whitens = [(m.prob_tensor, n.prob_tensor) for m, n in zip(compiled_model.modules(), eager_model.modules())
+               if hasattr(m, "prob_tensor")]
+    assert whitens and all(torch.equal(a, b) for a, b in whitens)
+
+
+# ---------------------------------------------------------------------------------- golden
+@heavy_compile
+def test_compiled_path_matches_golden(golden):
+    """golden_XS.pt through the aot_eager-compiled forward_encoder: forward activations and, with
+    icefall's recorded Balancer/Whiten firing set replayed, every gradient (same tolerances as
+    tests/test_golden.py)."""
+    model = build_xs()
+    torch._dynamo.reset()
+    model.forward_encoder = torch.compile(model.forward_encoder, fullgraph=True, backend="aot_eager")
+    with use_backend("reference"):
+        errs = check_against_golden(model, golden, rtol=1e-5, grads=True)
+    assert sum(k.startswith("param_grads[") for k in errs) == len(golden["param_grads"])
+
+
+# -------------------------------------------------------------------------------- inductor
+@heavy_compile
+def test_inductor_compiled_eval_encoder_matches_eager():
+    """The default backend (inductor, C++ on CPU) on the sync-free eval encoder with dynamic shapes:
+    same output as eager for two lengths (inductor may reorder float sums: 1e-5)."""
+    model = build_xs().eval()
+    torch._dynamo.reset()
+    encode = torch.compile(model.encode, fullgraph=True, dynamic=True)
+    with torch.no_grad(), use_backend("reference"):
+        for B, T in ((2, 60), (3, 77)):
+            x, lens = xs_inputs(B, T)
+            got, got_lens = encode(x, lens)
+            want, want_lens = model.encode(x, lens)
+            assert torch.equal(got_lens, want_lens)
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------ CUDA graphs
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("backend", ["reference", "auto"])
+def test_cuda_graph_capture_of_eval_encoder(backend):
+    """A plain torch.cuda.CUDAGraph capture of the sync-free encoder replays eager's output for new
+    inputs of the captured shape."""
+    model = build_xs().cuda().eval()
+    x, lens = (t.cuda() for t in xs_inputs(2, 80))
+    static_x, static_lens = x.clone(), lens.clone()
+    with torch.no_grad(), use_backend(backend):
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(2):  # warm-up: caches, kernel compilation
+                model.encode(static_x, static_lens)
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            static_out, static_out_lens = model.encode(static_x, static_lens)
+        x2, lens2 = (t.cuda() for t in xs_inputs(2, 80, seed=1))
+        static_x.copy_(x2)
+        static_lens.copy_(lens2)
+        graph.replay()
+        want, want_lens = model.encode(x2, lens2)
+    assert torch.equal(static_out_lens, want_lens)
+    torch.testing.assert_close(static_out, want, rtol=1e-5, atol=1e-5)

@@ -64,7 +64,7 @@ def decode_and_report(args, settings, data_dir: Path, exp_dir: Path, train_summa
         "device": _device_name(args.device), "torch": torch.__version__, "python": platform.python_version(),
         "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(),
         "training": {"steps": train_summary["batch_idx_train"], "train_s": timings.get("train_s"),
-                     "max_minutes": settings["train"].get("max_minutes"),
+                     "max_minutes": args.train_minutes if args.train_minutes is not None else settings["train"].get("max_minutes"),
                      "chunk_size": settings["train"]["chunk_size"],
                      "left_context_frames": settings["train"]["left_context_frames"]},
         "decode": {"chunk_size": C, "left_context_frames": L, "avg": settings["decode"]["avg"],

@@ -163,6 +163,13 @@ def _transfer_hyperparameters(where: str, peer: nn.Module, ours: nn.Module, memo
                                       f"{current!r}; this configuration cannot be mapped")
 
 
+def _persistent_buffers(module: nn.Module) -> dict:
+    """name -> buffer for every buffer that a state dict would hold."""
+    return {f"{prefix}.{name}" if prefix else name: b
+            for prefix, m in module.named_modules() for name, b in m._buffers.items()
+            if b is not None and name not in m._non_persistent_buffers_set}
+
+
 def _share_parameters(where: str, peer: nn.Module, ours: nn.Module) -> None:
     """Put peer's Parameter (and buffer) objects into ours, by name; names and shapes must agree."""
     theirs = dict(peer.named_parameters(remove_duplicate=False))
@@ -176,10 +183,11 @@ def _share_parameters(where: str, peer: nn.Module, ours: nn.Module) -> None:
     bad = [f"{n} {tuple(p.shape)} vs {tuple(mine[n].shape)}" for n, p in theirs.items() if p.shape != mine[n].shape]
     if bad:
         raise AccelerateError(f"{where}: parameter shapes differ: {bad[:8]}")
-    their_buffers = dict(peer.named_buffers())
-    if set(their_buffers) != set(dict(ours.named_buffers())):
-        raise AccelerateError(f"{where}: buffers differ: {sorted(their_buffers)} vs "
-                              f"{sorted(dict(ours.named_buffers()))}")
+    # Non-persistent buffers (not in the state dict, e.g. our Whiten's traced probability) are each
+    # side's own working state; the persistent ones are shared like the parameters.
+    their_buffers, my_buffers = _persistent_buffers(peer), _persistent_buffers(ours)
+    if set(their_buffers) != set(my_buffers):
+        raise AccelerateError(f"{where}: buffers differ: {sorted(their_buffers)} vs {sorted(my_buffers)}")
     owners = dict(ours.named_modules())
     for name, p in theirs.items():
         prefix, _, leaf = name.rpartition(".")

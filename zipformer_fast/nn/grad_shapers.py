@@ -25,7 +25,7 @@ from typing import Optional, Tuple, Union
 import torch
 from torch import Tensor, nn
 
-from ..ops.balancer import BalancerConfig, balancer
+from ..ops.balancer import BalancerConfig, balancer, grad_and_value
 from .randomness import device_side
 from .scheduled_float import FloatLike, ScheduledFloat, value
 
@@ -190,7 +190,7 @@ class _WhitenOnDevice(torch.autograd.Function):
         limit = rest[0] if ctx.limit_is_tensor else ctx.limit
         with torch.autocast(device_type=x.device.type, enabled=False):
             xf = x.detach().to(torch.float32)
-            penalty_grad, metric = torch.func.grad_and_value(whitening_metric)(xf, ctx.num_groups)
+            penalty_grad, metric = grad_and_value(whitening_metric, xf, ctx.num_groups)
         below = metric < limit
         with torch.no_grad():
             prob.copy_(torch.where(fire, torch.where(below, ctx.min_prob, ctx.max_prob), prob))

@@ -12,8 +12,9 @@ gradient of a per-channel constraint loss (mean/std within [min_mean, max_mean],
   does not depend on the draw.
 - `balancer_gradient(x, grad, config)`: the edited gradient (fp32 math, outside autocast).
 - `balancer(x, config)`: the autograd form (saves x); what nn.Balancer applies.
-The constraint loss is differentiated with torch.func.grad (the same derivative formulas as
-torch.autograd.grad, bit-identical results, and traceable by dynamo inside a backward).
+The constraint loss is differentiated by `grad_and_value`: torch.autograd.grad in eager mode (works
+under saved_tensors_hooks, which torch.func refuses: activation offloading, saved-bytes counting),
+torch.func.grad_and_value while dynamo traces (the same formulas, traceable inside a backward).
 Ops that take a BalancerConfig (ops.conv_chain, ops.gated_depthwise_conv1d) apply balancer_gradient to
 the tensor they recompute in backward, so an active Balancer there stores nothing.
 """
@@ -46,13 +47,24 @@ def _constraint_loss(xf: Tensor, dims, min_mean: Limit, max_mean: Limit, min_rms
     return (m_loss + r_loss).sum()
 
 
+def grad_and_value(fn, x: Tensor, *args):
+    """(d fn(x, *args) / dx, fn(x, *args)) for a scalar fn of x (see the module docstring)."""
+    if torch.compiler.is_compiling():
+        return torch.func.grad_and_value(fn)(x, *args)
+    with torch.enable_grad():
+        xg = x.detach().requires_grad_(True)
+        value = fn(xg, *args)
+        (g,) = torch.autograd.grad(value, xg)
+    return g, value.detach()
+
+
 def balancer_gradient(x: Tensor, grad: Tensor, config: BalancerConfig) -> Tensor:
     min_mean, max_mean, min_rms, max_rms, grad_scale, channel_dim, fire = config
     # The constraint loss is differentiated in fp32, outside autocast.
     with torch.autocast(device_type=x.device.type, enabled=False):
         xf = x.detach().to(torch.float32)
         dims = [d for d in range(xf.ndim) if d != channel_dim]
-        loss_grad = torch.func.grad(_constraint_loss)(xf, dims, min_mean, max_mean, min_rms, max_rms)
+        loss_grad, _ = grad_and_value(_constraint_loss, xf, dims, min_mean, max_mean, min_rms, max_rms)
     # Normalise the constraint gradient to RMS grad_scale per channel, then weight each
     # element by |grad| (a noisy estimate of how much that element matters).
     loss_grad_rms = (loss_grad ** 2).mean(dim=dims, keepdim=True).sqrt().clamp(min=1.0e-20)

@@ -16,7 +16,7 @@ file's "how"); during the gradient run exactly those fire, all others stay off. 
 Balancer and Whiten backward formulas against icefall's.
 
 Tolerance: forward entries must satisfy err <= rtol. Gradient entries must satisfy
-err <= max(grad_floor, 3 * cond), where cond is the float32 rounding sensitivity of that entry,
+err <= grad_floor + 3 * cond, where cond is the float32 rounding sensitivity of that entry,
 measured by re-running our reference model in float64. Why a gradient floor above rtol: golden_XS.pt
 is itself a float32 result with its own summation order, and its own round-off is visible against
 our float64 gradients: 3.1e-5 on encoder.downsample_output.bias (whose sensitivity here is only
@@ -24,7 +24,10 @@ our float64 gradients: 3.1e-5 on encoder.downsample_output.bias (whose sensitivi
 check failed on one 2-core CPU and passed on another, on which entry depending on the BLAS path
 (encoder_embed.out_norm.bias at 1.06e-5 in one process, downsample_output.bias at 2.9e-5 in
 another): that floor tested the machine, not the model. GOLDEN_GRAD_FLOOR = 5e-5 sits above the
-largest such golden round-off seen (4.3e-5); a real gradient defect is far larger (see
+largest such golden round-off seen (4.3e-5), and the two round-offs add (triangle inequality:
+|ours32 - golden32| <= |ours32 - exact| + |golden32 - exact|), hence floor + 3 * cond, not the max:
+with the max, one in_proj bias failed at 5.02e-5 / 5.28e-5 (reference / fused) against 5.02e-5
+depending on the thread count; a real gradient defect is far larger (see
 tests/test_golden.py: a 1e-3 change to one weight, or a Balancer left out). A few gradients are differences of nearly equal terms (the
 SimpleDownsample softmax biases, whose components sum to zero; the attention in_proj, whose key part
 has zero-sum gradients; depthwise-conv biases behind a Balancer whose clamp sits on a boundary) and
@@ -160,7 +163,7 @@ def check_against_golden(model, golden, rtol: float = 1e-5, grads: bool = True,
         grad_errs = golden_grad_errors(model, golden)
         cond = float32_sensitivity(golden)
         errs.update(grad_errs)
-        tol.update({k: max(rtol, grad_floor, 3.0 * cond[k]) for k in grad_errs})
+        tol.update({k: max(rtol, grad_floor + 3.0 * cond[k]) for k in grad_errs})
     bad = {k: (v, tol[k]) for k, v in errs.items() if not v <= tol[k]}
     if bad:
         worst = sorted(bad.items(), key=lambda kv: -kv[1][0])[:20]

@@ -230,18 +230,25 @@ def export_decoder_joiner(model, out: Path, spec: ExportSpec) -> Dict[str, Dict[
 
 
 def export_offline_transducer(model, out: Path, spec: ExportSpec) -> Dict[str, Dict[str, Path]]:
-    cfg = model.config
-    x = torch.zeros(1, 300, cfg.feature_dim)
-    x_lens = torch.tensor([300], dtype=torch.int64)
     enc = out / "encoder.onnx"
-    with _offline_chunking(model, spec) as extra:
-        _export(OnnxEncoder(model), (x, x_lens), enc, ["x", "x_lens"], ["encoder_out", "encoder_out_lens"],
-                {"x": {0: "N", 1: "T"}, "x_lens": {0: "N"}, "encoder_out": {0: "N", 1: "T"},
-                 "encoder_out_lens": {0: "N"}}, spec.opset)
+    extra = _export_offline(model, OnnxEncoder(model), enc, ["encoder_out", "encoder_out_lens"], spec)
     add_metadata(enc, {**_encoder_meta(model, spec, "non-streaming zipformer2"), **extra})
     files = {"encoder": _variants(enc, spec, ["MatMul"])}
     files.update(export_decoder_joiner(model, out, spec))
     return files
+
+
+def _export_offline(model, graph, path: Path, output_names, spec: ExportSpec) -> dict:
+    """Trace a whole-utterance graph (x (N, T, 80), x_lens) -> (frames (N, T', ...), lengths (N,))
+    with dynamic N and T; returns the chunking metadata of a causal model (else {})."""
+    x = torch.zeros(1, 300, model.config.feature_dim)
+    x_lens = torch.tensor([300], dtype=torch.int64)
+    frames, lengths = output_names
+    with _offline_chunking(model, spec) as extra:
+        _export(graph, (x, x_lens), path, ["x", "x_lens"], output_names,
+                {"x": {0: "N", 1: "T"}, "x_lens": {0: "N"}, frames: {0: "N", 1: "T"}, lengths: {0: "N"}},
+                spec.opset)
+    return extra
 
 
 @contextlib.contextmanager
@@ -258,14 +265,8 @@ def _offline_chunking(model, spec: ExportSpec):
 
 
 def export_ctc(model, out: Path, spec: ExportSpec) -> Dict[str, Dict[str, Path]]:
-    cfg = model.config
-    x = torch.zeros(1, 300, cfg.feature_dim)
-    x_lens = torch.tensor([300], dtype=torch.int64)
     path = out / "model.onnx"
-    with _offline_chunking(model, spec) as extra:
-        _export(OnnxCtcModel(model), (x, x_lens), path, ["x", "x_lens"], ["log_probs", "log_probs_len"],
-                {"x": {0: "N", 1: "T"}, "x_lens": {0: "N"}, "log_probs": {0: "N", 1: "T"},
-                 "log_probs_len": {0: "N"}}, spec.opset)
+    extra = _export_offline(model, OnnxCtcModel(model), path, ["log_probs", "log_probs_len"], spec)
     add_metadata(path, {**extra, "model_type": "zipformer2_ctc", "version": "1", "model_author": AUTHOR,
                         "comment": "non-streaming zipformer2 CTC", "vocab_size": model.vocab_size,
                         "max_frames": spec.max_frames, **spec.extra_metadata})

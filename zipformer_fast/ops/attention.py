@@ -70,13 +70,9 @@ def relative_position_scores_reference(p: Tensor, pos_proj: Tensor) -> Tensor:
     ph = p.permute(2, 1, 0, 3)                                  # (H,B,T,dp)
     pos = pos_proj.reshape(-1, 2 * T - 1, H, dp).permute(2, 0, 3, 1)  # (H,1,dp,2T-1)
     rel = torch.matmul(ph, pos)                                 # (H,B,T,2T-1), contiguous
-    if torch.jit.is_tracing():  # ONNX export: as_strided with a traced offset cannot be exported
+    if torch.jit.is_tracing() or torch.compiler.is_compiling():
+        # Neither the ONNX exporter nor dynamo takes as_strided with a shape-dependent offset.
         return relative_shift_gather(rel)
-    if torch.compiler.is_compiling() and T > 1:
-        # The same view built from reshapes (dynamo cannot trace storage_offset / as_strided):
-        # row i starts at flat offset (T-1) + i*(2T-2) of the (T*(2T-1)) block.
-        flat = rel.reshape(H, B, T * (2 * T - 1))
-        return flat[..., T - 1:T - 1 + T * (2 * T - 2)].reshape(H, B, T, 2 * T - 2)[..., :T]
     return rel.as_strided(
         (H, B, T, T),
         (rel.stride(0), rel.stride(1), rel.stride(2) - rel.stride(3), rel.stride(3)),

@@ -67,9 +67,10 @@ QUICK = dict(
 MODEL_CONFIG = str(Path(__file__).resolve().parent / "model_tiny.json")
 # The streaming recipe: icefall's streaming training flags and 9 minutes of training, so that
 # `make run` (both recipes) stays near half an hour. On an idle 2-core CPU that is ~1300-1900 steps
-# at the non-causal recipe's 0.28-0.40 s/step, past its ~600-step blank plateau; whether the causal
-# model leaves the plateau as soon is not measured yet (the one recorded run, on a heavily loaded
-# machine, got 81 steps: bench/results/cpu/streaming_synthetic.json).
+# at the non-causal recipe's 0.28-0.40 s/step. The causal model leaves the blank plateau about as
+# late (the recorded run's loss per frame: 0.67 at step 600, 0.54 at 750, 0.27 at 1500, where it
+# decodes at 20.5 % beam WER; bench/results/cpu/streaming_synthetic.json, 22 minutes on a loaded
+# machine). A 9-minute run on an idle machine has not been measured.
 CAUSAL_TRAIN = dict(causal=1, chunk_size="16,32,64,-1", left_context_frames="64,128,256,-1", max_minutes=9.0)
 CAUSAL_QUICK_TRAIN = dict(causal=1, chunk_size="16,32,64,-1", left_context_frames="64,128,256,-1")
 

@@ -2,7 +2,7 @@
 attention decoder (decoded with CTC and with attention-decoder rescoring of the CTC n-best) and
 CR-CTC, trained one after another, and the landed transducer run beside them.
 
-    python bench/heads_synthetic.py --train-minutes 4 --threads 1
+    python bench/heads_synthetic.py --train-steps 2141 --train-minutes 30 --threads 1
     python bench/heads_synthetic.py --collect-only --train-minutes 4 --threads 1   # runs already done
 
 Writes bench/results/cpu/heads_synthetic.json: per head the budget, the steps reached, the
@@ -27,8 +27,11 @@ TRANSDUCER_SUMMARY = ROOT / "bench" / "results" / "cpu" / "synthetic_recipe_run_
 
 
 def run_command(head: str, args) -> list:
-    return [sys.executable, "-m", "recipes.synthetic.run", "--heads", head, "--train-minutes",
-            str(args.train_minutes), "--device", "cpu", "--threads", str(args.threads), "--backend", "reference"]
+    cmd = [sys.executable, "-m", "recipes.synthetic.run", "--heads", head, "--train-minutes",
+           str(args.train_minutes), "--device", "cpu", "--threads", str(args.threads), "--backend", "reference"]
+    if args.train_steps:
+        cmd += ["--train-steps", str(args.train_steps)]
+    return cmd
 
 
 def head_record(head: str, args) -> dict:
@@ -44,9 +47,21 @@ def head_record(head: str, args) -> dict:
     return rec
 
 
+def budget_note(args, transducer: dict) -> str:
+    if args.train_steps:
+        return (f"Every head trained for {args.train_steps} steps (time cap {args.train_minutes:g} min), the "
+                f"steps the transducer run reached in its {transducer['settings']['train']['max_minutes']:g} "
+                "minutes, with the recipe's other settings unchanged: the same budget in updates.")
+    return (f"One training budget of {args.train_minutes:g} min per head; steps reached depend on the "
+            "machine's load (see load_average_after_each_run).")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--train-minutes", type=float, default=4.0)
+    p.add_argument("--train-steps", type=int, default=0,
+                   help="step budget per head (0: time only); the same steps as the transducer run make "
+                        "the comparison independent of machine load")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--collect-only", action="store_true")
     p.add_argument("--load-note", default="", help="what the machine was doing meanwhile")
@@ -64,10 +79,7 @@ def main() -> None:
         "device": f"cpu ({os.cpu_count()} cores, {platform.processor() or platform.machine()})",
         "versions": {"python": platform.python_version(), "torch": torch.__version__},
         "written": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "note": (f"One short training budget ({args.train_minutes:g} min) per head on a shared machine; "
-                 "NOT the recipe's full 14-minute comparison. The transducer row is the landed 14-minute "
-                 "run on an otherwise idle machine, so steps differ by far more than the budgets. "
-                 + args.load_note).strip(),
+        "note": (budget_note(args, transducer) + " " + args.load_note).strip(),
         "heads": {h: head_record(h, args) for h in HEADS},
         "transducer_ctc_landed_run": {
             "source": str(TRANSDUCER_SUMMARY.relative_to(ROOT)), "train_budget_minutes":

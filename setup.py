@@ -1,24 +1,55 @@
-"""Install zipformer_fast. `kernels/` is installed as `zipformer_fast.kernels`.
+"""Install zipformer_fast: the Python package, kernels/ as zipformer_fast.kernels, and csrc/ (the
+compiled ScaledAdam step's C++/CUDA sources) as zipformer_fast/csrc so that an installed package can
+build the step on first use.
 
-Nothing here needs torch in an isolated build environment: with build isolation (`pip install .`)
-the package installs as pure Python and the optimizer extension compiles on first use
-(torch.utils.cpp_extension.load, cached). With `--no-build-isolation` and torch importable, the
-extension is prebuilt here (see csrc/build.py).
+With build isolation (`pip install .`, the default) torch is not importable here, so the package
+installs as pure Python and the optimizer compiles its step on first use
+(zipformer_fast/optim/extension.py). With `--no-build-isolation` and torch importable, the step is
+prebuilt here: a CPU library wherever a compiler exists and a CUDA library where torch has CUDA and
+a toolkit is found (TORCH_CUDA_ARCH_LIST picks the GPUs, e.g. "8.0;9.0"; CUDA 13 dropped sm_70).
+A failed compile only warns: the first-use build or the torch._foreach path remains.
+ZIPFORMER_FAST_NO_EXTENSION=1 skips it.
 """
 import os
+import warnings
 
 from setuptools import find_packages, setup
 
-ext_modules, cmdclass = [], {}
-if os.environ.get("ZIPFORMER_FAST_NO_EXTENSION", "0") != "1":
-    try:  # torch visible only without build isolation
-        import torch  # noqa: F401
-        import sys
-        sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc"))
-        from build import setup_extensions  # csrc/build.py, written with the optimizer
-        ext_modules, cmdclass = setup_extensions()
+CSRC = "csrc"
+
+
+def optimizer_extensions():
+    """(ext_modules, cmdclass) for the compiled ScaledAdam step; empty when torch is not importable."""
+    if os.environ.get("ZIPFORMER_FAST_NO_EXTENSION", "0") == "1":
+        return [], {}
+    try:
+        import torch
+        from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
     except ImportError:
-        pass
+        return [], {}
+
+    class OptionalBuildExt(BuildExtension):
+        """A compile failure must not fail `pip install`: the first-use build / foreach path remains."""
+
+        def build_extension(self, ext):
+            try:
+                super().build_extension(ext)
+            except Exception as e:  # compiler missing, toolkit mismatch...
+                warnings.warn(f"zipformer_fast: not prebuilding {ext.name} ({e}); the optimizer "
+                              "will build it on first use or use its torch._foreach path")
+
+    exts = [CppExtension("zipformer_fast.optim._scaled_adam_cpu", [f"{CSRC}/scaled_adam_cpu.cpp"],
+                         extra_compile_args={"cxx": ["-O3", "-fopenmp"]}, extra_link_args=["-fopenmp"])]
+    if torch.version.cuda and CUDA_HOME is not None:
+        exts.append(CUDAExtension(
+            "zipformer_fast.optim._scaled_adam_cuda",
+            [f"{CSRC}/scaled_adam_cuda.cpp", f"{CSRC}/scaled_adam_kernels.cu"],
+            include_dirs=[os.path.abspath(CSRC)],
+            extra_compile_args={"cxx": ["-O3"], "nvcc": ["-O3"]}))
+    return exts, {"build_ext": OptionalBuildExt}
+
+
+ext_modules, cmdclass = optimizer_extensions()
 
 setup(
     name="zipformer_fast",
@@ -26,10 +57,10 @@ setup(
     description="Zipformer ASR encoder with fused Triton kernels and a multi-tensor ScaledAdam",
     license="Apache-2.0",
     python_requires=">=3.9",
-    # Every zipformer_fast subpackage, plus kernels/ installed as zipformer_fast.kernels.
-    packages=find_packages(include=["zipformer_fast", "zipformer_fast.*"]) + ["zipformer_fast.kernels"],
-    package_dir={"zipformer_fast.kernels": "kernels"},
-    package_data={"zipformer_fast.optim": ["csrc/*"]},
+    packages=find_packages(include=["zipformer_fast", "zipformer_fast.*"])
+    + ["zipformer_fast.kernels", "zipformer_fast.csrc"],
+    package_dir={"zipformer_fast.kernels": "kernels", "zipformer_fast.csrc": CSRC},
+    package_data={"zipformer_fast.csrc": ["*.h", "*.cpp", "*.cu"]},
     # torch is deliberately not pinned to a build: users bring their own (CPU or CUDA) torch >= 2.4.
     install_requires=["torch>=2.4", "numpy"],
     extras_require={

@@ -76,8 +76,7 @@ class AttentionCase:
                     x=r(1, B, T, hw), kpm=kpm)
 
     def make(self, impl: str, pass_: str) -> Callable[[], None]:
-        from zipformer_fast.backend import use_backend
-        from zipformer_fast.ops import attention as A
+        from zipformer_fast.runtime import configure, use_backend
 
         if impl in FORWARD_ONLY and pass_ != "fwd":
             raise ValueError(f"{impl} is a forward-only yardstick")
@@ -88,7 +87,7 @@ class AttentionCase:
         leaves = [t[n] for n in ("q", "k", "p", "pos", "v1", "v2", "x")]
 
         def forward():
-            with use_backend(backend), A.use_attention_mode(mode), \
+            with use_backend(backend), configure(attention_mode=mode), \
                     torch.autocast(self.device, dtype=self.dtype):
                 return layer(t)
 
@@ -215,9 +214,8 @@ def model_saved_bytes(preset: str, seconds: float, batch: int) -> dict:
 
     interp.InterpretedFunction.run = lambda self, *args, **kwargs: None  # shapes only, see docstring
     from zipformer_fast.asr.model import AsrModel
-    from zipformer_fast.backend import use_backend
+    from zipformer_fast.runtime import configure, use_backend
     from zipformer_fast.config import ZipformerConfig
-    from zipformer_fast.ops import attention as A
 
     model = AsrModel(ZipformerConfig.preset(preset), vocab_size=500, use_transducer=True, use_ctc=True)
     model.train()
@@ -238,7 +236,7 @@ def model_saved_bytes(preset: str, seconds: float, batch: int) -> dict:
                 seen[st.data_ptr()] = st.nbytes()
             return x
 
-        with use_backend(backend), A.use_attention_mode(mode), \
+        with use_backend(backend), configure(attention_mode=mode), \
                 torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x):
             out = model.forward_encoder(feats, lens)
         del out

@@ -66,7 +66,10 @@ def _r(shape, grad=True, dtype=torch.float32):
 
 def cases():
     """name -> (make inputs, call). Shapes: tiny, Zipformer-like layouts (T, B, C)."""
-    from zipformer_fast import ops
+    from zipformer_fast.ops.bias_norm import bias_norm
+    from zipformer_fast.ops.bypass import bias_norm_bypass, bypass, upsample_bypass
+    from zipformer_fast.ops.downsample import simple_downsample
+    from zipformer_fast.ops.swoosh import swoosh_l, swoosh_r
     from zipformer_fast.ops import activation_linear as al
 
     T, B, C = 8, 2, 16
@@ -75,16 +78,16 @@ def cases():
         return torch.rand(shape).requires_grad_()
 
     return {
-        "swoosh_l": (lambda: [_r((T, B, C))], lambda x: ops.swoosh_l(x)),
-        "swoosh_r_compact": (lambda: [_r((T, B, C))], lambda x: ops.swoosh_r(x, compact_derivative=True)),
+        "swoosh_l": (lambda: [_r((T, B, C))], lambda x: swoosh_l(x)),
+        "swoosh_r_compact": (lambda: [_r((T, B, C))], lambda x: swoosh_r(x, compact_derivative=True)),
         "bias_norm": (lambda: [_r((T, B, C)), torch.tensor(0.3).requires_grad_(), p((C,))],
-                      lambda x, ls, b: ops.bias_norm(x, ls, b)),
-        "bypass": (lambda: [_r((T, B, C)), _r((T, B, C)), p((C,))], lambda xo, x, c: ops.bypass(xo, x, c)),
+                      lambda x, ls, b: bias_norm(x, ls, b)),
+        "bypass": (lambda: [_r((T, B, C)), _r((T, B, C)), p((C,))], lambda xo, x, c: bypass(xo, x, c)),
         "upsample_bypass": (lambda: [_r((T, B, C)), _r((T // 2, B, C)), p((C,))],
-                            lambda xo, y, c: ops.upsample_bypass(xo, y, 2, c)),
+                            lambda xo, y, c: upsample_bypass(xo, y, 2, c)),
         "bias_norm_bypass": (lambda: [_r((T, B, C)), _r((T, B, C)), torch.tensor(0.3).requires_grad_(), p((C,)), p((C,))],
-                             lambda xo, x, ls, b, c: ops.bias_norm_bypass(xo, x, ls, b, c)),
-        "simple_downsample": (lambda: [_r((T, B, C)), p((2,))], lambda x, b: ops.simple_downsample(x, b)),
+                             lambda xo, x, ls, b, c: bias_norm_bypass(xo, x, ls, b, c)),
+        "simple_downsample": (lambda: [_r((T, B, C)), p((2,))], lambda x, b: simple_downsample(x, b)),
         "act_dropout_linear": (lambda: [_r((T, B, C)), _r((C, C)), _r((C,)), (torch.rand(1, B, C) > 0.1).float()],
                                lambda x, w, b, m: al.activation_dropout_linear(x, w, b, "SwooshL", m)),
         "linear_swoosh": (lambda: [_r((T, B, C), False), _r((C, C), False), _r((C,), False)],

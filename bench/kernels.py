@@ -223,7 +223,7 @@ def copy_rows(device, peak_bw):
     return rows
 
 
-# Issue #4's question first: fwd+bwd of the fused modes against the reference, then torch.compile
+# The attention question first: fwd+bwd of the fused modes against the reference, then torch.compile
 # of the reference (its compile is slow), then forward only. A GPU session's time budget usually
 # ends inside this list, so the order decides what gets measured.
 ATTENTION_ORDER = [("fwdbwd", "reference"), ("fwdbwd", "fused_recompute"), ("fwdbwd", "fused_materialize"),

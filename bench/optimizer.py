@@ -2,7 +2,7 @@
 tests/data/state_dict_M_transducer_ctc.tsv) for:
   extension  ScaledAdam, compiled multi-tensor step (csrc/)
   foreach    ScaledAdam, torch._foreach path
-  reference  ScaledAdam, plain per-parameter loop (spec 9.3)
+  reference  ScaledAdam, plain per-parameter loop
   stacked    icefall's strategy: bucket by shape, torch.stack, update, copy back (optim/stacked.py)
   adam       torch.optim.Adam(fused=True) (foreach where fused is unsupported): the floor
 All ScaledAdam variants use clipping_scale=2.0 (the recipe). Gradients are fixed random tensors;

@@ -12,9 +12,9 @@ import time
 
 import torch
 
-from zipformer_fast.asr.mutual_information import mutual_information_recursion
+from zipformer_fast.ops.mutual_information import mutual_information_recursion
 from zipformer_fast.asr.rnnt_loss import get_rnnt_prune_ranges, rnnt_loss_pruned, rnnt_loss_smoothed
-from zipformer_fast.backend import use_backend
+from zipformer_fast.runtime import use_backend
 
 
 def timed(fn, iters, device):

@@ -27,6 +27,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from saved_bytes import saved_bytes  # noqa: E402
+from zipformer_fast.runtime import ATTENTION_MODES, configure  # noqa: E402
 
 PKG = str(ROOT / "zipformer_fast")
 
@@ -84,13 +85,12 @@ def breakdown(model, features, lens, backend: str, fake: bool = True, seed: int 
 def main(argv=None) -> int:
     from zipformer_fast.asr.model import AsrModel
     from zipformer_fast.config import ZipformerConfig
-    from zipformer_fast.ops import attention as A
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--preset", default="M")
     ap.add_argument("--seconds", type=float, default=30.0)
     ap.add_argument("--batch", type=int, default=1)
-    ap.add_argument("--attention-mode", default="auto", choices=A.ATTENTION_MODES)
+    ap.add_argument("--attention-mode", default="auto", choices=ATTENTION_MODES)
     ap.add_argument("--backends", nargs="+", default=["reference", "triton"])
     ap.add_argument("--top", type=int, default=40)
     ap.add_argument("--list", default="", metavar="MODULE_PATH",
@@ -105,7 +105,7 @@ def main(argv=None) -> int:
     totals = {}
     report = dict(preset=a.preset, seconds=a.seconds, batch=a.batch, attention_mode=a.attention_mode,
                   fake=True, torch=torch.__version__, command="python " + " ".join(sys.argv), backends={})
-    with A.use_attention_mode(a.attention_mode):
+    with configure(attention_mode=a.attention_mode):
         for backend in a.backends:
             total, rows, sharing = breakdown(model, features, lens, backend, listing=a.list)
             totals[backend] = total

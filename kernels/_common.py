@@ -13,13 +13,14 @@ torch sums the P partials. No atomics, deterministic, and P is chosen by the lau
 autotuner) so the buffer size does not depend on the tuned block sizes.
 """
 import functools
-import os
 
 import torch
 import triton
 import triton.language as tl
 
-INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+from zipformer_fast.runtime import triton_interpret
+
+INTERPRET = triton_interpret()  # read once: Triton decides interpreter-or-not at decoration time too
 
 
 def configs(gpu_configs, interpreter_config):

@@ -1,10 +1,10 @@
-"""Fused Zipformer attention (shared-weight, relative-position, linear memory): entry points and
-the ahead-of-time compile list.
+"""Fused Zipformer attention (shared-weight, relative-position, linear memory): the kernels' entry
+points and the ahead-of-time compile list.
 
 The kernels live in attention_common.py (score tile, softmax pieces, offset skew), attention_fwd.py
-(online-softmax first use, later uses, materialised weights), attention_bwd.py (one-pass backward
-of a use, row dots) and the autograd wiring in attention_autograd.py; zipformer_fast.ops.attention
-dispatches to them.
+(online-softmax first use, later uses, materialised weights) and attention_bwd.py (one-pass
+backward of a use, row dots); their autograd wiring is zipformer_fast/ops/attention_fused.py, and
+zipformer_fast.ops.attention dispatches to it.
 
 `aot_specs` (used by tests/aot_compile.py and bench/ptxas_report.py) lists the variants compiled
 for sm_80 / sm_90: every launch configuration the launchers use for Zipformer shapes (fp16/bf16,
@@ -15,13 +15,11 @@ attention, materialised weights, and the backward of a self-attention use, of a 
 attention use (its two walks), of constant attention and of the materialised weights. Block sizes and warps are
 the launchers' own (fwd_blocks / bwd_blocks), so the register counts are those of real launches.
 """
-from .attention_autograd import AttentionHandle, apply_handle, attention_handle, materialized_weights
 from .attention_bwd import _bwd_kernel, _row_dot_kernel, attention_bwd, bwd_blocks, offset_piece, row_dot
 from .attention_common import pow2_at_least_16
 from .attention_fwd import _fwd_kernel, attention_apply_fwd, attention_weights_fwd, fwd_blocks
 
-__all__ = ["AttentionHandle", "materialized_weights", "apply_handle", "attention_handle",
-           "attention_bwd", "attention_apply_fwd", "attention_weights_fwd", "row_dot", "aot_specs"]
+__all__ = ["attention_bwd", "attention_apply_fwd", "attention_weights_fwd", "row_dot", "aot_specs"]
 
 _FP32_BUFFERS = ("stats_ptr", "delta_ptr", "cnt_ptr", "dq_ptr", "dp_ptr", "dpos_ptr", "out_ptr")
 # Integer arguments a real launch sees as multiples of 16: strides of Zipformer's (T, B, H*d)

@@ -15,12 +15,13 @@ into offset coordinates, NW columns at a time (see attention_bwd.py).
 
 pos is passed transposed per head, (H, DP, 2T-1) contiguous, so a band row load is contiguous.
 """
-import os
 
 import triton
 import triton.language as tl
 
-INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+from zipformer_fast.runtime import triton_interpret
+
+INTERPRET = triton_interpret()  # read once: Triton decides interpreter-or-not at decoration time too
 
 MASK_FILL = tl.constexpr(-1000.0)
 LOG2E = tl.constexpr(1.4426950408889634)

@@ -1,5 +1,5 @@
 """Triton kernels for the mutual-information (RNN-T lattice) recursion of
-zipformer_fast/asr/mutual_information.py: same recursion, same boundary semantics, same outputs.
+zipformer_fast/ops/mutual_information.py: same recursion, same boundary semantics, same outputs.
 
 One program per sequence walks the anti-diagonals k = s + t of the (S+1, T+1) lattice; each lane
 owns one s (so t = k - s) and every diagonal is a single vector step. Diagonal k reads diagonal

@@ -8,7 +8,7 @@
 Which model: --checkpoint PATH (its model, or with --avg-from PATH the icefall average between two
 checkpoints), --epoch E --avg A (epoch files), or --iter B --avg A (step files; B = 0 means the
 newest). With --use-averaged-model 1 (icefall's default) the average comes from the float64
-running averages (spec 10.4); with 0 the A+1 ... checkpoints' models are averaged plainly.
+running averages (icefall checkpoint.py average_checkpoints_with_averaged_model); with 0 the A+1 ... checkpoints' models are averaged plainly.
 Writes <res-dir>/recogs-<split>-<method>.txt (id, ref, hyp), errs-<split>-<method>.txt
 (per-utterance alignments, then the totals) and wer-<split>-<method>.json.
 
@@ -258,7 +258,7 @@ def main(argv=None) -> Dict[str, dict]:
     try:
         from recipes.lib.cut_sources import test_sets
         from zipformer_fast.data.tokenizer import Tokenizer
-        from zipformer_fast.backend import use_backend
+        from zipformer_fast.runtime import use_backend
         device = resolve_device(args.device)
         tokenizer = Tokenizer(args.bpe_model)
         model, params = load_model(args)

@@ -6,7 +6,7 @@ CR-CTC) on lhotse cuts (any recipe's prepared data).
     python -m recipes.train --train-cuts my_train.jsonl.gz --valid-cuts my_dev.jsonl.gz --bpe-model bpe.model ...
     torchrun --standalone --nproc_per_node=2 -m recipes.train ...      # DDP (NCCL on GPUs, gloo on CPU)
 
-icefall's loop (zipformer_spec.md sections 9-10): ScaledAdam + Eden stepped per batch, loss terms
+icefall's loop (egs/librispeech/ASR/zipformer/train.py at icefall 36e0420): ScaledAdam + Eden stepped per batch, loss terms
 summed over the batch with the warm-up weights, model schedules advanced every 10 batches with the
 duration-adjusted batch count, a float64 running-average model on rank 0, fp16 (GradScaler) or
 bf16 autocast. Checkpoints every --save-every-n steps and at each epoch end resume exactly: the
@@ -310,7 +310,7 @@ def main(argv=None) -> dict:
                         format=f"%(asctime)s [rank {info.rank}] %(message)s", stream=sys.stderr)
     if args.threads:
         torch.set_num_threads(args.threads)
-    from zipformer_fast.backend import use_backend
+    from zipformer_fast.runtime import use_backend
     from zipformer_fast.data.bucketing import BatchingError
     try:
         with use_backend(args.backend):

@@ -1,6 +1,10 @@
 """Test setup. TRITON_INTERPRET=1 must be set before any kernel module is imported, so that Triton
 kernels run on CPU tensors through the interpreter (there is no GPU here). Ahead-of-time compile
-tests run in a subprocess without it."""
+tests run in a subprocess without it.
+
+Markers (registered in pyproject.toml): `gpu` tests need a CUDA device and are skipped without one
+(`pytest -m gpu` selects them on a GPU machine); `slow` tests take CPU-minutes and run only when
+the marker expression asks for them (`pytest -m slow`, `pytest -m "gpu or slow"`)."""
 import os
 import pathlib
 
@@ -10,15 +14,26 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-REFERENCE_DIR = pathlib.Path(__file__).resolve().parents[2] / "shared" / "reference"
-REPO_REFERENCE_DIR = pathlib.Path(__file__).resolve().parent / "data"
+DATA_DIR = pathlib.Path(__file__).resolve().parent / "data"
 
 
 def reference_file(name: str) -> pathlib.Path:
-    for d in (REPO_REFERENCE_DIR, REFERENCE_DIR):
-        if (d / name).exists():
-            return d / name
-    pytest.fail(f"reference file {name} not found in {REPO_REFERENCE_DIR} or {REFERENCE_DIR}")
+    """A file of tests/data: icefall's reference runs (golden_XS*.pt) and state-dict layouts."""
+    path = DATA_DIR / name
+    if not path.exists():
+        pytest.fail(f"reference file {name} not found in {DATA_DIR}")
+    return path
+
+
+def pytest_collection_modifyitems(config, items):
+    wants_slow = "slow" in (config.getoption("markexpr") or "")
+    no_gpu = pytest.mark.skip(reason="needs a CUDA device")
+    not_asked = pytest.mark.skip(reason="slow: CPU-minutes; select with -m slow")
+    for item in items:
+        if "gpu" in item.keywords and not torch.cuda.is_available():
+            item.add_marker(no_gpu)
+        if "slow" in item.keywords and not wants_slow:
+            item.add_marker(not_asked)
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,7 @@ import torch
 
 pytest.importorskip("triton")
 
-from zipformer_fast.backend import use_backend  # noqa: E402
+from zipformer_fast.runtime import configure, use_backend  # noqa: E402
 from zipformer_fast.ops import attention as A  # noqa: E402
 
 FP32_ATOL = 1e-4
@@ -68,7 +68,7 @@ def run(t, kpm, am, *, fused, mode="recompute", penalize=False, grads=True):
     if t["pos"] is None:
         names.remove("p")  # p only meets the positional term
     if fused:
-        with use_backend("triton"), A.use_attention_mode(mode):
+        with use_backend("triton"), configure(attention_mode=mode):
             w = A.attention_weights(t["q"], t["k"], t["p"], t["pos"], kpm, am, penalize)
             assert isinstance(w, A.Tensor) == (mode == "materialize")
             outs = layer_uses(w, t)
@@ -185,7 +185,7 @@ def test_constant_attention(mode):
     T, B, H = 33, 2, 2
     kpm, am = masks_for(T, B, (33, 21), (8, 0))
     t = make_inputs(T, B, H, hw=24)
-    with use_backend("triton"), A.use_attention_mode(mode):
+    with use_backend("triton"), configure(attention_mode=mode):
         w = A.attention_weights(t["q"], t["k"], t["p"], t["pos"], kpm, am)
         out = A.attention_apply(A.constant_attention(A.attention_head0(w)), t["x"])
     wr = A.attention_weights_reference(t["q"], t["k"], t["p"], t["pos"], kpm, am)
@@ -243,35 +243,27 @@ def test_recompute_mode_saves_linear_memory(monkeypatch):
     assert fused[1] < ref[1], (fused, ref)
 
 
-def test_mode_selection(monkeypatch):
-    monkeypatch.setenv("ZIPFORMER_FAST_ATTENTION_MODE", "auto")
-    assert A.attention_mode_for(A.MATERIALIZE_MAX_T) == "materialize"
-    assert A.attention_mode_for(A.MATERIALIZE_MAX_T + 1) == "recompute"
-    monkeypatch.setenv("ZIPFORMER_FAST_ATTENTION_MODE", "recompute")
-    assert A.attention_mode_for(8) == "recompute"
-    A.set_attention_mode("materialize")
-    try:
+def test_mode_selection():
+    """auto materialises the weights up to MATERIALIZE_MAX_T frames and recomputes beyond; an
+    explicit mode holds at every length."""
+    with configure(attention_mode="auto"):
+        assert A.attention_mode_for(A.MATERIALIZE_MAX_T) == "materialize"
+        assert A.attention_mode_for(A.MATERIALIZE_MAX_T + 1) == "recompute"
+    with configure(attention_mode="recompute"):
+        assert A.attention_mode_for(8) == "recompute"
+    with configure(attention_mode="materialize"):
         assert A.attention_mode_for(10_000) == "materialize"
-        with A.use_attention_mode("recompute"):
-            assert A.attention_mode_for(8) == "recompute"
-    finally:
-        A.set_attention_mode(None)
-    monkeypatch.setenv("ZIPFORMER_FAST_ATTENTION_MODE", "fast")
-    with pytest.raises(ValueError, match="ZIPFORMER_FAST_ATTENTION_MODE"):
-        A.get_attention_mode()
-    with pytest.raises(ValueError, match="attention mode"):
-        A.set_attention_mode("sometimes")
 
 
 def test_wrong_value_shape_is_a_clear_error():
     t = make_inputs(7, 1, 2)
-    with use_backend("triton"), A.use_attention_mode("recompute"):
+    with use_backend("triton"), configure(attention_mode="recompute"):
         w = A.attention_weights(t["q"], t["k"], t["p"], t["pos"], None, None)
         with pytest.raises(ValueError, match="expected \\(2, 1, 7, dv\\)"):
             A.attention_apply(w, t["x"])  # one head given to the all-heads weights
 
 
-@pytest.mark.skipif(DEVICE != "cuda", reason="several 64-wide GPU tiles; too slow for the interpreter")
+@pytest.mark.gpu  # several 64-wide GPU tiles: too slow for the interpreter
 @pytest.mark.parametrize("mode", ["recompute", "materialize"])
 def test_long_sequence_on_gpu(mode):
     T, B, H = 300, 3, 4
@@ -298,7 +290,7 @@ def test_torch_compile_fullgraph_matches_eager(mode):
         return layer_uses(w, dict(v1=v1, v2=v2, x=x))
 
     torch._dynamo.reset()
-    with use_backend("triton"), A.use_attention_mode(mode):
+    with use_backend("triton"), configure(attention_mode=mode):
         outs = torch.compile(layer, fullgraph=True, backend="aot_eager")(*leaves)
         got = torch.autograd.grad(sum(o.sum() for o in outs), leaves)
     ref = layer_uses(A.attention_weights_reference(t["q"], t["k"], t["p"], t["pos"], None, None, True), t)
@@ -325,7 +317,7 @@ def test_dq_precision_with_large_scores_and_common_key_part():
     def dq(dtype, fused):
         ins = [base[n].to(DEVICE, dtype).requires_grad_() for n in ("q", "k", "p", "pos")]
         if fused:
-            with use_backend("triton"), A.use_attention_mode("recompute"):
+            with use_backend("triton"), configure(attention_mode="recompute"):
                 out = A.attention_apply(A.attention_weights(*ins, None, None), v.to(DEVICE, dtype))
         else:
             out = A.attention_apply(A.attention_weights_reference(*ins, None, None), v.to(DEVICE, dtype))

@@ -17,7 +17,7 @@ import torch
 pytest.importorskip("triton")
 
 from test_attention import layer_uses, make_inputs, masks_for  # noqa: E402
-from zipformer_fast.backend import use_backend  # noqa: E402
+from zipformer_fast.runtime import configure, use_backend  # noqa: E402
 from zipformer_fast.kernels import attention_bwd, attention_fwd  # noqa: E402
 from zipformer_fast.ops import attention as A  # noqa: E402
 
@@ -41,7 +41,7 @@ def test_score_passes_per_layer(monkeypatch, masked):
     monkeypatch.setattr(attention_fwd, "_fwd_kernel", CountingKernel(attention_fwd._fwd_kernel, fwd_log, B, H))
     monkeypatch.setattr(attention_bwd, "_bwd_kernel", CountingKernel(attention_bwd._bwd_kernel, bwd_log, B, H))
     t = make_inputs(T, B, H, hw=80)
-    with use_backend("triton"), A.use_attention_mode("recompute"):
+    with use_backend("triton"), configure(attention_mode="recompute"):
         w = A.attention_weights(t["q"], t["k"], t["p"], t["pos"], kpm, am, True)
         outs = layer_uses(w, t)
     assert sum(fwd_log) == pytest.approx(3.0) and not bwd_log
@@ -59,7 +59,7 @@ def test_materialized_mode_passes(monkeypatch):
     monkeypatch.setattr(attention_fwd, "_fwd_kernel", CountingKernel(attention_fwd._fwd_kernel, fwd_log, B, H))
     monkeypatch.setattr(attention_bwd, "_bwd_kernel", CountingKernel(attention_bwd._bwd_kernel, bwd_log, B, H))
     t = make_inputs(T, B, H, hw=24)
-    with use_backend("triton"), A.use_attention_mode("materialize"):
+    with use_backend("triton"), configure(attention_mode="materialize"):
         outs = layer_uses(A.attention_weights(t["q"], t["k"], t["p"], t["pos"], None, None), t)
     torch.autograd.backward(outs, [torch.ones_like(o) for o in outs])
     assert fwd_log == [1.0] and bwd_log == [1.0]

@@ -132,7 +132,7 @@ def test_gpu_check_script_parses_and_plans_every_stage(tmp_path):
 
 
 def test_kernel_bench_measures_attention_before_the_memory_bound_ops(tmp_path):
-    """GPU time is short: with --attention, the attention rows (issue #4's fwd+bwd comparison) come
+    """GPU time is short: with --attention, the attention rows (fwd+bwd against the reference) come
     first and are on disk before any memory-bound op runs; --attention-only stops there."""
     import kernels as kernel_bench
     assert kernel_bench.main(["--smoke", "--attention", "--out-dir", str(tmp_path / "all")]) == 0

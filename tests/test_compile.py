@@ -9,10 +9,9 @@ decisions are drawn on device while tracing (zipformer_fast.nn.randomness); eage
 `use_device_side_randomness()` compute exactly the compiled graph's function.
 
 Tracing the XS model in training (and the inductor compile) takes several CPU-minutes on a 2-core
-machine, so those tests run only with ZIPFORMER_FAST_TEST_COMPILE=1 (bench/compile_check.py measures
+machine, so those tests are marked slow and run with `pytest -m slow` (bench/compile_check.py measures
 the same things); the eval traces, the sync checks and tests/test_device_randomness.py always run.
 """
-import os
 
 import pytest
 import torch
@@ -24,10 +23,6 @@ from zipformer_fast.asr.model import AsrModel
 from zipformer_fast.config import ZipformerConfig
 from zipformer_fast.nn import set_batch_count
 from zipformer_fast.nn.randomness import use_device_side_randomness
-
-
-heavy_compile = pytest.mark.skipif(os.environ.get("ZIPFORMER_FAST_TEST_COMPILE", "0") != "1",
-                                   reason="several CPU-minutes of tracing; set ZIPFORMER_FAST_TEST_COMPILE=1")
 
 
 def build_xs(seed: int = 0) -> AsrModel:
@@ -97,15 +92,13 @@ def test_forward_encoder_keeps_its_value_checks():
 
 # ------------------------------------------------------------------------------- one graph
 @pytest.mark.parametrize("backend", ["reference", "triton"])
-@pytest.mark.parametrize("mode", ["inference", "train"])
+@pytest.mark.parametrize("mode", ["inference", pytest.param("train", marks=pytest.mark.slow)])
 def test_whole_model_traces_as_one_graph_and_computes_eagers_function(backend, mode):
     """fullgraph=True raises at the first graph break. Inference: eval under no_grad; train: training
     mode with a batch count inside every schedule's ramp (all skips, Balancers, Whitens and dropouts
     live). The traced graph must give eager's output from the same seed."""
     if backend == "triton":
         pytest.importorskip("triton")
-    if mode == "train" and os.environ.get("ZIPFORMER_FAST_TEST_COMPILE", "0") != "1":
-        pytest.skip("several CPU-minutes of tracing; set ZIPFORMER_FAST_TEST_COMPILE=1")
     model = build_xs()
     model.train(mode == "train")
     set_batch_count(model, 1500.0)
@@ -123,7 +116,7 @@ def test_whole_model_traces_as_one_graph_and_computes_eagers_function(backend, m
 
 
 # ------------------------------------------------------------------------ compiled training
-@heavy_compile
+@pytest.mark.slow  # several CPU-minutes of tracing
 def test_compiled_training_loop_does_not_recompile_and_matches_eager():
     """Four steps with new T and B each, the batch count crossing schedule breakpoints (skip rates,
     Balancer probabilities, dropout), random firing everywhere: one compilation with dynamic shapes
@@ -160,7 +153,7 @@ def test_compiled_training_loop_does_not_recompile_and_matches_eager():
 
 
 # ---------------------------------------------------------------------------------- golden
-@heavy_compile
+@pytest.mark.slow  # several CPU-minutes of tracing
 def test_compiled_path_matches_golden(golden):
     """golden_XS.pt through the aot_eager-compiled forward_encoder: forward activations and, with
     icefall's recorded Balancer/Whiten firing set replayed, every gradient (same tolerances as
@@ -174,7 +167,7 @@ def test_compiled_path_matches_golden(golden):
 
 
 # -------------------------------------------------------------------------------- inductor
-@heavy_compile
+@pytest.mark.slow  # several CPU-minutes of tracing
 def test_inductor_compiled_eval_encoder_matches_eager():
     """The default backend (inductor, C++ on CPU) on the sync-free eval encoder with dynamic shapes:
     same output as eager for two lengths (inductor may reorder float sums: 1e-5)."""
@@ -191,7 +184,7 @@ def test_inductor_compiled_eval_encoder_matches_eager():
 
 
 # ------------------------------------------------------------------------------ CUDA graphs
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.gpu
 @pytest.mark.parametrize("backend", ["reference", "auto"])
 def test_cuda_graph_capture_of_eval_encoder(backend):
     """A plain torch.cuda.CUDAGraph capture of the sync-free encoder replays eager's output for new

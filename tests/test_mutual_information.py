@@ -1,4 +1,4 @@
-"""Specification of the mutual-information recursion (zipformer_fast/asr/mutual_information.py):
+"""Specification of the mutual-information recursion (zipformer_fast/ops/mutual_information.py):
 exact equality with brute-force enumeration of all lattice paths, exact gradients (gradcheck),
 occupation-probability identities, boundary handling and -inf safety. All in float64 on tiny
 shapes; tolerances are 1e-12 (pure rounding) unless stated."""
@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from zipformer_fast.asr.mutual_information import mutual_information_recursion
+from zipformer_fast.ops.mutual_information import mutual_information_recursion
 
 NEG_INF = float("-inf")
 
@@ -148,18 +148,27 @@ def test_float32_matches_float64():
 def test_k2_switch_dispatches_to_k2_and_fails_clearly_without_it(monkeypatch):
     import types
 
-    from zipformer_fast.asr import mutual_information as mi
+    from zipformer_fast import configure, runtime
 
     px, py = random_lattice(1, 2, 3, False)
-    monkeypatch.setattr(mi, "_USE_K2", True)
     monkeypatch.setitem(sys.modules, "k2", None)  # "import k2" raises ImportError
-    with pytest.raises(ImportError, match="ZIPFORMER_FAST_USE_K2"):
-        mutual_information_recursion(px, py)
+    with pytest.raises(ImportError, match="k2 does not import"):
+        configure(k2=True)
+    monkeypatch.setenv("ZIPFORMER_FAST_USE_K2", "1")
+    runtime.read_environment()
+    try:
+        with pytest.raises(ImportError, match="ZIPFORMER_FAST_USE_K2"):
+            mutual_information_recursion(px, py)
+    finally:
+        monkeypatch.delenv("ZIPFORMER_FAST_USE_K2")
+        runtime.read_environment()
     calls = []
     fake = types.SimpleNamespace(mutual_information_recursion=lambda *a, **k: calls.append(k) or 7)
     monkeypatch.setitem(sys.modules, "k2", fake)
-    assert mutual_information_recursion(px, py, return_grad=True) == 7
+    with configure(k2=True):
+        assert mutual_information_recursion(px, py, return_grad=True) == 7
     assert calls == [{"return_grad": True}]
+    assert mutual_information_recursion(px, py).shape == (1,)  # the block ended: built-in again
 
 
 def test_bad_inputs_raise_clear_errors():
@@ -174,7 +183,7 @@ def test_bad_inputs_raise_clear_errors():
 
 # --------------------------------------------------------------------------- Triton kernels
 def _triton_vs_torch(device, B, S, T, modified, dtype, seed):
-    from zipformer_fast.backend import use_backend
+    from zipformer_fast.runtime import use_backend
 
     px, py = random_lattice(B, S, T, modified, seed=seed)
     px, py = px.to(device, dtype), py.to(device, dtype)
@@ -208,7 +217,7 @@ def test_triton_kernel_in_interpreter_matches_torch(modified):
         torch.testing.assert_close(tri, ref, rtol=0, atol=1e-12)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.gpu
 @pytest.mark.parametrize("modified", [False, True])
 @pytest.mark.parametrize("S,T", [(0, 5), (7, 9), (80, 250), (300, 400)])
 def test_triton_kernel_on_cuda_matches_torch(modified, S, T):

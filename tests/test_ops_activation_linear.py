@@ -7,7 +7,6 @@ multiples of the 64-wide interpreter tiles (including K, N < 16), batch 1, no bi
 over time (1, B, K), over batch (T, 1, K) and none, gradients for a subset of inputs, fp16 autocast,
 and that the activation output is not saved for backward.
 """
-import importlib
 
 import pytest
 import torch
@@ -16,7 +15,7 @@ from test_ops_helpers import assert_close, grads, kernel_calls, saved_tensors
 from zipformer_fast import use_backend
 
 pytest.importorskip("triton")
-AL = importlib.import_module("zipformer_fast.ops.activation_linear")
+from zipformer_fast.ops import activation_linear as AL
 
 # T, B, K (in), N (out); the last spans 2 x 3 output tiles and 2 K steps of the 64-wide interpreter tiles.
 SHAPES = [(1, 1, 7, 5), (9, 3, 70, 41), (5, 2, 33, 64), (40, 2, 70, 130)]

@@ -5,7 +5,6 @@ test_ops_helpers, over odd channel counts, batch 1, a 2-D input, zero (padding) 
 row-strided input; the saved tensors are x plus one fp32 per row; the BiasNorm module's
 limit_param_value constraint on log_scale gives the same gradients through either path.
 """
-import importlib
 import math
 import random
 
@@ -16,7 +15,7 @@ from test_ops_helpers import assert_close, grads, kernel_calls, saved_tensors
 from zipformer_fast import use_backend
 
 pytest.importorskip("triton")
-BN = importlib.import_module("zipformer_fast.ops.bias_norm")
+from zipformer_fast.ops import bias_norm as BN
 
 SHAPES = [(1, 1, 5), (9, 3, 37), (4, 130), (40, 3, 64)]  # the last: several row tiles
 

@@ -9,7 +9,11 @@ themselves run in the interpreter.
 import pytest
 import torch
 
-import zipformer_fast.ops as ops
+from zipformer_fast.ops.activation_linear import activation_dropout_linear
+from zipformer_fast.ops.bias_norm import bias_norm
+from zipformer_fast.ops.bypass import bypass, upsample_bypass
+from zipformer_fast.ops.downsample import simple_downsample
+from zipformer_fast.ops.swoosh import swoosh_l
 from test_ops_helpers import assert_close
 from zipformer_fast import use_backend
 
@@ -17,12 +21,12 @@ pytest.importorskip("triton")
 
 
 def _block(x, ls, b, c, w, wb, ds_bias, mask):
-    y = ops.bias_norm(x, ls, b)
-    y = ops.bypass(x, y, c)
-    y = ops.swoosh_l(y, compact_derivative=False)
-    y = ops.activation_dropout_linear(y, w, wb, "SwooshR", mask)
-    down = ops.simple_downsample(y, ds_bias)
-    return ops.upsample_bypass(y, down * 2.0, 2, c)
+    y = bias_norm(x, ls, b)
+    y = bypass(x, y, c)
+    y = swoosh_l(y, compact_derivative=False)
+    y = activation_dropout_linear(y, w, wb, "SwooshR", mask)
+    down = simple_downsample(y, ds_bias)
+    return upsample_bypass(y, down * 2.0, 2, c)
 
 
 def test_fullgraph_compile_matches_eager():

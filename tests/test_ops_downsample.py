@@ -5,7 +5,6 @@ test_ops_helpers, for ds in 1, 2, 4, 8 with T a multiple of ds or not (the last 
 padding collects the padding's gradient), T = 1, batch 1, and a channel-truncation view as input
 (read in place). Non-power-of-two ds runs the reference.
 """
-import importlib
 
 import pytest
 import torch
@@ -14,7 +13,7 @@ from test_ops_helpers import assert_close, grads, kernel_calls
 from zipformer_fast import use_backend
 
 pytest.importorskip("triton")
-DS = importlib.import_module("zipformer_fast.ops.downsample")
+from zipformer_fast.ops import downsample as DS
 
 
 def _make(T, B, C, ds, dtype, view=False, seed=0):

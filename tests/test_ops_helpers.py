@@ -86,7 +86,7 @@ def test_assert_close_rejects_an_error_above_the_tolerance():
 def test_kernel_calls_counts_launches():
     pytest.importorskip("triton")
     from zipformer_fast import use_backend
-    from zipformer_fast.ops import swoosh_l
+    from zipformer_fast.ops.swoosh import swoosh_l
 
     x = torch.randn(5, requires_grad=True)
     with kernel_calls("swoosh") as calls, use_backend("triton"):

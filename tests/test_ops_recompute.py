@@ -1,4 +1,4 @@
-"""Ops whose fused path stores less for backward by recomputing in backward (issue #4's training
+"""Ops whose fused path stores less for backward by recomputing in backward (training
 memory): conv_chain (Conv-Embed's Swoosh -> conv chains, ConvNeXt branch with its Balancer),
 gated_depthwise_conv1d (the convolution module's in_proj -> gate -> depthwise conv, with the Balancer
 on the gate input), tanh_gate and mul_linear (NonlinAttention's products), bias_norm_bypass (the end
@@ -18,7 +18,10 @@ import random
 import pytest
 import torch
 
-import zipformer_fast.ops as ops
+from zipformer_fast.ops.bypass import bias_norm_bypass
+from zipformer_fast.ops.conv_chain import conv_chain
+from zipformer_fast.ops.gated_conv import gated_depthwise_conv1d
+from zipformer_fast.ops.gating import mul_linear, tanh_gate
 from test_ops_helpers import assert_close, grads, kernel_calls, saved_tensors
 from zipformer_fast import use_backend
 from zipformer_fast.nn import Balancer
@@ -110,7 +113,7 @@ def test_conv_chain_swoosh_then_strided_conv(dtype, shape):
     x = _rand(*shape, gen=g, scale=2.0, dtype=dtype)
     flat, rebuild = _chain_case([("swoosh", "SwooshR"), ("conv", _conv(C, 6, 3, g, dtype, stride=2))])
     with kernel_calls("swoosh") as calls:
-        _check(lambda x, *p: ops.conv_chain(x, rebuild(p)), lambda x, *p: ops.conv_chain(x, rebuild(p)),
+        _check(lambda x, *p: conv_chain(x, rebuild(p)), lambda x, *p: conv_chain(x, rebuild(p)),
                [x] + flat, dtype)
     assert calls == {"forward": 2, "backward": 1}, calls  # the activation is recomputed once
 
@@ -123,8 +126,8 @@ def test_conv_chain_convnext_branch(dtype, balancer, shape):
     x = _rand(*shape, gen=g, scale=2.0, dtype=dtype)
     flat, rebuild = _chain_case(_convnext_stages(shape[1], g, dtype, balancer))
     with kernel_calls("swoosh") as calls:
-        _check(lambda x, *p: ops.conv_chain(x, rebuild(p), return_after=0),
-               lambda x, *p: ops.conv_chain(x, rebuild(p), return_after=0), [x] + flat, dtype, outputs=2)
+        _check(lambda x, *p: conv_chain(x, rebuild(p), return_after=0),
+               lambda x, *p: conv_chain(x, rebuild(p), return_after=0), [x] + flat, dtype, outputs=2)
     assert calls == {"forward": 4, "backward": 2}, calls
 
 
@@ -133,10 +136,10 @@ def test_conv_chain_balancer_changes_only_the_gradient():
     x = _rand(2, 4, 9, 9, gen=g, scale=2.0)
     flat, rebuild = _chain_case(_convnext_stages(4, g, torch.float32, None))
     with use_backend("triton"):
-        y0 = ops.conv_chain(x, rebuild(flat))
+        y0 = conv_chain(x, rebuild(flat))
         g0 = torch.autograd.grad(y0.sum(), x)[0]
         on = [(k, ACTIVE if k == "balancer" else a) for k, a in rebuild(flat)]
-        y1 = ops.conv_chain(x, on)
+        y1 = conv_chain(x, on)
         g1 = torch.autograd.grad(y1.sum(), x)[0]
     assert torch.equal(y0, y1)
     assert (g0 - g1).abs().max() > 1e-3 * g0.abs().max()
@@ -149,7 +152,7 @@ def test_conv_chain_saves_only_its_input():
     params = {t.data_ptr() for k, a in stages if k == "conv" for t in a[:2] if t is not None}
     for backend in ("triton", "reference"):
         with use_backend(backend):
-            (y, _), saved = saved_tensors(lambda: ops.conv_chain(x, stages, return_after=0))
+            (y, _), saved = saved_tensors(lambda: conv_chain(x, stages, return_after=0))
         new = [t for t in saved if t.untyped_storage().data_ptr() not in params | {x.data_ptr()}]
         if backend == "triton":
             assert _node(y) == "_ConvChainBackward"
@@ -161,9 +164,9 @@ def test_conv_chain_saves_only_its_input():
 def test_conv_chain_rejects_bad_stages():
     x = torch.randn(1, 2, 5, 5)
     with pytest.raises(ValueError, match="unknown stage"):
-        ops.conv_chain(x, [("relu", None)])
+        conv_chain(x, [("relu", None)])
     with pytest.raises(ValueError, match="inner stage"):
-        ops.conv_chain(x, [("swoosh", "SwooshR")], return_after=0)
+        conv_chain(x, [("swoosh", "SwooshR")], return_after=0)
 
 
 # ------------------------------------------------------------------- gated_depthwise_conv1d
@@ -186,7 +189,7 @@ def _gated_inputs(T, B, C, K, dtype, bias, seed=0):
 @pytest.mark.parametrize("T,B,C,K,bias", [(1, 1, 3, 3, True), (17, 3, 10, 7, True), (9, 2, 6, 31, False)])
 def test_gated_depthwise_conv1d_matches_reference(dtype, balancer, T, B, C, K, bias):
     inputs = _gated_inputs(T, B, C, K, dtype, bias)
-    fn = lambda *a: ops.gated_depthwise_conv1d(*a, balancer)  # noqa: E731
+    fn = lambda *a: gated_depthwise_conv1d(*a, balancer)  # noqa: E731
     with use_backend("triton"):
         assert _node(fn(*inputs)) == "_GatedDepthwiseConv1dBackward"
     _check(fn, fn, list(inputs), dtype)
@@ -198,7 +201,7 @@ def test_gated_depthwise_conv1d_saves_only_its_input():
     keep = {t.data_ptr() for t in (src, wi, bi, wd, bd, mask)}
     for backend in ("triton", "reference"):
         with use_backend(backend):
-            _, saved = saved_tensors(lambda: ops.gated_depthwise_conv1d(src, wi, bi, mask, wd, bd, ACTIVE._replace(
+            _, saved = saved_tensors(lambda: gated_depthwise_conv1d(src, wi, bi, mask, wd, bd, ACTIVE._replace(
                 channel_dim=2)))
         new = [t for t in saved if t.untyped_storage().data_ptr() not in keep]
         if backend == "triton":
@@ -210,11 +213,11 @@ def test_gated_depthwise_conv1d_saves_only_its_input():
 def test_gated_depthwise_conv1d_padding_does_not_leak():
     src, wi, bi, mask, wd, bd = _gated_inputs(12, 2, 4, 5, torch.float32, True)
     with use_backend("triton"):
-        y = ops.gated_depthwise_conv1d(src, wi, bi, mask, wd, bd)
+        y = gated_depthwise_conv1d(src, wi, bi, mask, wd, bd)
         (gs,) = torch.autograd.grad(y[0].sum(), src)  # sequence 0 only
         src2 = src.detach().clone()
         src2[mask.t()] = 1e3  # change only padded frames
-        y2 = ops.gated_depthwise_conv1d(src2.requires_grad_(), wi, bi, mask, wd, bd)
+        y2 = gated_depthwise_conv1d(src2.requires_grad_(), wi, bi, mask, wd, bd)
     assert torch.equal(y[~mask.unsqueeze(1).expand_as(y)], y2[~mask.unsqueeze(1).expand_as(y)])
     assert gs[mask.t()].abs().max() == 0
 
@@ -226,8 +229,8 @@ def test_tanh_gate_matches_reference(dtype, shape):
     g = torch.Generator().manual_seed(4)
     x, s = _rand(*shape, gen=g, dtype=dtype), _rand(*shape, gen=g, scale=2.0, dtype=dtype)
     with use_backend("triton"):
-        assert _node(ops.tanh_gate(x, s)) == "_TanhGateBackward"
-    _check(ops.tanh_gate, ops.tanh_gate, [x, s], dtype)
+        assert _node(tanh_gate(x, s)) == "_TanhGateBackward"
+    _check(tanh_gate, tanh_gate, [x, s], dtype)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
@@ -238,21 +241,21 @@ def test_mul_linear_matches_reference(dtype, shape, N, bias):
     w = _rand(N, shape[-1], gen=g, scale=shape[-1] ** -0.5, dtype=dtype)
     bb = _rand(N, gen=g, scale=0.1, dtype=dtype) if bias else None
     with use_backend("triton"):
-        assert _node(ops.mul_linear(a, b, w, bb)) == "_MulLinearBackward"
-    _check(ops.mul_linear, ops.mul_linear, [a, b, w, bb], dtype)
+        assert _node(mul_linear(a, b, w, bb)) == "_MulLinearBackward"
+    _check(mul_linear, mul_linear, [a, b, w, bb], dtype)
 
 
 def test_gates_save_only_their_inputs():
     g = torch.Generator().manual_seed(6)
     x, s, y = (_rand(9, 2, 12, gen=g) * 1.0 for _ in range(3))
     w = _rand(7, 12, gen=g)
-    for backend, fn, keep in (("triton", lambda: ops.tanh_gate(x, s), (x, s)),
-                              ("triton", lambda: ops.mul_linear(x, y, w, None), (x, y, w))):
+    for backend, fn, keep in (("triton", lambda: tanh_gate(x, s), (x, s)),
+                              ("triton", lambda: mul_linear(x, y, w, None), (x, y, w))):
         with use_backend(backend):
             _, saved = saved_tensors(fn)
         assert {t.untyped_storage().data_ptr() for t in saved} <= {t.data_ptr() for t in keep}
     with use_backend("reference"):  # the reference also keeps tanh(s) / the product
-        _, saved = saved_tensors(lambda: ops.mul_linear(ops.tanh_gate(x, s), y, w, None))
+        _, saved = saved_tensors(lambda: mul_linear(tanh_gate(x, s), y, w, None))
     assert len({t.untyped_storage().data_ptr() for t in saved} - {t.data_ptr() for t in (x, s, y, w)}) == 3
 
 
@@ -272,7 +275,7 @@ def test_bias_norm_bypass_matches_reference(dtype, per_batch, shape):
     c.requires_grad_()
     with kernel_calls("bias_norm") as bn, kernel_calls("bypass") as bp:
         # fp32 scale: the output is promoted to fp32, as the reference's
-        _check(ops.bias_norm_bypass, ops.bias_norm_bypass, [xo, x, ls, bias, c], dtype, out_dtype=torch.float32)
+        _check(bias_norm_bypass, bias_norm_bypass, [xo, x, ls, bias, c], dtype, out_dtype=torch.float32)
     assert bn == {"forward": 2, "backward": 1} and bp == {"forward": 1, "backward": 1}, (bn, bp)
 
 
@@ -281,7 +284,7 @@ def test_bias_norm_bypass_saves_only_its_inputs():
     xo, x = _rand(11, 2, 16, gen=g) * 1.0, _rand(11, 2, 16, gen=g) * 1.0
     ls, bias, c = torch.tensor(0.2).requires_grad_(), _rand(16, gen=g), torch.rand(16).requires_grad_()
     with use_backend("triton"):
-        _, saved = saved_tensors(lambda: ops.bias_norm_bypass(xo, x, ls, bias, c))
+        _, saved = saved_tensors(lambda: bias_norm_bypass(xo, x, ls, bias, c))
     assert {t.untyped_storage().data_ptr() for t in saved} <= {t.data_ptr() for t in (xo, x, ls, bias, c)}
 
 
@@ -293,8 +296,8 @@ def test_pure_pytorch_ops_under_cpu_autocast_match_the_reference_composition():
     g = torch.Generator().manual_seed(9)
     a, b = _rand(14, 2, 8, gen=g), _rand(14, 2, 8, gen=g)
     w = _rand(6, 8, gen=g, scale=0.3)
-    cases = [(lambda *t: ops.gated_depthwise_conv1d(*t, ACTIVE._replace(channel_dim=2)), [src, wi, bi, mask, wd, bd]),
-             (ops.mul_linear, [a, b, w, None]), (ops.tanh_gate, [a, b])]
+    cases = [(lambda *t: gated_depthwise_conv1d(*t, ACTIVE._replace(channel_dim=2)), [src, wi, bi, mask, wd, bd]),
+             (mul_linear, [a, b, w, None]), (tanh_gate, [a, b])]
     for fn, inputs in cases:
         res = {}
         for backend in ("triton", "reference"):

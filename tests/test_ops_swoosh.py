@@ -6,7 +6,6 @@ reference on the same rounded inputs), over odd shapes, batch 1, zero (padding) 
 each element of the input gradient is within |g| * 1.05/255 of the exact one (quantisation bound
 1.005/255 plus rounding), the rounding is unbiased, and only one byte per element is saved.
 """
-import importlib
 
 import pytest
 import torch
@@ -15,7 +14,7 @@ from test_ops_helpers import assert_close, kernel_calls, saved_tensors
 from zipformer_fast import use_backend
 
 pytest.importorskip("triton")
-S = importlib.import_module("zipformer_fast.ops.swoosh")  # the module (ops.swoosh_l etc. are functions)
+from zipformer_fast.ops import swoosh as S
 
 ACTS = {"L": (S.swoosh_l, S.swoosh_l_reference, S.SWOOSH_L_SHIFT), "R": (S.swoosh_r, S.swoosh_r_reference, S.SWOOSH_R_SHIFT)}
 SHAPES = [(1,), (3, 1, 37), (17, 5, 33)]

@@ -81,7 +81,7 @@ def xs_curves():
     The model runs its pure-PyTorch ops (use_backend("reference")): conftest sets TRITON_INTERPRET=1,
     under which the Triton kernels run interpreted at ~6 s/step instead of ~0.1 s/step."""
     model_mod = pytest.importorskip("zipformer_fast.asr.model", reason="AsrModel not available")
-    from zipformer_fast.backend import use_backend
+    from zipformer_fast.runtime import use_backend
     from zipformer_fast.config import ZipformerConfig
     from zipformer_fast.nn import set_batch_count
 

@@ -10,7 +10,7 @@ import torch
 from test_optim_equivalence import REL_TOL, TinyNet, make_optimizer, max_rel_err, train
 from zipformer_fast.optim.extension import load_extension
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+pytestmark = pytest.mark.gpu
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,5 @@
 """ScaledAdam: the compiled extension, the torch._foreach path and the per-parameter reference
-(spec 9.3) give the same parameters. Tolerance: 2e-6 of each tensor's max-abs value after 50
+(icefall optim.py ScaledAdam) give the same parameters. Tolerance: 2e-6 of each tensor's max-abs value after 50
 fp32 steps (the paths differ only in summation order / rounding, ~1e-7 per step).
 
 The model mixes the shapes a Zipformer has: matrices, conv kernels, biases, a numel-1 scalar
@@ -134,7 +134,7 @@ def test_skipped_step_leaves_state_untouched(ext_cpu):
 @pytest.mark.parametrize("impl", ["extension", "foreach", "reference"])
 def test_nonfinite_norm_zeroes_the_gradient(impl, ext_cpu):
     """Once a clipping threshold exists, a NaN gradient gives gamma = 0: the step runs as if the
-    gradient were zero (spec 9.3 A.4), so parameters stay finite and equal a zero-grad step.
+    gradient were zero (as icefall's ScaledAdam does), so parameters stay finite and equal a zero-grad step.
     Clipping is per parameter group: the head group (no NaN) takes its normal step."""
     logging.disable(logging.WARNING)
     try:

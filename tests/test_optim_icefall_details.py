@@ -1,8 +1,8 @@
-"""ScaledAdam details pinned with hand-computed numbers (spec 9.3), on every implementation.
+"""ScaledAdam details pinned with hand-computed numbers (icefall optim.py ScaledAdam), on every implementation.
 
 icefall's zipformer/optim.py exists in two forms. The older one (class methods _step_one_batch /
 _size_update / _step_scalar) and the current one (functions basic_step / scaling_step /
-momentum_step, the one spec 9 describes and this package follows) differ in three places:
+momentum_step, the one this package follows) differ in three places:
   1. scalars: the current form applies Adam's bias correction only while 1 - beta2^(t+1) < 0.99
      (t < 228), like non-scalars; the older one applies it on every step;
   2. the learned-scale step is clamped to [-0.1, 0.1] before the param_max_rms cap (older: no clamp);
@@ -10,7 +10,7 @@ momentum_step, the one spec 9 describes and this package follows) differ in thre
      parameter could end a step past scalar_max).
 A trajectory comparison against the current form agrees to fp32 rounding (max relative difference
 ~1e-6 over 300 steps with the same gradients); these tests pin the three points, and the clipping
-threshold schedule, with numbers computed here by hand from the spec formulas, so a regression
+threshold schedule, with numbers computed here by hand from icefall's formulas, so a regression
 towards the older behaviour (or any other drift) fails.
 """
 import logging

@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-CSRC = pathlib.Path(__file__).resolve().parents[1] / "zipformer_fast" / "optim" / "csrc"
+CSRC = pathlib.Path(__file__).resolve().parents[1] / "csrc"
 NVCC = shutil.which("nvcc")
 
 

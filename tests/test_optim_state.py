@@ -1,7 +1,7 @@
 """ScaledAdam state and API: state_dict round trips resume bit-identically (same and across
 implementations), fp32 moments survive load_state_dict for bf16 params, icefall's four input
 forms (params, groups, (name, param) pairs, groups with "named_params"), clear errors on bad
-input; Eden/Eden2 match their formulas (spec 9.4) and save only epoch/batch."""
+input; Eden/Eden2 match their formulas (icefall optim.py Eden, Eden2) and save only epoch/batch."""
 import copy
 import logging
 import math
@@ -115,7 +115,7 @@ def test_eden_matches_formula():
     sched = Eden(opt, lr_batches=7500, lr_epochs=3.5, warmup_start=0.1)
     sched.step_epoch(0)
     sched.step_batch(7500)
-    assert sched.get_last_lr()[0] == pytest.approx(0.0378, abs=5e-5)  # spec 9.4 example
+    assert sched.get_last_lr()[0] == pytest.approx(0.0378, abs=5e-5)  # batch = lr_batches, epoch 0: 0.045 * 2 ** -0.25
     assert opt.param_groups[0]["lr"] == pytest.approx(0.045 * 2 ** -0.25, rel=1e-12)
     for b, e in [(0, 0), (1, 0), (250, 0), (499, 1), (500, 2), (20000, 7)]:
         sched.step_epoch(e)

@@ -1,7 +1,7 @@
 """The synthetic recipe's CI run (`python -m recipes.synthetic.run --quick`): espeak-ng corpus ->
 Fbank -> tokenizer -> 60 training steps of the recipe's Zipformer transducer + CTC -> greedy and
 modified-beam-search decoding. Checks that the loss goes down and that decoding writes one
-hypothesis per utterance and a WER; accuracy itself needs the full run (README)."""
+hypothesis per utterance and a WER; accuracy itself needs the full run (recipes/synthetic/README.md)."""
 import json
 import os
 import shutil
@@ -48,6 +48,6 @@ def test_quick_synthetic_recipe_trains_and_decodes(tmp_path):
         recogs = (res / f"recogs-test-{method}.txt").read_text().splitlines()
         hyps = [line.split("hyp=", 1)[1] for line in recogs if "\thyp=" in line]
         # One hypothesis line per test utterance. (Whether they contain words is an accuracy
-        # question: at 60 steps the current model still emits only blanks, see the README.)
+        # question: at 60 steps the current model still emits only blanks, see recipes/synthetic/README.md.)
         assert len(hyps) == 8
     assert "test WER" in proc.stdout

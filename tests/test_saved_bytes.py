@@ -6,7 +6,7 @@
 - The fake-tensor count (used by bench/saved_bytes.py for Zipformer-M) equals the count of a real
   run (kernels in the interpreter), for both backends.
 Attention runs its reference in both backends here (helper E measures its own kernels).
-- Issue #4's target: for Zipformer-M on one 30 s utterance (fake tensors, attention auto, seed 0)
+- The target: for Zipformer-M on one 30 s utterance (fake tensors, attention auto, seed 0)
   the fused backend saves at most half of what the reference saves (measured 0.45; the
   recomputing ops of tests/test_ops_recompute.py brought it there from 0.67).
 """

@@ -1,6 +1,6 @@
 """Real streaming reproduces icefall's own streaming run of a causal XS model (golden_XS_streaming.pt:
 two streams of 331 and 250 frames, chunk 16, left context 64, driven as icefall's
-streaming_decode.py; /work/shared/reference/README.md describes it).
+streaming_decode.py; tests/data/README.md describes it).
 
 StreamingRecognizer drives the streams exactly as icefall does, so the test feeds it the two
 utterances and records every encoder call: each step's batch composition, padded features,

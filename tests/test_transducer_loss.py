@@ -139,7 +139,7 @@ def test_pad_targets_errors():
         pad_targets(torch.zeros(2, 3, dtype=torch.int64), torch.tensor([4, 1]))
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.gpu
 def test_cuda_losses_and_decoding_match_cpu(model, encoder_out):
     """Device handling end to end (targets built on the right device, CPU CTC targets with CUDA
     log-probs, Triton recursion) and bf16 autocast: the losses still run in fp32."""

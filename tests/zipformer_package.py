@@ -27,7 +27,7 @@ CACHE = pathlib.Path(os.environ.get("ZIPFORMER_FAST_TEST_CACHE",
                                     pathlib.Path.home() / ".cache" / "zipformer_fast" / "tests"))
 MODULES = ("scaling", "zipformer", "subsampling", "optim")
 
-# golden_XS.pt's configuration (shared/reference/README.md; ZipformerConfig.preset("XS")).
+# golden_XS.pt's configuration (tests/data/README.md; ZipformerConfig.preset("XS")).
 XS = dict(output_downsampling_factor=2, downsampling_factor=(1, 2, 4, 8, 4, 2), num_encoder_layers=(1,) * 6,
           encoder_dim=(64, 80, 96, 128, 96, 80), encoder_unmasked_dim=(48, 48, 64, 64, 64, 48),
           query_head_dim=(16,), pos_head_dim=(4,), value_head_dim=(8,), pos_dim=16, num_heads=(2, 2, 2, 4, 2, 2),

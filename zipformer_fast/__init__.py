@@ -1,14 +1,15 @@
 """zipformer_fast: the Zipformer ASR encoder (icefall-exact) with fused Triton kernels.
 
 Import cost: torch only. Triton, the compiled optimizer extension, lhotse and sentencepiece are
-optional; see zipformer_fast.backend for how the fused path is chosen.
+optional; `configure` (zipformer_fast.runtime) chooses what runs.
 """
 __version__ = "0.1.0"
 
-from .backend import get_backend, use_backend
 from .config import ZipformerConfig
+from .runtime import configure, get_backend, settings, use_backend
 
-__all__ = ["__version__", "ZipformerConfig", "use_backend", "get_backend", "AsrModel", "Zipformer2",
+__all__ = ["__version__", "ZipformerConfig", "configure", "settings", "use_backend", "get_backend",
+           "AsrModel", "Zipformer2",
            "accelerate", "revert", "accelerate_classes"]
 
 

@@ -8,7 +8,7 @@ broadcast, as icefall's `_to_int_tuple` does). `validate()` raises ValueError na
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Tuple
 
 NUM_STACKS = 6

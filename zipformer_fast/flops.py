@@ -14,7 +14,7 @@ from typing import Optional
 
 import torch
 
-from .backend import use_backend
+from .runtime import use_backend
 from .config import ZipformerConfig
 
 PAPER_GFLOPS_DEEPSPEED = {"S": 40.8, "M": 62.9, "L": 107.7}

@@ -1,6 +1,6 @@
 """One batch's loss as icefall's compute_loss: encoder forward, pruned transducer (simple + pruned)
 and/or CTC and/or attention decoder, optionally CR-CTC (the batch doubled with two SpecAugment
-views, zipformer_fast.asr.cr_ctc), weighted by the warm-up schedule (spec 10.1); every term is a
+views, zipformer_fast.asr.cr_ctc), weighted by the warm-up schedule (icefall train.py compute_loss); every term is a
 sum over the batch (with CR-CTC, over both copies and halved, as icefall).
 
 `LossModule` puts the whole loss inside one forward so that DDP sees every parameter used

@@ -25,7 +25,7 @@ METHODS = ("greedy_search", "modified_beam_search")
 
 def _pytorch_greedy(model, cuts, unk_id: int) -> List[List[int]]:
     from zipformer_fast.asr.search import decode
-    from zipformer_fast.backend import use_backend
+    from zipformer_fast.runtime import use_backend
     model.unk_id = unk_id
     hyps = []
     with torch.no_grad(), use_backend("reference"):
@@ -37,11 +37,12 @@ def _pytorch_greedy(model, cuts, unk_id: int) -> List[List[int]]:
 
 
 def _pytorch_wers(exp_dir: Path) -> Dict[str, float]:
+    """recipes/decode.py's test WERs in exp_dir, keyed by their folder: `greedy_search` for an offline
+    model, `greedy_search-streaming-chunk32-left128` etc. for a causal one."""
     out = {}
-    for m in METHODS:
-        f = exp_dir / m / f"wer-test-{m}.json"
-        if f.is_file():
-            out[m] = round(json.loads(f.read_text())["wer"], 2)
+    for f in sorted(exp_dir.glob("*/wer-test-*.json")):
+        if f.parent.name.split("-")[0] in METHODS:
+            out[f.parent.name] = round(json.loads(f.read_text())["wer"], 2)
     return out
 
 
@@ -116,7 +117,8 @@ def export_and_decode(data_dir, exp_dir, avg: int, chunk_size: Optional[int] = N
                           "sherpa-onnx 1 thread)",
                 "versions": {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
                              "sherpa_onnx": getattr(sherpa_onnx, "__version__", "?")},
-                "command": f"python -m recipes.synthetic.run --stage export --exp-dir {exp_dir} --data-dir {data_dir}"}
+                "command": (f"python -m recipes.synthetic.run{' --causal' if model.config.causal else ''} "
+                            f"--stage export --exp-dir {exp_dir} --data-dir {data_dir}")}
         Path(record).parent.mkdir(parents=True, exist_ok=True)
         Path(record).write_text(json.dumps({**meta, **summary}, indent=1))
     line = ", ".join(f"{k} {v['wer']:.2f}%" for k, v in summary["sherpa_onnx"].items())

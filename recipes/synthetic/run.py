@@ -37,7 +37,7 @@ from typing import Dict, List
 
 # Corpus sizes and training settings. The full run trains for a fixed wall-time budget (minutes),
 # the quick run for a fixed number of steps.
-# Why these settings (measured on the 2-core CPU, see README): escaping the blank plateau takes
+# Why these settings (measured on the 2-core CPU, see recipes/synthetic/README.md): escaping the blank plateau takes
 # ~400 optimizer steps at 40 s batches and ~600 at 20 s, while a 20 s step costs 0.28 s against
 # 0.52 s at 40 s: the smaller batch leaves the plateau sooner on the clock and buys more steps. The schedules keep icefall's
 # M-recipe pace per step: ref_duration 3 makes the model's batch count advance 20/3 = 6.7x per step

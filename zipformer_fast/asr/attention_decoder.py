@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..backend import get_backend
+from ..runtime import get_backend
 from ..ops.attention import penalize_abs_values_gt
 from .targets import Targets, pad_targets
 

@@ -28,7 +28,7 @@ from typing import Optional, Tuple, Union
 import torch
 from torch import Tensor
 
-from .mutual_information import mutual_information_recursion
+from ..ops.mutual_information import mutual_information_recursion
 
 RNNT_TYPES = ("regular", "modified", "constrained")
 NEG_INF = float("-inf")

@@ -35,7 +35,7 @@ from typing import Dict, List, Optional, Tuple
 
 from torch import Tensor, nn
 
-from ..backend import BACKENDS, use_backend
+from ..runtime import BACKENDS, use_backend
 from ..nn.scheduled_float import ScheduledFloat
 from ..nn.subsampling import Conv2dSubsampling
 from ..nn.zipformer import Zipformer2

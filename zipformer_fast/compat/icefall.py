@@ -1,7 +1,7 @@
 """Load icefall Zipformer checkpoints into zipformer_fast's AsrModel.
 
 icefall saves `{"model": state_dict, ...}` (train.py / averaged checkpoints) or a bare state dict;
-its keys equal ours (spec section 13), so loading is `load_state_dict(strict=True)` after unwrapping
+its keys equal ours (tests/data/state_dict_*.tsv are icefall's), so loading is `load_state_dict(strict=True)` after unwrapping
 and dropping a DDP "module." prefix. Heads the checkpoint lacks (e.g. no CTC) must be disabled in
 the AsrModel; a mismatch raises with the missing/unexpected keys listed.
 """

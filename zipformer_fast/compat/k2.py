@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 from ..asr import rnnt_loss as _rnnt
-from ..asr.mutual_information import mutual_information_recursion as _mi
+from ..ops.mutual_information import mutual_information_recursion as _mi
 from ..ops import swoosh as _swoosh
 from . import k2_ragged as ragged
 from .k2_ragged import RaggedShape, RaggedTensor

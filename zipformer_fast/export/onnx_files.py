@@ -26,7 +26,7 @@ from typing import Dict, List, Optional, Tuple, Union
 
 import torch
 
-from ..backend import use_backend
+from ..runtime import use_backend
 from ..data.optional import require
 from .wrappers import OnnxCtcModel, OnnxDecoder, OnnxEncoder, OnnxJoiner
 

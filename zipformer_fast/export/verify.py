@@ -13,7 +13,7 @@ from typing import Dict, Sequence, Union
 
 import torch
 
-from ..backend import use_backend
+from ..runtime import use_backend
 from ..data.optional import require
 from .wrappers import OnnxCtcModel, OnnxDecoder, OnnxEncoder, OnnxJoiner
 

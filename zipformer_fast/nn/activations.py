@@ -8,14 +8,14 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from .. import ops
+from ..ops.swoosh import swoosh_l, swoosh_r
 
 
 class SwooshL(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
-        return ops.swoosh_l(x)
+        return swoosh_l(x)
 
 
 class SwooshR(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
-        return ops.swoosh_r(x)
+        return swoosh_r(x)

@@ -17,7 +17,8 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from .. import ops
+from ..ops.attention import attention_apply, attention_weights
+from ..ops.gating import mul_linear, tanh_gate
 from ..ops.streaming_attention import streaming_attention_weights
 from .grad_shapers import Balancer, Whiten, whitening_schedule
 from .linear import ScaledLinear
@@ -81,7 +82,7 @@ class RelPositionMultiheadAttentionWeights(nn.Module):
             raise TypeError(f"attn_mask must be bool, got {attn_mask.dtype}")
         if key_padding_mask is not None and tuple(key_padding_mask.shape) != (B, T):
             raise ValueError(f"key_padding_mask shape {tuple(key_padding_mask.shape)} != {(B, T)}")
-        return ops.attention_weights(q, k, p, pos_proj, key_padding_mask, attn_mask, penalize)
+        return attention_weights(q, k, p, pos_proj, key_padding_mask, attn_mask, penalize)
 
     def streaming_forward(self, x: Tensor, pos_emb: Tensor, cached_key: Tensor, left_context_len: int,
                           key_padding_mask: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
@@ -105,7 +106,7 @@ class RelPositionMultiheadAttentionWeights(nn.Module):
         """(pos_proj, penalize) with the positional skip drawn on device: a skipped call multiplies
         pos_proj by 0, which adds exact zeros to the scores (the same forward as leaving the term
         out). The score penalty (icefall: 10% of training calls) is not applied here:
-        ops.attention_weights takes it as a Python bool, which a compiled graph would specialise on."""
+        attention_weights takes it as a Python bool, which a compiled graph would specialise on."""
         H, dp = self.num_heads, self.pos_head_dim
         pos_proj = self.linear_pos(pos_emb).reshape(2 * T - 1, H, dp)
         if self.training:
@@ -131,7 +132,7 @@ class SelfAttention(nn.Module):
         T, B, _ = x.shape
         H, dv = self.num_heads, self.value_head_dim
         v = self.in_proj(x).reshape(T, B, H, dv).permute(2, 1, 0, 3)  # (H,B,T,dv)
-        out = ops.attention_apply(attn_weights, v)                      # (H,B,T,dv)
+        out = attention_apply(attn_weights, v)                      # (H,B,T,dv)
         out = out.permute(2, 1, 0, 3).reshape(T, B, H * dv)
         return self.whiten(self.out_proj(out))
 
@@ -149,7 +150,7 @@ class SelfAttention(nn.Module):
 
 class NonlinAttention(nn.Module):
     """s, x, y = in_proj chunks; out = out_proj(((x * tanh(s)) averaged by head-0 weights) * y).
-    The two products run as ops.tanh_gate / ops.mul_linear (self.tanh, kept for icefall's module
+    The two products run as tanh_gate / mul_linear (self.tanh, kept for icefall's module
     tree, is not called; out_proj's parameters are used by mul_linear)."""
 
     def __init__(self, channels: int, hidden_channels: int):
@@ -168,16 +169,16 @@ class NonlinAttention(nn.Module):
                               prob=(0.025, 0.25), grad_scale=0.01)
 
     def forward(self, x: Tensor, attn_weights_head0) -> Tensor:
-        """attn_weights_head0: ops.attention_head0(W) or ops.constant_attention of it (one head)."""
+        """attn_weights_head0: attention_head0(W) or constant_attention of it (one head)."""
         T, B, _ = x.shape
         h = self.hidden_channels
         s, x, y = self.in_proj(x).chunk(3, dim=-1)
         s = self.balancer(s)  # (the Balancer draws before whiten1, as in icefall)
-        x = ops.tanh_gate(self.whiten1(x), s)  # x * tanh(s)
+        x = tanh_gate(self.whiten1(x), s)  # x * tanh(s)
         x = x.reshape(T, B, 1, h).permute(2, 1, 0, 3)          # (1,B,T,h): a single head
-        x = ops.attention_apply(attn_weights_head0, x)
+        x = attention_apply(attn_weights_head0, x)
         x = x.permute(2, 1, 0, 3).reshape(T, B, h)
-        x = ops.mul_linear(x, y, self.out_proj.weight, self.out_proj.bias)  # out_proj(x * y)
+        x = mul_linear(x, y, self.out_proj.weight, self.out_proj.bias)  # out_proj(x * y)
         return self.whiten2(x)
 
     def streaming_forward(self, x: Tensor, attn_weights_head0: Tensor, cached_x: Tensor, left_context_len: int
@@ -188,7 +189,7 @@ class NonlinAttention(nn.Module):
         h = self.hidden_channels
         check_cache("cached_nonlin_attn", cached_x, (1, B, left_context_len, h))
         s, x, y = self.in_proj(x).chunk(3, dim=-1)
-        x = ops.tanh_gate(x, s).reshape(T, B, 1, h).permute(2, 1, 0, 3)  # (1,B,T,h)
+        x = tanh_gate(x, s).reshape(T, B, 1, h).permute(2, 1, 0, 3)  # (1,B,T,h)
         x = torch.cat((cached_x, x), dim=2)
         out = torch.matmul(attn_weights_head0, x).permute(2, 1, 0, 3).reshape(T, B, h)
-        return ops.mul_linear(out, y, self.out_proj.weight, self.out_proj.bias), x[:, :, -left_context_len:]
+        return mul_linear(out, y, self.out_proj.weight, self.out_proj.bias), x[:, :, -left_context_len:]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .. import ops
+from ..ops.bias_norm import bias_norm
 from .grad_shapers import limit_param_value
 
 
@@ -25,7 +25,7 @@ class BiasNorm(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         self.check_input(x)
-        return ops.bias_norm(x, self.limited_log_scale(), self.bias)
+        return bias_norm(x, self.limited_log_scale(), self.bias)
 
     def check_input(self, x: Tensor) -> None:
         if x.shape[-1] != self.num_channels:

@@ -13,7 +13,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from .. import ops
+from ..ops.bypass import bias_norm_bypass, bypass
 from .grad_shapers import limit_param_value
 from .randomness import device_side, keep_mask
 from .scheduled_float import FloatLike, ScheduledFloat, value
@@ -62,9 +62,9 @@ class BypassModule(nn.Module):
 
     def forward(self, src_orig: Tensor, src: Tensor, norm: Optional[nn.Module] = None) -> Tensor:
         """src_orig + (src - src_orig) * c; with a BiasNorm `norm`, src is first normalised by it
-        (ops.bias_norm_bypass: the fused path then does not store the normalised tensor)."""
+        (bias_norm_bypass: the fused path then does not store the normalised tensor)."""
         if norm is None:
-            return ops.bypass(src_orig, src, self.get_scale(src.shape[1]))
+            return bypass(src_orig, src, self.get_scale(src.shape[1]))
         norm.check_input(src)
         log_scale = norm.limited_log_scale()  # drawn before the bypass scale, as norm(src) then bypass
-        return ops.bias_norm_bypass(src_orig, src, log_scale, norm.bias, self.get_scale(src.shape[1]))
+        return bias_norm_bypass(src_orig, src, log_scale, norm.bias, self.get_scale(src.shape[1]))

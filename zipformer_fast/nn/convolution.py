@@ -15,7 +15,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from .. import ops
+from ..ops.gated_conv import gated_depthwise_conv1d
 from .grad_shapers import Balancer, Whiten, whitening_schedule
 from .linear import ActivationDropoutAndLinear
 from .scheduled_float import ScheduledFloat
@@ -112,7 +112,7 @@ class ConvolutionModule(nn.Module):
             needs_grad = torch.is_grad_enabled() and (x.requires_grad or any(
                 p.requires_grad for p in self.in_proj.parameters()))
             balancer = self.balancer1.draw(tuple(x.shape[:-1]) + (D,), x.device, needs_grad)
-            x = ops.gated_depthwise_conv1d(x, self.in_proj.weight, self.in_proj.bias, src_key_padding_mask,
+            x = gated_depthwise_conv1d(x, self.in_proj.weight, self.in_proj.bias, src_key_padding_mask,
                                            self.depthwise_conv.weight, self.depthwise_conv.bias, balancer)
         else:
             x, s = self.in_proj(x).chunk(2, dim=-1)

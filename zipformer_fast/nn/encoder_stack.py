@@ -1,5 +1,5 @@
 """One Zipformer stack (Zipformer2Encoder), its downsampled wrapper, and SimpleDownsample /
-SimpleUpsample (icefall), spec sections 3.4-3.5.
+SimpleUpsample (icefall egs/librispeech/ASR/zipformer/zipformer.py at icefall 36e0420).
 
 Zipformer2Encoder deep-copies one template layer num_layers times (so, as in icefall, the layers of a
 stack start from identical weights) and overrides each layer's bypass skip rate with the layer-drop
@@ -13,7 +13,8 @@ from typing import List, Optional, Tuple, Union
 import torch
 from torch import Tensor, nn
 
-from .. import ops
+from ..ops.bypass import upsample_bypass
+from ..ops.downsample import simple_downsample, simple_upsample
 from .bypass import BypassModule
 from .pos_encoding import CompactRelPositionalEncoding
 from .scheduled_float import FloatLike, ScheduledFloat
@@ -74,7 +75,7 @@ class SimpleDownsample(nn.Module):
         self.downsample = downsample
 
     def forward(self, src: Tensor) -> Tensor:
-        return ops.simple_downsample(src, self.bias)
+        return simple_downsample(src, self.bias)
 
 
 class SimpleUpsample(nn.Module):
@@ -87,7 +88,7 @@ class SimpleUpsample(nn.Module):
     def forward(self, src: Tensor, length: Optional[int] = None) -> Tensor:
         if length is None:
             length = src.shape[0] * self.upsample
-        return ops.simple_upsample(src, self.upsample, length)
+        return simple_upsample(src, self.upsample, length)
 
 
 class DownsampledZipformer2Encoder(nn.Module):
@@ -111,8 +112,13 @@ class DownsampledZipformer2Encoder(nn.Module):
             attn_mask = attn_mask[::ds, ::ds]
         src = self.encoder(src, chunk_size=chunk_size // ds, feature_mask=feature_mask, attn_mask=attn_mask,
                            src_key_padding_mask=src_key_padding_mask)
-        src = self.upsample(src, src_orig.shape[0])
-        return self.out_combiner(src_orig, src)
+        return self._upsample_and_combine(src_orig, src)
+
+    def _upsample_and_combine(self, src_orig: Tensor, src: Tensor) -> Tensor:
+        """out_combiner(src_orig, upsample(src)) as one op: the fused path reads each low-rate frame
+        once per output frame and never writes the upsampled tensor (saved: src_orig, src)."""
+        scale = self.out_combiner.get_scale(src_orig.shape[1])
+        return upsample_bypass(src_orig, src, self.upsample.upsample, scale)
 
     def streaming_forward(self, src: Tensor, states: List[Tensor], left_context_len: int,
                           src_key_padding_mask: Tensor) -> Tuple[Tensor, List[Tensor]]:
@@ -121,4 +127,4 @@ class DownsampledZipformer2Encoder(nn.Module):
         src_orig = src
         src, new_states = self.encoder.streaming_forward(self.downsample(src), states, left_context_len,
                                                          src_key_padding_mask)
-        return self.out_combiner(src_orig, self.upsample(src, src_orig.shape[0])), new_states
+        return self._upsample_and_combine(src_orig, src), new_states

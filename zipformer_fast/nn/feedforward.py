@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .. import ops
+from ..ops.activation_linear import linear_swoosh
 from .grad_shapers import Balancer, Whiten, whitening_schedule
 from .linear import ActivationDropoutAndLinear
 from .scheduled_float import FloatLike
@@ -28,9 +28,9 @@ class FeedforwardModule(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if not self.training and not torch.is_grad_enabled():
             # Inference: Balancer/Whiten are identities without autograd and dropout is off, so
-            # in_proj + SwooshL fuse into one GEMM epilogue (ops.linear_swoosh); out_proj is a plain
+            # in_proj + SwooshL fuse into one GEMM epilogue (linear_swoosh); out_proj is a plain
             # linear. (In training the activation stays fused into out_proj, which stores less.)
-            h = ops.linear_swoosh(x, self.in_proj.weight, self.in_proj.bias, "SwooshL")
+            h = linear_swoosh(x, self.in_proj.weight, self.in_proj.bias, "SwooshL")
             return F.linear(h, self.out_proj.weight, self.out_proj.bias)
         x = self.hidden_balancer(self.in_proj(x))
         return self.out_whiten(self.out_proj(x))

@@ -90,7 +90,7 @@ class Balancer(nn.Module):
     def draw(self, shape, device: torch.device, requires_grad: bool = True) -> Optional[BalancerConfig]:
         """Whether this call acts (icefall's random draw, made as forward makes it) and with which
         limits: a BalancerConfig, or None. For an input of `shape` on `device`; ops that compute
-        the balanced tensor themselves (ops.conv_chain, ops.gated_depthwise_conv1d) take the config
+        the balanced tensor themselves (conv_chain, gated_depthwise_conv1d) take the config
         and apply it in their backward."""
         if torch.jit.is_scripting() or not requires_grad or self.forced is False:
             return None

@@ -1,4 +1,4 @@
-"""Zipformer2EncoderLayer (icefall), spec section 4.
+"""Zipformer2EncoderLayer (icefall egs/librispeech/ASR/zipformer/zipformer.py at icefall 36e0420).
 
 Submodules are registered in icefall's order (it defines the state-dict order). Forward:
 shared attention weights from the layer input; FF1; non-linear attention (head 0); SA1; Conv1;
@@ -7,14 +7,13 @@ whose rates are ScheduledFloats (0 in eval). Python-random draws follow icefall'
 """
 from __future__ import annotations
 
-import copy
 import random
 from typing import Optional, Tuple
 
 import torch
 from torch import Tensor, nn
 
-from .. import ops
+from ..ops.attention import attention_head0, constant_attention
 from .attention import NonlinAttention, RelPositionMultiheadAttentionWeights, SelfAttention
 from .bias_norm import BiasNorm
 from .bypass import BypassModule
@@ -98,16 +97,16 @@ class Zipformer2EncoderLayer(nn.Module):
         src = src + self.feed_forward1(src)
         att_mask = self._sequence_mask(src, attention_skip_rate)
 
-        head0 = ops.attention_head0(attn_weights)
+        head0 = attention_head0(attn_weights)
         # icefall zipformer.py Zipformer2EncoderLayer.forward: in training, with probability
         # const_attention_rate, head 0 of the weights becomes uniform over the unmasked keys (pushes
         # the non-linear attention towards averaging over time).
         if self.training:
             if device_side():
                 fire = ~keep_mask((), value(self.const_attention_rate), head0.device)
-                head0 = torch.where(fire, ops.constant_attention(head0), head0)
+                head0 = torch.where(fire, constant_attention(head0), head0)
             elif random.random() < float(self.const_attention_rate):
-                head0 = ops.constant_attention(head0)
+                head0 = constant_attention(head0)
 
         na = self.balancer_na(self.nonlin_attention(src, head0))
         src = src + self._masked(na, att_mask)

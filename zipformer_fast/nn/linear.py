@@ -5,7 +5,7 @@ re-drawn from U(-0.1 s, 0.1 s). No extra parameters exist, so checkpoints hold p
 
 ActivationDropoutAndLinear keeps `weight` and `bias` directly on the module (checkpoint keys
 `...out_proj.weight`/`.bias`) and calls zipformer_fast.ops.activation_dropout_linear with a mask
-from ops.make_dropout_mask, so a fused kernel can replace the math while consuming the same random
+from make_dropout_mask, so a fused kernel can replace the math while consuming the same random
 numbers. Dropout is applied only in training (icefall's p is a ScheduledFloat whose eval value is 0).
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from .. import ops
+from ..ops.activation_linear import ACTIVATIONS, activation_dropout_linear, make_dropout_mask
 from .scheduled_float import FloatLike, value
 
 
@@ -40,7 +40,7 @@ def ScaledConv2d(*args, initial_scale: float = 1.0, **kwargs) -> nn.Conv2d:  # n
 
 
 def _scheduled_dropout_mask(x: Tensor, p: Tensor, shared_dim: Optional[int]) -> Tensor:
-    """ops.make_dropout_mask for a 0-dim tensor p (a schedule under torch.compile): same draw, same
+    """make_dropout_mask for a 0-dim tensor p (a schedule under torch.compile): same draw, same
     formula, and no `p == 0` branch (a zero p keeps every element with scale 1)."""
     shape = list(x.shape)
     if shared_dim is not None:
@@ -56,8 +56,8 @@ class ActivationDropoutAndLinear(nn.Module):
                  dropout_p: FloatLike = 0.0, dropout_shared_dim: Optional[int] = -1,
                  initial_scale: float = 1.0):
         super().__init__()
-        if activation not in ops.activation_linear.ACTIVATIONS:
-            raise ValueError(f"activation {activation!r}: expected one of {ops.activation_linear.ACTIVATIONS}")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation {activation!r}: expected one of {ACTIVATIONS}")
         lin = ScaledLinear(in_channels, out_channels, bias=bias, initial_scale=initial_scale)
         self.weight = lin.weight
         self.register_parameter("bias", lin.bias)
@@ -72,5 +72,5 @@ class ActivationDropoutAndLinear(nn.Module):
             if isinstance(p, Tensor):
                 mask = _scheduled_dropout_mask(x, p, self.dropout_shared_dim)
             else:
-                mask = ops.make_dropout_mask(x, p, self.dropout_shared_dim)
-        return ops.activation_dropout_linear(x, self.weight, self.bias, self.activation, mask)
+                mask = make_dropout_mask(x, p, self.dropout_shared_dim)
+        return activation_dropout_linear(x, self.weight, self.bias, self.activation, mask)

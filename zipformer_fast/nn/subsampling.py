@@ -1,10 +1,10 @@
-"""Conv2dSubsampling ("Conv-Embed", icefall subsampling.py) with its ConvNeXt block, spec section 2.
+"""Conv2dSubsampling ("Conv-Embed", icefall subsampling.py) with its ConvNeXt block.
 
 (N, T, 80) -> (N, (T-7)//2, D0). The `conv` Sequential indices (0, 4, 7 hold the Conv2d layers) and
 the channel-major flattening (feature index = channel*19 + freq) are what icefall checkpoints expect.
 
 Forward does not call the parameter-free SwooshR / SwooshL modules (conv[3], conv[6], conv[9],
-convnext.activation): each activation runs inside ops.conv_chain with the convolutions that read
+convnext.activation): each activation runs inside conv_chain with the convolutions that read
 its output (same values; the fused path then stores only the pre-activation). The modules stay so
 that the module tree is icefall's.
 """
@@ -16,7 +16,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from .. import ops
+from ..ops.conv_chain import conv_chain
+from ..ops.swoosh import swoosh_l
 from .activations import SwooshL, SwooshR
 from .bias_norm import BiasNorm
 from .dropout import Dropout3
@@ -28,9 +29,9 @@ from .streaming_state import check_cache
 
 
 def _conv_spec(conv: nn.Conv2d):
-    """(weight, bias, stride, padding, groups) of a zero-padded, undilated Conv2d, for ops.conv_chain."""
+    """(weight, bias, stride, padding, groups) of a zero-padded, undilated Conv2d, for conv_chain."""
     if conv.padding_mode != "zeros" or tuple(conv.dilation) != (1, 1) or isinstance(conv.padding, str):
-        raise ValueError(f"{conv}: ops.conv_chain needs zero padding given as numbers and dilation 1")
+        raise ValueError(f"{conv}: conv_chain needs zero padding given as numbers and dilation 1")
     return conv.weight, conv.bias, tuple(conv.stride), tuple(conv.padding), conv.groups
 
 
@@ -59,7 +60,7 @@ class ConvNeXt(nn.Module):
     def forward(self, x: Tensor, input_activation: Optional[str] = None) -> Tensor:
         """x (N, C, T, F) -> same shape. With input_activation ("SwooshR"), x is the pre-activation
         and the block starts with that activation (Conv2dSubsampling passes its last SwooshR here, so
-        that ops.conv_chain can fuse it with the convs that read its output)."""
+        that conv_chain can fuse it with the convs that read its output)."""
         mask = None
         if self.training:
             rate = value(self.layerdrop_rate)
@@ -67,7 +68,7 @@ class ConvNeXt(nn.Module):
                 mask = keep_mask((x.shape[0], 1, 1, 1), rate, x.device)
             elif rate != 0.0:
                 mask = torch.rand((x.shape[0], 1, 1, 1), dtype=x.dtype, device=x.device) > rate
-        # depthwise -> pointwise1 -> hidden_balancer -> SwooshL -> pointwise2 as one ops.conv_chain
+        # depthwise -> pointwise1 -> hidden_balancer -> SwooshL -> pointwise2 as one conv_chain
         # (its fused path stores only the chain's input and recomputes the rest in backward).
         stages = [("conv", _conv_spec(self.depthwise_conv)), ("conv", _conv_spec(self.pointwise_conv1)),
                   ("balancer", None), ("swoosh", "SwooshL"), ("conv", _conv_spec(self.pointwise_conv2))]
@@ -80,9 +81,9 @@ class ConvNeXt(nn.Module):
         stages[-3] = ("balancer", self.hidden_balancer.draw(hidden_shape, x.device, needs_grad))
         if input_activation is None:
             bypass = x
-            x = ops.conv_chain(x, stages)
+            x = conv_chain(x, stages)
         else:
-            x, bypass = ops.conv_chain(x, stages, return_after=0)
+            x, bypass = conv_chain(x, stages, return_after=0)
         if mask is not None:
             x = x * mask
         x = self.out_balancer(bypass + x)
@@ -102,7 +103,7 @@ class ConvNeXt(nn.Module):
         new_left_pad = x[:, :, T:T + pad_t, :]
         x = F.conv2d(x, self.depthwise_conv.weight, self.depthwise_conv.bias, padding=(0, pad_f),
                      groups=self.depthwise_conv.groups)
-        x = ops.swoosh_l(self.pointwise_conv1(x))
+        x = swoosh_l(self.pointwise_conv1(x))
         return bypass + self.pointwise_conv2(x), new_left_pad
 
 
@@ -137,10 +138,10 @@ class Conv2dSubsampling(nn.Module):
         """x (N, T, F), T >= 9 -> ((N, (T-7)//2, D0), (x_lens-7)//2)."""
         c = self.conv  # conv, ScaleGrad, Balancer, SwooshR, conv, Balancer, SwooshR, conv, Balancer, SwooshR
         x = c[2](c[1](c[0](x.unsqueeze(1))))
-        # Each SwooshR runs with the conv after it (ops.conv_chain: the fused path recomputes the
+        # Each SwooshR runs with the conv after it (conv_chain: the fused path recomputes the
         # activation in backward instead of storing it); the last one opens the ConvNeXt block.
-        x = c[5](ops.conv_chain(x, [("swoosh", "SwooshR"), ("conv", _conv_spec(c[4]))]))
-        x = c[8](ops.conv_chain(x, [("swoosh", "SwooshR"), ("conv", _conv_spec(c[7]))]))
+        x = c[5](conv_chain(x, [("swoosh", "SwooshR"), ("conv", _conv_spec(c[4]))]))
+        x = c[8](conv_chain(x, [("swoosh", "SwooshR"), ("conv", _conv_spec(c[7]))]))
         x = self.convnext(x, input_activation="SwooshR")
         b, c, t, f = x.shape
         x = x.transpose(1, 2).reshape(b, t, c * f)   # channel-major features

@@ -1,4 +1,5 @@
-"""Zipformer2: the six-stack encoder (icefall zipformer.py), spec sections 3 and 8.
+"""Zipformer2: the six-stack encoder (icefall egs/librispeech/ASR/zipformer/zipformer.py
+Zipformer2 at icefall 36e0420).
 
 forward(x (T1, B, D0) at 50 Hz, x_lens, src_key_padding_mask (B, T1)) -> ((ceil(T1/2), B, max D), lengths).
 - Training: per-sequence feature masks narrow the stack width on ~12.5% / ~23% of sequences.
@@ -18,7 +19,7 @@ from typing import List, Optional, Tuple, Union
 import torch
 from torch import Tensor, nn
 
-from .. import ops
+from ..ops.downsample import convert_num_channels
 from ..config import ZipformerConfig
 from .encoder_stack import DownsampledZipformer2Encoder, SimpleDownsample, Zipformer2Encoder
 from .layer import Zipformer2EncoderLayer
@@ -86,7 +87,7 @@ class Zipformer2(nn.Module):
 
     # ------------------------------------------------------------------ training-time randomness
     def get_feature_masks(self, x: Tensor) -> Union[List[float], List[Tensor]]:
-        """[1.0]*6 in eval; in training one (1, B, D_i) mask per stack (see spec 3.3)."""
+        """[1.0]*6 in eval; in training one (1, B, D_i) mask per stack (icefall Zipformer2.get_feature_masks)."""
         if not self.training:
             return [1.0] * len(self.encoder_dim)
         _, batch_size, d0 = x.shape
@@ -164,7 +165,7 @@ class Zipformer2(nn.Module):
         outputs = []
         for i, module in enumerate(self.encoders):
             ds = self.downsampling_factor[i]
-            x = ops.convert_num_channels(x, self.encoder_dim[i])
+            x = convert_num_channels(x, self.encoder_dim[i])
             x = module(x, chunk_size=chunk_size, feature_mask=feature_masks[i],
                        src_key_padding_mask=None if src_key_padding_mask is None else src_key_padding_mask[..., ::ds],
                        attn_mask=attn_mask)
@@ -268,7 +269,7 @@ class Zipformer2(nn.Module):
         for i, module in enumerate(self.encoders):
             ds = self.downsampling_factor[i]
             n = 6 * module.num_layers
-            x = ops.convert_num_channels(x, self.encoder_dim[i])
+            x = convert_num_channels(x, self.encoder_dim[i])
             x, stack_states = module.streaming_forward(x, states[offset:offset + n], left_context_len=left // ds,
                                                        src_key_padding_mask=src_key_padding_mask[..., ::ds])
             offset += n

@@ -1,19 +1,18 @@
-"""The ops the architecture calls. Each file holds one op: its formula, the pure-PyTorch reference,
-and (where a fused kernel exists) the autograd.Function and the dispatch between them, chosen by
-`zipformer_fast.backend`. nn/ modules call only these functions for the hot paths."""
-from .activation_linear import activation_dropout_linear, linear_swoosh, make_dropout_mask
-from .attention import attention_apply, attention_head0, attention_weights, constant_attention
-from .bias_norm import bias_norm
-from .bypass import bias_norm_bypass, bypass, upsample_bypass
-from .conv_chain import conv_chain
-from .downsample import convert_num_channels, simple_downsample, simple_upsample
-from .gated_conv import gated_depthwise_conv1d
-from .gating import mul_linear, tanh_gate
-from .swoosh import swoosh_l, swoosh_r
+"""The ops the architecture calls, one per module: its formula, the pure-PyTorch reference, and
+(where a fused kernel exists) the custom op, the autograd formula and the dispatch between them
+(zipformer_fast.backend.use_triton_for). nn/ modules call these functions for the hot paths,
+imported from their modules: `from zipformer_fast.ops.bias_norm import bias_norm`.
 
-__all__ = [
-    "activation_dropout_linear", "make_dropout_mask", "attention_apply", "attention_head0",
-    "attention_weights", "constant_attention", "bias_norm", "bypass", "convert_num_channels",
-    "simple_downsample", "simple_upsample", "swoosh_l", "swoosh_r", "linear_swoosh", "upsample_bypass",
-    "bias_norm_bypass", "conv_chain", "gated_depthwise_conv1d", "mul_linear", "tanh_gate",
-]
+activation_linear  SwooshL/R + dropout + Linear, Linear + SwooshL
+attention          the shared attention weights and their uses (attention_fused: its Triton path)
+balancer           icefall's Balancer gradient edit, shared by ops that recompute their input
+bias_norm          BiasNorm
+bypass             the bypass blend, BiasNorm + bypass, upsample + bypass
+conv_chain         Conv-Embed's conv/Swoosh chain, recomputed in backward
+downsample         SimpleDownsample / SimpleUpsample / channel conversion
+gated_conv         the convolution module's GLU + depthwise conv
+gating             tanh gate and the gated output projection of non-linear attention
+mutual_information the RNN-T lattice recursion behind every transducer loss
+streaming_attention attention of one chunk against cached keys
+swoosh             SwooshL / SwooshR
+"""

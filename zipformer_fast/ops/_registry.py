@@ -20,7 +20,6 @@ from real type objects on torch 2.4.
 """
 import functools
 import importlib
-import os
 from typing import Callable, Optional
 
 import torch
@@ -99,10 +98,6 @@ def needs_grad(*tensors) -> bool:
 def kernels(name: str):
     """The Triton kernel module kernels/<name>.py (installed as zipformer_fast.kernels.<name>)."""
     return importlib.import_module(f"zipformer_fast.kernels.{name}")
-
-
-def interpreter() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 def contiguous_rows(x: torch.Tensor) -> torch.Tensor:

@@ -16,8 +16,8 @@ Layouts: q, k (T,B,H,dq); p (T,B,H,dp); key_padding_mask (B,T) bool, True = padd
 attn_mask (T,T) bool, True = masked; v (H,B,T,dv).
 
 Fused path (backend "triton", kernels/attention*.py): no (T, 2T-1) score matrix and no relative
-shift copy; the positional term is computed tile by tile. Two modes (`set_attention_mode`,
-`use_attention_mode`, env ZIPFORMER_FAST_ATTENTION_MODE = auto | recompute | materialize; auto
+shift copy; the positional term is computed tile by tile. Two modes
+(`zipformer_fast.configure(attention_mode=...)`: auto | recompute | materialize; auto
 materialises up to MATERIALIZE_MAX_T frames):
 - materialize: `attention_weights` returns the (H,B,T,T) tensor in the compute dtype, written once
   by a kernel; head0/constant/apply are the tensor ops below; one fused backward from the summed dW.
@@ -30,14 +30,13 @@ Streaming shapes (cached keys) and other layouts take the reference.
 """
 from __future__ import annotations
 
-import contextlib
-import os
 from typing import Optional
 
 import torch
 from torch import Tensor
 
 from zipformer_fast.backend import use_triton_for
+from zipformer_fast.runtime import get_attention_mode
 
 MASK_FILL = -1000.0
 
@@ -156,7 +155,7 @@ def constant_attention(weights):
 def attention_apply(weights, v: Tensor) -> Tensor:
     """weights @ v for weights from `attention_weights` (or head0 / constant of them); v (H,B,T,dv)."""
     if _is_handle(weights):
-        from zipformer_fast.kernels.attention_autograd import apply_handle
+        from zipformer_fast.ops.attention_fused import apply_handle
 
         dtype = _autocast_dtype(v)
         return apply_handle(weights, v.to(dtype) if dtype is not None else v)
@@ -164,7 +163,6 @@ def attention_apply(weights, v: Tensor) -> Tensor:
 
 
 # --------------------------------------------------------------------------- mode selection
-ATTENTION_MODES = ("auto", "recompute", "materialize")
 # "auto": materialise the weights up to this many frames, recompute beyond. Reason: below ~1000
 # frames the (H,B,T,T) weights in the compute dtype are small enough to keep (saved for backward
 # in training), and cuBLAS uses of them beat recomputing the scores per use; beyond, they grow
@@ -175,36 +173,6 @@ ATTENTION_MODES = ("auto", "recompute", "materialize")
 # (one score pass per use, one backward pass per use) have not been timed on a GPU yet:
 # `bench/kernels.py --attention` gives the figures to move the threshold by.
 MATERIALIZE_MAX_T = 1024
-_mode_override: list = []
-
-
-def set_attention_mode(mode: Optional[str]) -> None:
-    """Set the fused attention mode for this process ("auto" | "recompute" | "materialize"); None
-    goes back to the environment variable ZIPFORMER_FAST_ATTENTION_MODE (default "auto")."""
-    if mode is not None and mode not in ATTENTION_MODES:
-        raise ValueError(f"attention mode {mode!r}: expected one of {ATTENTION_MODES}")
-    _mode_override[:] = [] if mode is None else [mode]
-
-
-def get_attention_mode() -> str:
-    if _mode_override:
-        return _mode_override[-1]
-    mode = os.environ.get("ZIPFORMER_FAST_ATTENTION_MODE", "auto").strip().lower()
-    if mode not in ATTENTION_MODES:
-        raise ValueError(f"ZIPFORMER_FAST_ATTENTION_MODE={mode!r}: expected one of {ATTENTION_MODES}")
-    return mode
-
-
-@contextlib.contextmanager
-def use_attention_mode(mode: str):
-    """Run the enclosed code with the given fused attention mode."""
-    if mode not in ATTENTION_MODES:
-        raise ValueError(f"attention mode {mode!r}: expected one of {ATTENTION_MODES}")
-    _mode_override.append(mode)
-    try:
-        yield
-    finally:
-        _mode_override.pop()
 
 
 def attention_mode_for(T: int) -> str:
@@ -246,7 +214,7 @@ def _fused_supported(q, k, p, pos_proj, key_padding_mask, attn_mask) -> bool:
 
 
 def _fused_attention_weights(q, k, p, pos_proj, key_padding_mask, attn_mask, penalize):
-    from zipformer_fast.kernels.attention_autograd import attention_handle, materialized_weights
+    from zipformer_fast.ops.attention_fused import attention_handle, materialized_weights
 
     T, B, H, dp = p.shape
     dtype = _autocast_dtype(q)

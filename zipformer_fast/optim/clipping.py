@@ -2,7 +2,7 @@
 threshold recomputes (steps 10/20/40 and every clipping_update_period steps), which sort the
 ring buffer of recent norms on the host as icefall does.
 
-gamma = min(1, threshold / (norm + 1e-20)), NaN -> 0 (spec 9.3 A; the caller then treats
+gamma = min(1, threshold / (norm + 1e-20)), NaN -> 0 (icefall ScaledAdam._get_clipping_scale; the caller then treats
 gamma == 0 as "zero the gradients"). None means gamma == 1 exactly (no threshold yet, clipping
 off, or the group's first step), so callers can skip the multiply.
 """

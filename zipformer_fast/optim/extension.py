@@ -1,13 +1,12 @@
-"""Loading and calling the compiled multi-tensor ScaledAdam step (csrc/ beside this file).
+"""Loading and calling the compiled multi-tensor ScaledAdam step (sources in the repository's csrc/).
 
 Where the extension comes from, in order:
   1. a prebuilt library `zipformer_fast/optim/_scaled_adam_cpu*.so` / `_scaled_adam_cuda*.so`,
-     made by setup.py (csrc/build.py) when torch was importable at build time
-     (--no-build-isolation);
-  2. otherwise a first-use build with torch.utils.cpp_extension.load (ninja) from the sources in
-     zipformer_fast/optim/csrc/, which ship inside the package (package_data), so this works
-     from an installed wheel as well as from the repo. The build is cached per user in torch's
-     extension dir (~/.cache/torch_extensions, or $TORCH_EXTENSIONS_DIR): ~40 s once.
+     made by setup.py when torch was importable at build time (--no-build-isolation);
+  2. otherwise a first-use build with torch.utils.cpp_extension.load (ninja) from the csrc/
+     sources: `zipformer_fast/csrc/` in an installed package (setup.py ships them there), the
+     repository's `csrc/` in a source tree or an editable install. The build is cached per user in
+     torch's extension dir (~/.cache/torch_extensions, or $TORCH_EXTENSIONS_DIR): ~40 s once.
 ZIPFORMER_FAST_NO_EXTENSION=1 disables both. The libraries register torch ops (torch.ops.zf_sa_cpu / zf_sa_cuda) instead of a pybind module:
 that keeps the build to ~15 s of compiler time instead of ~60 s. The CUDA library is only tried where
 torch.version.cuda is set (a CPU torch has no usable CUDA headers); the toolchain must support
@@ -24,10 +23,20 @@ from typing import Optional, Tuple
 
 import torch
 
+from ..runtime import extension_disabled, verbose_build
 from .clipping import clipping_factor
 from .reference import is_scalar
 
-CSRC = pathlib.Path(__file__).resolve().parent / "csrc"
+
+def _find_sources() -> pathlib.Path:
+    package = pathlib.Path(__file__).resolve().parents[1]
+    for candidate in (package / "csrc", package.parent / "csrc"):  # installed, then source tree
+        if (candidate / "scaled_adam_math.h").is_file():
+            return candidate
+    return package / "csrc"  # absent: load_extension reports the missing file
+
+
+CSRC = _find_sources()
 CPU_SOURCES = ("scaled_adam_cpu.cpp",)
 CUDA_SOURCES = ("scaled_adam_cuda.cpp", "scaled_adam_kernels.cu")
 CXX_FLAGS = ["-O3", "-fopenmp"]
@@ -50,7 +59,8 @@ def _prebuilt_path(module: str) -> Optional[str]:
     if spec is None or not spec.origin:
         return None
     built = os.path.getmtime(spec.origin)
-    if any(os.path.getmtime(f) > built for f in CSRC.iterdir() if f.is_file()):
+    sources = [f for f in CSRC.glob("*") if f.suffix in (".h", ".cpp", ".cu")]
+    if any(os.path.getmtime(f) > built for f in sources):
         return None  # sources edited since the prebuild: let the first-use build pick them up
     return spec.origin
 
@@ -58,7 +68,7 @@ def _prebuilt_path(module: str) -> Optional[str]:
 @functools.lru_cache(maxsize=None)
 def load_extension(device_type: str) -> Tuple[Optional[object], str]:
     """(ops, "") with ops.reduce / ops.apply, or (None, reason). Cached per process."""
-    if os.environ.get("ZIPFORMER_FAST_NO_EXTENSION", "0") == "1":
+    if extension_disabled():
         return None, "ZIPFORMER_FAST_NO_EXTENSION=1"
     if device_type not in LIBS:
         return None, f"no extension for device type {device_type!r}"
@@ -76,7 +86,7 @@ def load_extension(device_type: str) -> Tuple[Optional[object], str]:
         pass
     try:
         from torch.utils.cpp_extension import load
-        verbose = os.environ.get("ZIPFORMER_FAST_VERBOSE_BUILD", "0") == "1"
+        verbose = verbose_build()
         if device_type == "cpu":
             load(name=jit_name, sources=[str(CSRC / s) for s in CPU_SOURCES],
                  extra_cflags=CXX_FLAGS, extra_ldflags=["-fopenmp"], is_python_module=False,

@@ -1,5 +1,5 @@
-"""Plain per-parameter ScaledAdam step, written straight from spec section 9.3 (icefall's
-zipformer/optim.py). Slow (a few torch ops per parameter) and obviously correct: it is the
+"""Plain per-parameter ScaledAdam step, written straight from icefall's ScaledAdam.step
+(egs/librispeech/ASR/zipformer/optim.py at icefall 36e0420). Slow (a few torch ops per parameter) and obviously correct: it is the
 `implementation="reference"` path and the yardstick the fast paths are tested against.
 
 State layout (shared by every implementation, so state_dicts are interchangeable):

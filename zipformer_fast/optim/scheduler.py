@@ -1,4 +1,4 @@
-"""Eden and Eden2 learning-rate schedules (icefall zipformer/optim.py, spec 9.4): the lr depends
+"""Eden and Eden2 learning-rate schedules (icefall egs/librispeech/ASR/zipformer/optim.py): the lr depends
 on the batch index and (Eden) the epoch, set explicitly with step_batch / step_epoch.
 
   Eden:  lr = base * ((b^2 + B^2)/B^2)^-0.25 * ((e^2 + E^2)/E^2)^-0.25 * warmup(b)

@@ -1,5 +1,6 @@
-"""Autograd wiring of the fused attention: torch.library custom ops around the kernels, the handle
-that stands for the shared weights, and the two ways of using them.
+"""Autograd wiring of the fused attention (kernels/attention_fwd.py, attention_bwd.py): torch.library
+custom ops around the kernels, the handle that stands for the shared weights, and the two ways of
+using them. Imported by ops/attention.py only when the fused path runs (it needs triton).
 
 Custom ops (namespace zipformer_fast, fake impls for torch.compile / FakeTensorMode, autograd
 registered): attn_weights (materialised weights and their row statistics), attn_apply (one use,
@@ -27,10 +28,10 @@ from typing import List, Optional, Tuple
 import torch
 from torch import Tensor
 
-from zipformer_fast.ops._registry import custom_op, register_autograd
+from zipformer_fast.kernels.attention_bwd import attention_bwd
+from zipformer_fast.kernels.attention_fwd import attention_apply_fwd, attention_weights_fwd
 
-from .attention_bwd import attention_bwd
-from .attention_fwd import attention_apply_fwd, attention_weights_fwd
+from ._registry import custom_op, register_autograd
 
 
 def _none_if_empty(t: Optional[Tensor]) -> Optional[Tensor]:

@@ -2,7 +2,7 @@
  * and the CUDA kernels (scaled_adam_kernels.cu, nvcc). One header so the CPU build, which CI
  * runs, tests the very formulas the GPU runs. Plain C++: no ATen, no CUDA headers needed.
  *
- * Semantics are icefall's zipformer/optim.py ScaledAdam (spec section 9.3), per parameter:
+ * Semantics are icefall's egs/librispeech/ASR/zipformer/optim.py ScaledAdam, per parameter:
  *   g  <- gamma * g                    (gamma == 0 means "zero the gradient", NaN-safe)
  *   v  <- beta2 v + (1 - beta2) g^2    (fp32, for every dtype of p)
  *   u  <- -lr' g / (sqrt(v / bc) + eps),  bc applied only while bc < 0.99

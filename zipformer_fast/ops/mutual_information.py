@@ -18,29 +18,24 @@ the same way and forms arc occupation posteriors exp(alpha + arc + beta - total)
 the exact gradient of the total w.r.t. px/py and what k2 calls `return_grad` (input for the
 pruning bounds). -inf cells give exactly zero gradient, never NaN.
 
-Backends (zipformer_fast.backend): CUDA tensors use the Triton kernels of
+Backends (zipformer_fast.runtime): CUDA tensors use the Triton kernels of
 kernels/mutual_information.py (one launch per sweep instead of ~4 per diagonal) unless the backend
 is "reference" or triton is missing; CPU tensors use the torch wavefront, except under
-`use_backend("triton")` with TRITON_INTERPRET=1 (how the tests run the kernels without a GPU).
-With env ZIPFORMER_FAST_USE_K2=1 (or `set_use_k2(True)`), k2's own implementation is called
-instead, for users who have a working k2 (it is not installable next to modern torch from PyPI).
+`configure(backend="triton")` with TRITON_INTERPRET=1 (how the tests run the kernels without a GPU).
+With `configure(k2=True)` (env ZIPFORMER_FAST_USE_K2=1), k2's own implementation is called instead,
+for users who have a working k2 (it is not installable next to modern torch from PyPI).
 """
 from __future__ import annotations
 
-import os
 from typing import List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
 
+from ..runtime import get_backend, k2_enabled, triton_available, triton_interpret
+from ._registry import kernels
+
 NEG_INF = float("-inf")
-_USE_K2 = os.environ.get("ZIPFORMER_FAST_USE_K2", "0") == "1"
-
-
-def set_use_k2(flag: bool) -> None:
-    """Route mutual_information_recursion to k2.mutual_information_recursion (same contract)."""
-    global _USE_K2
-    _USE_K2 = bool(flag)
 
 
 def _check_inputs(px: Tensor, py: Tensor, boundary: Optional[Tensor]) -> bool:
@@ -202,16 +197,12 @@ def _forward_and_grads(px: Tensor, py: Tensor, boundary: Optional[Tensor], modif
 
 
 def _use_triton(px: Tensor) -> bool:
-    from ..backend import get_backend, interpreter_enabled, triton_available
-
     name = get_backend()
     if name == "reference" or not triton_available():
-        return False  # use_backend("triton") already raised when triton is missing
+        return False  # configure(backend="triton") already raised when triton is missing
     if px.is_cuda:
-        from zipformer_fast.kernels.mutual_information import supported
-
-        return supported(px.shape[1])
-    return name == "triton" and interpreter_enabled()
+        return kernels("mutual_information").supported(px.shape[1])
+    return name == "triton" and triton_interpret()
 
 
 class _MutualInformation(torch.autograd.Function):
@@ -221,13 +212,11 @@ class _MutualInformation(torch.autograd.Function):
         need = return_grad or px.requires_grad or py.requires_grad
         with torch.no_grad():
             if _use_triton(px):
-                from zipformer_fast.kernels.mutual_information import forward_and_grads
-
                 if boundary is None:
                     B, S, T = px.shape[0], px.shape[1], py.shape[-1]
                     boundary = torch.tensor([0, 0, S, T], device=px.device).expand(B, 4)
-                total, px_grad, py_grad = forward_and_grads(px.detach(), py.detach(), boundary,
-                                                            need)
+                total, px_grad, py_grad = kernels("mutual_information").forward_and_grads(
+                    px.detach(), py.detach(), boundary, need)
             else:
                 total, px_grad, py_grad = _forward_and_grads(px.detach(), py.detach(), boundary,
                                                              modified, need)
@@ -258,12 +247,12 @@ def mutual_information_recursion(
     Runs in fp32 (or fp64 if given fp64) with autocast disabled; half inputs are upcast.
     """
     _check_inputs(px, py, boundary)
-    if _USE_K2:
+    if k2_enabled():
         try:
             import k2
         except ImportError as e:
-            raise ImportError("ZIPFORMER_FAST_USE_K2=1 / set_use_k2(True) but k2 does not "
-                              f"import ({e}); unset it to use the built-in recursion") from e
+            raise ImportError("ZIPFORMER_FAST_USE_K2=1 but k2 does not import "
+                              f"({e}); unset it to use the built-in recursion") from e
         return k2.mutual_information_recursion(px, py, boundary, return_grad=return_grad)
     if px.dtype in (torch.float16, torch.bfloat16):
         px, py = px.float(), py.float()

@@ -232,7 +232,7 @@ def main(argv=None) -> int:
     ap.add_argument("--impls", nargs="+", default=list(IMPLS))
     ap.add_argument("--passes", nargs="+", default=list(PASSES))
     ap.add_argument("--iters", type=int, default=5)
-    add_out_dir_argument(ap)
+    add_out_dir_argument(ap, default_help="bench/results/<device>; with --saved-bytes, bench/results/cpu")
     a = ap.parse_args(argv)
     if a.saved_bytes:
         res = model_saved_bytes(a.saved_bytes, a.seconds, a.batch)

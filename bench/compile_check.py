@@ -122,7 +122,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--backend", default="aot_eager", help="dynamo backend of the training loop")
     ap.add_argument("--ops-backends", default="reference,triton")
     ap.add_argument("--modes", default="inference,eval_grad,train")
-    add_out_dir_argument(ap, default="bench/results/cpu")
+    add_out_dir_argument(ap, default_help="bench/results/cpu")
     a = ap.parse_args(argv)
     result = {**provenance(__file__, argv), "triton_interpret": os.environ.get("TRITON_INTERPRET"),
               "graph_breaks": {}}

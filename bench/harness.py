@@ -57,9 +57,10 @@ def results_dir(device="cpu", out_dir: Optional[str] = None) -> pathlib.Path:
     return RESULTS / re.sub(r"[^A-Za-z0-9._-]+", "_", device_name(device)).strip("_")
 
 
-def add_out_dir_argument(parser: argparse.ArgumentParser, default: str = "bench/results/<device>") -> None:
-    """The one output option of every bench script: the folder its files go to."""
-    parser.add_argument("--out-dir", default=None, help=f"folder for the output files (default: {default})")
+def add_out_dir_argument(parser: argparse.ArgumentParser, default_help: str = "bench/results/<device>") -> None:
+    """The one output option of every bench script: the folder its files go to (None when not
+    given: the script picks its default, usually results_dir(device))."""
+    parser.add_argument("--out-dir", default=None, help=f"folder for the output files (default: {default_help})")
 
 
 # -------------------------------------------------------------------------------------- provenance

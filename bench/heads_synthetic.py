@@ -67,7 +67,7 @@ def main(argv=None) -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--collect-only", action="store_true")
     p.add_argument("--load-note", default="", help="what the machine was doing meanwhile")
-    add_out_dir_argument(p, default="bench/results/cpu")
+    add_out_dir_argument(p, default_help="bench/results/cpu")
     args = p.parse_args(argv)
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     loads = {}

@@ -168,7 +168,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--label", default="after")
     ap.add_argument("--iters", type=int, default=2000)
     ap.add_argument("--ops", default="", help="comma-separated subset of the cases")
-    add_out_dir_argument(ap, default="bench/results/cpu")
+    add_out_dir_argument(ap, default_help="bench/results/cpu")
     ap.add_argument("--no-write", action="store_true")
     a = ap.parse_args(argv)
     torch.set_num_threads(1)

@@ -17,8 +17,8 @@ cannot hide) and `launches` (aten ops + Triton kernels, bench/launch_counter.py)
 
 Output: one long-format table, rows (op, provider, mode, metric, p20, p50, p80, shape, dtype,
 and the run's provenance: device, versions, command, UTC time), in <out-dir>/kernels.{csv,json}
-(default bench/results/<device>/), rewritten after each case so a timeout
-keeps what was measured. GPU timing: triton.testing.do_bench_cudagraph (the call is captured in a
+(default bench/results/<device>/), rewritten after each case so a timeout keeps what was
+measured. GPU timing: triton.testing.do_bench_cudagraph (the call is captured in a
 CUDA graph and replayed, so launch gaps between small kernels do not count; metric `ms`); where a
 call cannot be captured, do_bench (metric `ms_eager`, L2 flushed between runs).
 

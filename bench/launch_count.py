@@ -65,7 +65,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--batch-count", type=float, default=100000.0,
                     help="set_batch_count (schedules: skip rates, Balancer probabilities); default: late in training")
-    add_out_dir_argument(ap, default="bench/results/cpu")
+    add_out_dir_argument(ap, default_help="bench/results/cpu")
     ap.add_argument("--label", default="after", help="entry name in the output file")
     ap.add_argument("--modes", default="inference,training")
     ap.add_argument("--no-write", action="store_true")

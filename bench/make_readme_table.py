@@ -163,7 +163,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description="Render README tables from bench/results/*/")
     ap.add_argument("--results", action="append", help="a device folder (repeatable); default: all")
     ap.add_argument("--targets", action="store_true", help="also check the GPU targets")
-    add_out_dir_argument(ap, default="none: print to stdout; given: <out-dir>/summary.md")
+    add_out_dir_argument(ap, default_help="none: print to stdout; given: <out-dir>/summary.md")
     ap.add_argument("--readme", help="replace the bench block of this README in place")
     args = ap.parse_args(argv)
     dirs = args.results or sorted(d for d in glob.glob(str(RESULTS / "*")) if os.path.isdir(d))

@@ -90,7 +90,7 @@ def plot(rows, path: str) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description="Draw Figure 3 from encoder_latency.csv")
     ap.add_argument("csv")
-    add_out_dir_argument(ap, default="the CSV's folder")
+    add_out_dir_argument(ap, default_help="the CSV's folder")
     args = ap.parse_args(argv)
     with open(args.csv, newline="") as f:
         rows = list(csv.DictReader(f))

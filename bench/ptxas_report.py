@@ -46,7 +46,7 @@ def main(argv=None) -> int:
     ap.add_argument("--arch", type=int, nargs="+", default=list(aot_compile.ARCHS))
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--only", default="")
-    add_out_dir_argument(ap, default="bench/results/ptxas")
+    add_out_dir_argument(ap, default_help="bench/results/ptxas")
     a = ap.parse_args(argv)
     rows: list = []
     failures = aot_compile.run(a.arch, [g for g in a.only.split(",") if g] or None, a.jobs, rows=rows,

@@ -102,7 +102,7 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--real", action="store_true", help="run the kernels (interpreter on CPU) instead of fake tensors")
     ap.add_argument("--attention-reference", action="store_true")
-    add_out_dir_argument(ap, default="bench/results/cpu")
+    add_out_dir_argument(ap, default_help="bench/results/cpu")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0],
                     help="torch/Python seeds (which Balancers, Whitens, layer skips fire); one run per seed")
     ap.add_argument("--batch-counts", type=float, nargs="+", default=[None],

@@ -96,7 +96,7 @@ def main(argv=None) -> int:
     ap.add_argument("--top", type=int, default=40)
     ap.add_argument("--list", default="", metavar="MODULE_PATH",
                     help="also list every storage saved under this module path prefix, with all its savers")
-    add_out_dir_argument(ap, default="bench/results/cpu")
+    add_out_dir_argument(ap, default_help="bench/results/cpu")
     a = ap.parse_args(argv)
     cfg = ZipformerConfig.preset(a.preset)
     model = AsrModel(cfg, vocab_size=cfg.vocab_size, use_transducer=True, use_ctc=True)

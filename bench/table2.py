@@ -75,7 +75,7 @@ def write_table2(rows, out_dir, argv=None) -> None:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", default=",".join(PAPER), help="comma-separated model names")
-    add_out_dir_argument(ap, default="bench/results")
+    add_out_dir_argument(ap, default_help="bench/results")
     args = ap.parse_args(argv)
     rows = [table2_row(name) for name in args.models.split(",") if name]
     print(to_markdown(rows))

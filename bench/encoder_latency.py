@@ -58,12 +58,11 @@ if __package__ in (None, ""):  # run as `python bench/encoder_latency.py`: impor
 import torch  # noqa: E402
 
 from bench.flops import count_encoder_flops, count_params  # noqa: E402
-from bench.harness import (MiB, ResultTable, add_out_dir_argument, percentiles, pick_device,  # noqa: E402
+from bench.harness import (DTYPES, MiB, ResultTable, add_out_dir_argument, percentiles, pick_device,  # noqa: E402
                            provenance, results_dir, synchronize, time_calls, utc_now)
 from bench.memory import peak_memory_mb, saved_for_backward  # noqa: E402
 from bench.models import FIGURE3_MODELS, build_model, parse_name  # noqa: E402
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 BACKENDS = ("reference", "triton", "compile", "triton+compile")
 MODES = ("infer", "train")
 FIELDS = ["model", "backend", "dtype", "mode", "metric", "unit", "p20", "p50", "p80", "mean", "n",

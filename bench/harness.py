@@ -28,6 +28,7 @@ import torch
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 MiB = 2.0 ** 20
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}  # the --dtypes names
 
 
 # ------------------------------------------------------------------------------------------ device

@@ -39,12 +39,11 @@ if __package__ in (None, ""):  # run as `python bench/kernels.py`: import bench.
 
 import torch  # noqa: E402
 
-from bench.harness import (ResultTable, add_out_dir_argument, host_times_us, percentiles,  # noqa: E402
+from bench.harness import (DTYPES, ResultTable, add_out_dir_argument, host_times_us, percentiles,  # noqa: E402
                            provenance, results_dir, synchronize, time_calls)
 from bench.memory import peak_memory_mb  # noqa: E402
 from zipformer_fast import use_backend  # noqa: E402
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 MODES = ("forward", "backward", "full")
 PROVIDERS = ("triton", "reference", "torch_compile")
 # Peak DRAM bandwidth (bytes/s) by device-name fragment, when the properties do not give it.

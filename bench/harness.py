@@ -5,6 +5,9 @@ Every result file says where and how it was made: `provenance()` gives the devic
 (torch, triton, zipformer_fast, python, git commit), the host CPU and thread count, the UTC time
 and the exact command line. Tables go to <out-dir>/<name>.csv and <name>.json (one row per
 measurement, each row carrying that provenance), documents to <out-dir>/<name>.json.
+
+The rest of the harness: memory (peak, bytes saved for backward) in bench/memory.py, parameters and
+FLOPs in bench/flops.py, the paper's numbers in bench/paper.py.
 """
 from __future__ import annotations
 

@@ -17,19 +17,21 @@ the full 50 Hz frame rate, where T is largest) and stack 3 (H=8, D=512, NLA widt
 T = 250, 750, 1500 frames (5, 15, 30 s), batch 30 (the paper's 30 x 30 s protocol). Inputs are
 bf16 leaves used under torch.autocast(bf16), as mixed-precision training runs them.
 
-Interface for bench/kernels.py: `cases(device)` returns `AttentionCase`s; `case.make(impl, pass_)`
+Interface for bench/kernels.py: `attention_cases(device)` returns `AttentionCase`s; `case.make(impl, pass_)`
 returns a zero-argument callable running one iteration (pass_ "fwd", "bwd" or "fwdbwd"; "bwd"
 runs the forward once when built and times the backward alone, graph retained), built fresh
 (inputs allocated) so peak memory can be measured around it. Standalone:
 
-    python bench/cases_attention.py [--T 250 750 1500] [--batch 30] [--impls ...] [--stacks 0 3]
+    python bench/cases_attention.py [--T 250 750 1500] [--batch 30] [--impls ...] [--stacks 0 3] [--out-dir DIR]
 
-Saved-for-backward bytes of a whole model's training forward (device-independent, runs on CPU):
+writes <out-dir>/cases_attention.{csv,json} (default bench/results/<device>/). Saved-for-backward
+bytes of a whole model's training forward (device-independent, runs on CPU):
 
-    python bench/cases_attention.py --saved-bytes M --seconds 30 --batch 1 [--json FILE]
+    python bench/cases_attention.py --saved-bytes M --seconds 30 --batch 1 [--out-dir DIR]
 
-counts every storage autograd saves (once; weights and input excluded) with saved_tensors_hooks,
-for the reference backend and the fused backend in each attention mode. The fused kernels are NOT
+counts every storage autograd saves (bench/saved_bytes.py: once; weights and input excluded), for
+the reference backend and the fused backend in each attention mode, into
+<out-dir>/saved_bytes_<preset>_<seconds>s_b<batch>_attention_modes.json. The fused kernels are NOT
 executed there (the interpreter's launch is stubbed: the outputs stay uninitialised) - what is saved
 depends only on shapes, and running every kernel in the interpreter at 30 s would take hours.
 """
@@ -37,12 +39,19 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
+import pathlib
+import statistics
 import sys
-import time
 from typing import Callable, List
 
-import torch
+if __package__ in (None, ""):  # run as `python bench/cases_attention.py`: import bench.* from the repo root
+    sys.path[0] = str(pathlib.Path(__file__).resolve().parents[1])
+
+import torch  # noqa: E402
+
+from bench.harness import (ResultTable, add_out_dir_argument, pick_device, provenance,  # noqa: E402
+                           results_dir, time_calls, write_json)
+from bench.memory import peak_memory_mb  # noqa: E402
 
 IMPLS = ("reference", "reference_compile", "fused_recompute", "fused_materialize", "flex_forward")
 PASSES = ("fwd", "bwd", "fwdbwd")
@@ -171,76 +180,43 @@ def _layer_fn(impl):
     return _COMPILED["fn"]
 
 
-def cases(device: str = "cuda", Ts=(250, 750, 1500), batch: int = 30, stacks=(0, 3)) -> List[AttentionCase]:
+def attention_cases(device: str = "cuda", Ts=(250, 750, 1500), batch: int = 30, stacks=(0, 3)) -> List[AttentionCase]:
     return [AttentionCase(f"attn_M{s}_T{T}_B{batch}", T, batch, STACKS[s]["H"], STACKS[s]["D"], device)
             for s in stacks for T in Ts]
 
 
-def measure(step: Callable[[], None], device: str, warmup: int = 2, iters: int = 5) -> dict:
-    """Median ms per iteration and peak memory above the starting allocation (MB)."""
-    for _ in range(warmup):
-        step()
+def measure_attention(step: Callable[[], None], device: str, warmup: int = 2, iters: int = 5) -> dict:
+    """Median ms per iteration and, on CUDA, peak memory above the starting allocation (MB)."""
+    out = dict(ms=statistics.median(time_calls(step, device, warmup, iters)))
     if device == "cuda":
-        torch.cuda.synchronize()
-        base = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-    times = []
-    for _ in range(iters):
-        if device == "cuda":
-            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            s.record()
-            step()
-            e.record()
-            torch.cuda.synchronize()
-            times.append(s.elapsed_time(e))
-        else:
-            t0 = time.perf_counter()
-            step()
-            times.append((time.perf_counter() - t0) * 1e3)
-    times.sort()
-    out = dict(ms=times[len(times) // 2])
-    if device == "cuda":
-        out["peak_mb"] = (torch.cuda.max_memory_allocated() - base) / 2**20
+        out["peak_mb"] = peak_memory_mb(step, device)[1]
     return out
 
 
 def model_saved_bytes(preset: str, seconds: float, batch: int) -> dict:
     """{config: MiB saved for backward} of AsrModel.forward_encoder in training mode (fp32, CPU)."""
     import os
-    import random
 
     os.environ["TRITON_INTERPRET"] = "1"  # before any kernel module is imported
     import triton.runtime.interpreter as interp
 
     interp.InterpretedFunction.run = lambda self, *args, **kwargs: None  # shapes only, see docstring
+    from bench.saved_bytes import saved_bytes
     from zipformer_fast.asr.model import AsrModel
-    from zipformer_fast.runtime import configure, use_backend
     from zipformer_fast.config import ZipformerConfig
+    from zipformer_fast.runtime import configure
 
     model = AsrModel(ZipformerConfig.preset(preset), vocab_size=500, use_transducer=True, use_ctc=True)
-    model.train()
     frames = int(seconds * 100)
-    skip = {p.untyped_storage().data_ptr() for p in model.parameters()}
     result = {}
     for backend, mode in (("reference", "auto"), ("triton", "auto"), ("triton", "recompute"),
                           ("triton", "materialize")):
         torch.manual_seed(0)
-        random.seed(0)
         feats = torch.randn(batch, frames, 80)
         lens = torch.full((batch,), frames, dtype=torch.long)
-        seen = {}
-
-        def pack(x):
-            st = x.untyped_storage()
-            if st.data_ptr() not in skip and st.data_ptr() != feats.untyped_storage().data_ptr():
-                seen[st.data_ptr()] = st.nbytes()
-            return x
-
-        with use_backend(backend), configure(attention_mode=mode), \
-                torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x):
-            out = model.forward_encoder(feats, lens)
-        del out
-        result[f"{backend}/{mode}"] = sum(seen.values()) / 2**20
+        with configure(attention_mode=mode):
+            counted = saved_bytes(model, feats, lens, backend, fake=False)
+        result[f"{backend}/{mode}"] = counted["bytes"] / 2**20
     return result
 
 
@@ -255,22 +231,22 @@ def main(argv=None) -> int:
     ap.add_argument("--impls", nargs="+", default=list(IMPLS))
     ap.add_argument("--passes", nargs="+", default=list(PASSES))
     ap.add_argument("--iters", type=int, default=5)
-    ap.add_argument("--json", default="")
+    add_out_dir_argument(ap, default_help="bench/results/<device>; with --saved-bytes, bench/results/cpu")
     a = ap.parse_args(argv)
     if a.saved_bytes:
         res = model_saved_bytes(a.saved_bytes, a.seconds, a.batch)
         for k, v in res.items():
             print(f"{a.saved_bytes} {a.seconds:g}s x{a.batch} {k:22s} {v:9.1f} MiB "
                   f"({100 * v / res['reference/auto']:.0f}% of reference)")
-        if a.json:
-            with open(a.json, "w") as f:
-                json.dump(dict(preset=a.saved_bytes, seconds=a.seconds, batch=a.batch, torch=torch.__version__,
-                               command="python " + " ".join(sys.argv), MiB=res,
-                               over_reference={k: v / res["reference/auto"] for k, v in res.items()}), f, indent=1)
+        name = f"saved_bytes_{a.saved_bytes}_{a.seconds:g}s_b{a.batch}_attention_modes.json"
+        write_json(results_dir("cpu", a.out_dir) / name,
+                   dict(preset=a.saved_bytes, seconds=a.seconds, batch=a.batch, **provenance(__file__, argv),
+                        MiB=res, over_reference={k: v / res["reference/auto"] for k, v in res.items()}))
         return 0
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    rows = []
-    for case in cases(device, a.T, a.batch, a.stacks):
+    device = pick_device().type
+    table = ResultTable(results_dir(device, a.out_dir), "cases_attention")
+    meta = provenance(__file__, argv, device)
+    for case in attention_cases(device, a.T, a.batch, a.stacks):
         for pass_ in a.passes:
             for impl in a.impls:
                 if impl in FORWARD_ONLY and pass_ != "fwd":
@@ -278,18 +254,15 @@ def main(argv=None) -> int:
                 step = None
                 try:
                     step = case.make(impl, pass_)
-                    res = measure(step, device, iters=a.iters)
+                    res = measure_attention(step, device, iters=a.iters)
                 except torch.cuda.OutOfMemoryError if device == "cuda" else MemoryError:
                     res = dict(ms=float("nan"), error="OOM")
                 del step
                 if device == "cuda":
                     torch.cuda.empty_cache()
                 row = dict(case=case.name, pass_=pass_, impl=impl, **res)
-                rows.append(row)
-                print(json.dumps(row), flush=True)
-    if a.json:
-        with open(a.json, "w") as f:
-            json.dump(rows, f, indent=1)
+                print(row, flush=True)
+                table.add(dict(row, **meta))
     return 0
 
 

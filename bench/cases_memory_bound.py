@@ -37,7 +37,7 @@ def _rand(shape, device, dtype, scale=1.0, grad=True):
     return (torch.randn(shape, device=device) * scale).to(dtype).requires_grad_(grad)
 
 
-def cases(smoke: bool = False) -> List[OpCase]:
+def memory_bound_cases(smoke: bool = False) -> List[OpCase]:
     sw, bn, bp, ds, al = (_op(m) for m in ("swoosh", "bias_norm", "bypass", "downsample", "activation_linear"))
     T, B = (12, 2) if smoke else (T_M, B_M)
     d = (lambda n: max(8, n // 32)) if smoke else (lambda n: n)  # channel sizes shrink in smoke mode

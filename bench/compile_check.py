@@ -8,25 +8,31 @@
    varies: batch count (every ScheduledFloat) advancing each step, Balancer/Whiten firing, layer and
    module skips, dropout, feature masks, T (40..89 frames) and B (2..4; a batch of 1 would cost one
    more compilation: dynamic shapes specialise sizes 0 and 1). Counted: compilations (dynamo frames
-   compiled). Runs first; the JSON is rewritten after every stage.
+   compiled). Runs first.
 3. The same loop in eager mode with device-side randomness (what the compiled graph computes) from
    the same seeds and initial weights: per-step losses, largest relative difference.
 
-    python bench/compile_check.py [--steps 50] [--backend aot_eager] [--out bench/results/cpu/compile_check.json]
+    python bench/compile_check.py [--steps 50] [--backend aot_eager] [--out-dir bench/results/cpu]
+
+writes <out-dir>/compile_check.json, rewritten after every stage.
 """
 from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
-import platform
+import pathlib
 import sys
 import time
+
+if __package__ in (None, ""):  # run as `python bench/compile_check.py`: import bench.* from the repo root
+    sys.path[0] = str(pathlib.Path(__file__).resolve().parents[1])
 
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import torch  # noqa: E402
+
+from bench.harness import add_out_dir_argument, provenance, results_dir, write_json  # noqa: E402
 
 from zipformer_fast import use_backend  # noqa: E402
 from zipformer_fast.asr.model import AsrModel  # noqa: E402
@@ -116,18 +122,14 @@ def main(argv=None) -> dict:
     ap.add_argument("--backend", default="aot_eager", help="dynamo backend of the training loop")
     ap.add_argument("--ops-backends", default="reference,triton")
     ap.add_argument("--modes", default="inference,eval_grad,train")
-    ap.add_argument("--out", default=None)
+    add_out_dir_argument(ap, default_help="bench/results/cpu")
     a = ap.parse_args(argv)
-    result = {"torch": torch.__version__, "python": platform.python_version(), "device": "cpu",
-              "machine": platform.machine(), "cpu_threads": torch.get_num_threads(),
-              "triton_interpret": os.environ.get("TRITON_INTERPRET"),
-              "command": "python bench/compile_check.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+    result = {**provenance(__file__, argv), "triton_interpret": os.environ.get("TRITON_INTERPRET"),
               "graph_breaks": {}}
+    out = results_dir("cpu", a.out_dir) / "compile_check.json"
+
     def save():
-        if a.out:
-            os.makedirs(os.path.dirname(a.out) or ".", exist_ok=True)
-            with open(a.out, "w") as f:
-                json.dump(result, f, indent=1)
+        write_json(out, result)
 
     if a.steps > 0:
         r = compiled_vs_eager(a.steps, a.backend, "reference")

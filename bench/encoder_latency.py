@@ -12,7 +12,7 @@ per-iteration times after `--warmup` untimed iterations. On CUDA, times come fro
 around each iteration and memory from torch.cuda.max_memory_allocated() after
 reset_peak_memory_stats() (so it includes the weights and input, like the paper's figure);
 `peak_extra_mb` is the part above what was allocated before the call. On CPU, times come from
-perf_counter and memory from bench/cpu_memory.py (tensor storages alive at once, plus weights and
+perf_counter and memory from bench/memory.py (tensor storages alive at once, plus weights and
 input): a lower bound, not comparable with GPU figures.
 
 Backends: `reference` (pure PyTorch ops), `triton` (zipformer_fast.use_backend("triton"): the
@@ -37,109 +37,37 @@ torch.autograd.graph.saved_tensors_hooks: a device-independent measure of activa
 sees ctx.save_for_backward, not tensors a custom Function keeps as plain ctx attributes).
 
 Output: a table on stdout; long-format rows (one per model, backend, dtype, mode, metric, with
-p20/p50/p80, device name, versions, command) appended to <out-dir>/encoder_latency.csv and
-rewritten into encoder_latency.json after every measurement (a crash or timeout keeps what was
-measured); figure3.png with the paper's two panels (time vs WER, memory vs WER) unless --no-plot.
+p20/p50/p80, device name, versions, command, UTC time) in <out-dir>/encoder_latency.csv and
+encoder_latency.json (default bench/results/<device>/), both rewritten after every measurement (a
+crash or timeout keeps what was measured); figure3.png with the paper's two panels (time vs WER,
+memory vs WER) unless --no-plot.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
-import datetime
 import gc
-import json
-import os
-import re
-import statistics
-import subprocess
+import pathlib
 import sys
 import time
 import traceback
 
-import torch
+if __package__ in (None, ""):  # run as `python bench/encoder_latency.py`: import bench.* from the repo root
+    sys.path[0] = str(pathlib.Path(__file__).resolve().parents[1])
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-from cpu_memory import PeakTensorMemory  # noqa: E402
-from models import FIGURE3_MODELS, build_model, parse_name  # noqa: E402
-from table2 import count_encoder_flops, count_params  # noqa: E402
+import torch  # noqa: E402
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+from bench.flops import count_encoder_flops, count_params  # noqa: E402
+from bench.harness import (DTYPES, MiB, ResultTable, add_out_dir_argument, percentiles, pick_device,  # noqa: E402
+                           provenance, results_dir, synchronize, time_calls, utc_now)
+from bench.memory import peak_memory_mb, saved_for_backward  # noqa: E402
+from bench.models import FIGURE3_MODELS, build_model, parse_name  # noqa: E402
+
 BACKENDS = ("reference", "triton", "compile", "triton+compile")
 MODES = ("infer", "train")
 FIELDS = ["model", "backend", "dtype", "mode", "metric", "unit", "p20", "p50", "p80", "mean", "n",
           "batch_size", "duration_s", "device", "threads", "torch", "triton", "zipformer_fast", "git_commit",
-          "timestamp", "command"]
-MB = 2.0 ** 20
-
-
-# ----------------------------------------------------------------------------------------- context
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return "cpu"
-
-
-def device_slug(device: torch.device) -> str:
-    """Folder name for results: 'cpu' or the GPU's name as bench/optimizer.py spells it
-    ('NVIDIA_H100_80GB_HBM3'), so one device's results share one folder."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", device_name(device)).strip("_")
-
-
-def environment() -> dict:
-    try:
-        import triton
-        triton_version = triton.__version__
-    except Exception:
-        triton_version = ""
-    import zipformer_fast
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True,
-                                text=True, timeout=10).stdout.strip()
-    except Exception:
-        commit = ""
-    return {"torch": torch.__version__, "triton": triton_version,
-            "zipformer_fast": zipformer_fast.__version__, "git_commit": commit}
-
-
-# ------------------------------------------------------------------------------------- statistics
-def percentiles(values):
-    """p20, p50, p80 by linear interpolation, and the mean."""
-    xs = sorted(values)
-
-    def q(p):
-        pos = p * (len(xs) - 1)
-        lo, hi = int(pos), min(int(pos) + 1, len(xs) - 1)
-        return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
-    return q(0.2), q(0.5), q(0.8), statistics.fmean(xs)
-
-
-# --------------------------------------------------------------------------------------- measuring
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_iterations(fn, device, warmup: int, iters: int):
-    """Per-iteration milliseconds after `warmup` untimed calls (CUDA events on GPU)."""
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    times = []
-    for _ in range(iters):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
-    return times
+          "timestamp", "command", "python", "host"]
 
 
 def capture_cuda_graph(fn, device, warmup: int):
@@ -156,40 +84,6 @@ def capture_cuda_graph(fn, device, warmup: int):
         fn()
     torch.cuda.synchronize(device)
     return graph.replay
-
-
-def peak_memory(fn, device, resident_bytes: int):
-    """(peak MB including what was resident, peak MB above it) for one call of fn."""
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
-        before = torch.cuda.memory_allocated(device)
-        fn()
-        torch.cuda.synchronize(device)
-        peak = torch.cuda.max_memory_allocated(device)
-        return peak / MB, (peak - before) / MB
-    with PeakTensorMemory() as tracker:
-        fn()
-    return (resident_bytes + tracker.peak) / MB, tracker.peak / MB
-
-
-def saved_activation_bytes(step, exclude_storages: set) -> int:
-    """Bytes autograd saves for backward during `step()`, each storage once, weights excluded."""
-    seen = {}
-
-    def pack(t):
-        if t.device.type != "meta":
-            storage = t.untyped_storage()
-            key = storage.data_ptr()
-            if key not in exclude_storages:
-                seen[key] = storage.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        step()
-    return sum(seen.values())
 
 
 # -------------------------------------------------------------------------------------- one case
@@ -257,20 +151,20 @@ class Case:
                     forward = torch.compile(model.forward_encoder, dynamic=False)
                     fn()
                     emit("fullgraph", "bool", [0.0])
-                _sync(device)
+                synchronize(device)
                 emit("compile_s", "s", [time.perf_counter() - t0])
             if self.graphs:
                 fn = capture_cuda_graph(fn, device, args.warmup)
-            times = time_iterations(fn, device, args.warmup, args.iters)
+            times = time_calls(fn, device, args.warmup, args.iters)
             emit("time_ms", "ms", times)
             model.zero_grad(set_to_none=True)  # last step's gradients must not count as "before"
-            peak, extra = peak_memory(fn, device, resident)
+            peak, extra = peak_memory_mb(fn, device, resident)
             emit("peak_mem_mb", "MB", [peak])
             emit("peak_extra_mb", "MB", [extra])
             if train:
-                weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
-                weights.add(features.untyped_storage().data_ptr())
-                emit("saved_act_mb", "MB", [saved_activation_bytes(train_step, weights) / MB])
+                with saved_for_backward(exclude=[*model.parameters(), features]) as saved:
+                    train_step()
+                emit("saved_act_mb", "MB", [saved.bytes / MiB])
         model.zero_grad(set_to_none=True)
 
 
@@ -282,7 +176,7 @@ def run_case(case: Case, results) -> bool:
     print(f"[encoder_latency] {label} ...", file=sys.stderr, flush=True)
 
     def emit(metric, unit, values):
-        results.add(case.model_name, case.label, case.dtype_name, case.mode, metric, unit, values)
+        results.add_metric(case.model_name, case.label, case.dtype_name, case.mode, metric, unit, values)
     ok = True
     try:
         torch.manual_seed(0)
@@ -300,36 +194,23 @@ def run_case(case: Case, results) -> bool:
     return ok
 
 
-# ---------------------------------------------------------------------------------------- writing
-class Results:
-    def __init__(self, out_dir, append: bool, base: dict):
-        os.makedirs(out_dir, exist_ok=True)
-        self.csv_path = os.path.join(out_dir, "encoder_latency.csv")
-        self.json_path = os.path.join(out_dir, "encoder_latency.json")
-        self.base = base
-        self.rows = []
-        if append and os.path.exists(self.csv_path):
-            with open(self.csv_path, newline="") as f:
-                self.rows = list(csv.DictReader(f))
-        # Header written anew (with any kept rows) so appended rows always match it.
-        with open(self.csv_path, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=FIELDS, restval="", extrasaction="ignore")
-            writer.writeheader()
-            writer.writerows(self.rows)
-        self.new_rows = []
+class Results(ResultTable):
+    """encoder_latency.csv / .json in long format: one row per (model, backend, dtype, mode, metric)
+    with p20/p50/p80/mean of the values and the run's provenance."""
 
-    def add(self, model, backend, dtype, mode, metric, unit, values):
+    def __init__(self, out_dir, append: bool, base: dict):
+        super().__init__(out_dir, "encoder_latency", FIELDS, keep_existing=append)
+        self.base = base
+        self.new_rows = []
+        self.write()  # the header now, so a run that measures nothing still leaves a valid file
+
+    def add_metric(self, model, backend, dtype, mode, metric, unit, values):
         p20, p50, p80, mean = percentiles(values)
         row = dict(self.base, model=model, backend=backend, dtype=dtype, mode=mode, metric=metric,
                    unit=unit, p20=round(p20, 4), p50=round(p50, 4), p80=round(p80, 4),
-                   mean=round(mean, 4), n=len(values),
-                   timestamp=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
-        self.rows.append(row)
+                   mean=round(mean, 4), n=len(values), timestamp=utc_now())
         self.new_rows.append(row)
-        with open(self.csv_path, "a", newline="") as f:
-            csv.DictWriter(f, fieldnames=FIELDS).writerow(row)
-        with open(self.json_path, "w") as f:
-            json.dump(self.rows, f, indent=1)
+        self.add(row)
 
 
 # ------------------------------------------------------------------------------------------- main
@@ -344,7 +225,7 @@ def parse_args(argv=None):
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     ap.add_argument("--warmup", type=int, default=None, help="untimed iterations (default 3 on GPU, 1 on CPU)")
     ap.add_argument("--iters", type=int, default=None, help="timed iterations (default 10 on GPU, 3 on CPU)")
-    ap.add_argument("--out-dir", default=None, help="default bench/results/<device>")
+    add_out_dir_argument(ap)
     ap.add_argument("--append", action="store_true", help="add to the existing CSV instead of starting anew")
     ap.add_argument("--no-flops", action="store_true", help="skip the GFLOPs count (meta device, ~1 s/model)")
     ap.add_argument("--no-plot", action="store_true")
@@ -368,11 +249,11 @@ def parse_args(argv=None):
             ap.error(str(e))
     if args.batch_size < 1 or args.duration < 0.1:
         ap.error("--batch-size must be >= 1 and --duration >= 0.1 s")
-    if args.device == "auto":
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        ap.error("--device cuda: no CUDA device is available (use --device cpu)")
-    on_gpu = args.device.startswith("cuda")
+    try:
+        args.device = pick_device(args.device)
+    except (ValueError, RuntimeError) as e:
+        ap.error(f"--device: {e}")
+    on_gpu = args.device.type == "cuda"
     args.warmup = args.warmup if args.warmup is not None else (3 if on_gpu else 1)
     args.iters = args.iters if args.iters is not None else (10 if on_gpu else 3)
     if args.iters < 1 or args.warmup < 0:
@@ -382,21 +263,20 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    device = torch.device(args.device)
+    device = args.device
     if args.threads:
         torch.set_num_threads(args.threads)
-    out_dir = args.out_dir or os.path.join(HERE, "results", device_slug(device))
-    base = dict(environment(), batch_size=args.batch_size, duration_s=args.duration,
-                device=device_name(device), threads=torch.get_num_threads(),
-                command="python bench/encoder_latency.py " + " ".join(sys.argv[1:] if argv is None else argv))
+    out_dir = results_dir(device, args.out_dir)
+    base = dict(provenance(__file__, argv, device), batch_size=args.batch_size, duration_s=args.duration)
+    base.pop("timestamp")  # per row, below
     results = Results(out_dir, args.append, base)
     failures = 0
     for model_name in args.models:
         family = parse_name(model_name)[0]
         meta_model = build_model(model_name, device=torch.device("meta"))
-        results.add(model_name, "-", "-", "static", "params_m", "M", [count_params(meta_model) / 1e6])
+        results.add_metric(model_name, "-", "-", "static", "params_m", "M", [count_params(meta_model) / 1e6])
         if not args.no_flops:
-            results.add(model_name, "-", "-", "static", "gflops_30s", "GFLOP",
+            results.add_metric(model_name, "-", "-", "static", "gflops_30s", "GFLOP",
                         [count_encoder_flops(meta_model) / 1e9])
         del meta_model
         for backend in args.backends:
@@ -408,12 +288,12 @@ def main(argv=None) -> int:
                     if args.cudagraphs and mode == "infer" and device.type == "cuda":
                         failures += not run_case(Case(model_name, backend, dtype_name, mode, args, device, True),
                                                  results)
-    from make_readme_table import latency_table
+    from bench.make_readme_table import latency_table
     print(latency_table(results.new_rows))
     print(f"\nwrote {results.csv_path} and {results.json_path}")
     if not args.no_plot:
-        from plot_figure3 import plot
-        png = plot(results.rows, os.path.join(out_dir, "figure3.png"))
+        from bench.plot_figure3 import plot
+        png = plot(results.rows, out_dir / "figure3.png")
         print(f"wrote {png}")
     return 1 if failures else 0
 

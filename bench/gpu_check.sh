@@ -31,7 +31,7 @@ START=$(date +%s)
 
 if "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
   GPU=1
-  SLUG=$("$PY" -c "import re, torch; print(re.sub(r'[^A-Za-z0-9._-]+', '_', torch.cuda.get_device_name(0)).strip('_'))")
+  SLUG=$("$PY" -c "from bench.harness import results_dir; print(results_dir('cuda').name)")
 else
   GPU=0
   SLUG=cpu-smoke
@@ -73,16 +73,11 @@ stage() {
 
 skip() { say "SKIP $1: $2"; SUMMARY+=("$1|SKIPPED ($2)|0"); }
 
-# The option name a helper's benchmark uses for its output folder (--out-dir or --out), if any.
-out_flag() { "$PY" "$1" --help 2>/dev/null | grep -oE -- '--out(-dir)?\b' | head -n1; }
-
+# Every bench script writes into --out-dir.
 run_other_bench() {  # NAME SCRIPT CAP [ARGS...]
   local name=$1 script=$2 cap=$3; shift 3
   if [ ! -f "$script" ]; then skip "$name" "$script not found"; return; fi
-  local flag=--out-dir
-  [ "${GPU_CHECK_PLAN_ONLY:-0}" = "1" ] || flag=$(out_flag "$script")
-  if [ -n "$flag" ]; then stage "$name" "$cap" "$PY" "$script" "$@" "$flag" "$RESULTS"
-  else stage "$name" "$cap" "$PY" "$script" "$@"; fi
+  stage "$name" "$cap" "$PY" "$script" "$@" --out-dir "$RESULTS"
 }
 
 LAT="bench/encoder_latency.py --out-dir $RESULTS --append --no-plot"
@@ -128,8 +123,8 @@ else
   run_other_bench optimizer bench/optimizer.py 60 --smoke
 fi
 
-stage plot 60 "$PY" bench/plot_figure3.py "$RESULTS/encoder_latency.csv" -o "$RESULTS/figure3.png"
-stage summary 30 "$PY" bench/make_readme_table.py --results "$RESULTS" --targets --output "$RESULTS/summary.md"
+stage plot 60 "$PY" bench/plot_figure3.py "$RESULTS/encoder_latency.csv" --out-dir "$RESULTS"
+stage summary 30 "$PY" bench/make_readme_table.py --results "$RESULTS" --targets --out-dir "$RESULTS"
 
 {
   echo

@@ -5,7 +5,7 @@ CR-CTC, trained one after another, and the landed transducer run beside them.
     python bench/heads_synthetic.py --train-steps 2141 --train-minutes 30 --threads 1
     python bench/heads_synthetic.py --collect-only --train-minutes 4 --threads 1   # runs already done
 
-Writes bench/results/cpu/heads_synthetic.json: per head the budget, the steps reached, the
+Writes <out-dir>/heads_synthetic.json (default bench/results/cpu/): per head the budget, the steps reached, the
 training loss curve's last point and the test WER of each decoding method (the rescoring scale
 chosen on dev), with the machine load seen during the runs. A short budget is not the recipe's
 full 14-minute comparison; the JSON says so.
@@ -15,15 +15,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
+import pathlib
 import subprocess
 import sys
-import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+if __package__ in (None, ""):  # run as `python bench/heads_synthetic.py`: import bench.* from the repo root
+    sys.path[0] = str(pathlib.Path(__file__).resolve().parents[1])
+
+from bench.harness import RESULTS, ROOT, add_out_dir_argument, provenance, results_dir, write_json  # noqa: E402
+
 HEADS = ("ctc", "ctc_aed", "cr_ctc")
-TRANSDUCER_SUMMARY = ROOT / "bench" / "results" / "cpu" / "synthetic_recipe_run_summary.json"
+TRANSDUCER_SUMMARY = RESULTS / "cpu" / "synthetic_recipe_run_summary.json"
 
 
 def run_command(head: str, args) -> list:
@@ -56,7 +58,7 @@ def budget_note(args, transducer: dict) -> str:
             "machine's load (see load_average_after_each_run).")
 
 
-def main() -> None:
+def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--train-minutes", type=float, default=4.0)
     p.add_argument("--train-steps", type=int, default=0,
@@ -65,20 +67,17 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--collect-only", action="store_true")
     p.add_argument("--load-note", default="", help="what the machine was doing meanwhile")
-    p.add_argument("--out", default=str(ROOT / "bench" / "results" / "cpu" / "heads_synthetic.json"))
-    args = p.parse_args()
+    add_out_dir_argument(p, default_help="bench/results/cpu")
+    args = p.parse_args(argv)
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     loads = {}
     if not args.collect_only:
         for head in HEADS:
             subprocess.run(run_command(head, args), cwd=ROOT, env=env, check=True)
             loads[head] = os.getloadavg()
-    import torch
     transducer = json.loads(TRANSDUCER_SUMMARY.read_text())
     result = {
-        "device": f"cpu ({os.cpu_count()} cores, {platform.processor() or platform.machine()})",
-        "versions": {"python": platform.python_version(), "torch": torch.__version__},
-        "written": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        **provenance(__file__, argv),
         "note": (budget_note(args, transducer) + " " + args.load_note).strip(),
         "heads": {h: head_record(h, args) for h in HEADS},
         "transducer_ctc_landed_run": {
@@ -89,7 +88,7 @@ def main() -> None:
     }
     if loads:
         result["load_average_after_each_run"] = loads
-    Path(args.out).write_text(json.dumps(result, indent=1))
+    write_json(results_dir("cpu", args.out_dir) / "heads_synthetic.json", result)
     print(json.dumps({h: (r["steps"], r["test_wer_percent"]) for h, r in result["heads"].items()}))
 
 

@@ -22,28 +22,25 @@ autograd-recorded op pays on this machine (a loaded 2-core CI box is ~2-3x slowe
 desktop core, so compare ops against these rather than across machines).
 
     python bench/host_overhead.py [--label after] [--iters 2000] [--ops swoosh_l,bias_norm]
-                                  [--out bench/results/cpu/host_overhead.json]
+                                  [--out-dir bench/results/cpu]
 
-The output file keeps one entry per --label (e.g. "before" / "after"), so two runs of different
+The output file, <out-dir>/host_overhead.json, keeps one entry per --label (e.g. "before" / "after"), so two runs of different
 code versions land side by side.
 """
 import argparse
 import os
 import pathlib
-import platform
 import statistics
 import sys
-import time
+
+if __package__ in (None, ""):  # run as `python bench/host_overhead.py`: import bench.* from the repo root
+    sys.path[0] = str(pathlib.Path(__file__).resolve().parents[1])
 
 os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported anywhere
 
 import torch  # noqa: E402
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
-
-from labelled_results import provenance, write_entry  # noqa: E402
+from bench.harness import add_out_dir_argument, host_times_us, provenance, results_dir, write_labelled_entry  # noqa: E402
 
 LAUNCHES = [0]
 
@@ -64,7 +61,7 @@ def _r(shape, grad=True, dtype=torch.float32):
     return torch.randn(shape, dtype=dtype).requires_grad_(grad)
 
 
-def cases():
+def op_calls():
     """name -> (make inputs, call). Shapes: tiny, Zipformer-like layouts (T, B, C)."""
     from zipformer_fast.ops.bias_norm import bias_norm
     from zipformer_fast.ops.bypass import bias_norm_bypass, bypass, upsample_bypass
@@ -95,13 +92,8 @@ def cases():
     }
 
 
-def _median_us(fn, iters: int) -> float:
-    ts = []
-    for _ in range(iters):
-        t0 = time.perf_counter_ns()
-        fn(None)
-        ts.append(time.perf_counter_ns() - t0)
-    return statistics.median(ts) / 1e3
+def median_us(fn, iters: int, setup=None) -> float:
+    return statistics.median(host_times_us(fn, iters, setup))
 
 
 class _Trivial(torch.autograd.Function):
@@ -121,16 +113,11 @@ def calibration(iters: int) -> dict:
     x = _r((8, 2, 16))
     g = torch.randn(8, 2, 16)
     y = _Trivial.apply(x)
-    row = {"empty_like_us": _median_us(lambda _: torch.empty_like(x), iters),
-           "trivial_function_forward_us": _median_us(lambda _: _Trivial.apply(x), iters),
-           "trivial_function_backward_us": _median_us(lambda _: y.grad_fn.apply(g), iters)}
-    ts = []
-    for _ in range(iters):
-        y = _Trivial.apply(x)
-        t0 = time.perf_counter_ns()
-        torch.autograd.grad(y, [x], g)
-        ts.append(time.perf_counter_ns() - t0)
-    row["trivial_function_backward_engine_us"] = statistics.median(ts) / 1e3
+    row = {"empty_like_us": median_us(lambda: torch.empty_like(x), iters),
+           "trivial_function_forward_us": median_us(lambda: _Trivial.apply(x), iters),
+           "trivial_function_backward_us": median_us(lambda: y.grad_fn.apply(g), iters),
+           "trivial_function_backward_engine_us": median_us(lambda y: torch.autograd.grad(y, [x], g), iters,
+                                                            setup=lambda: _Trivial.apply(x))}
     return {k: round(v, 2) for k, v in row.items()}
 
 
@@ -145,19 +132,19 @@ def measure(name, make, call, iters: int) -> dict:
             call(*inputs)
         if grads_of:
             LAUNCHES[0] = 0
-            row["forward_us"] = _median_us(lambda _: call(*inputs), iters)
+            row["forward_us"] = median_us(lambda: call(*inputs), iters)
             row["launches_forward"] = LAUNCHES[0] / iters
         with torch.no_grad():
             for _ in range(20):
                 call(*inputs)
             LAUNCHES[0] = 0
-            row["forward_nograd_us"] = _median_us(lambda _: call(*inputs), iters)
+            row["forward_nograd_us"] = median_us(lambda: call(*inputs), iters)
             row["launches_forward_nograd"] = LAUNCHES[0] / iters
         if grads_of:
             y = call(*inputs)
             dy = torch.randn_like(y)
 
-            def fresh(_=None):
+            def fresh():
                 return call(*inputs)
 
             def bwd(y):
@@ -173,16 +160,9 @@ def measure(name, make, call, iters: int) -> dict:
             except TypeError:  # a node with a second (non-differentiable) output wants its grad too
                 grads = (dy, None)
             LAUNCHES[0] = 0
-            row["backward_us"] = _median_us(lambda _: node.apply(*grads), iters)
+            row["backward_us"] = median_us(lambda: node.apply(*grads), iters)
             row["launches_backward"] = LAUNCHES[0] / iters
-            ts = []
-            for _ in range(iters):
-                y = fresh()
-                n0 = LAUNCHES[0]
-                t0 = time.perf_counter_ns()
-                bwd(y)
-                ts.append(time.perf_counter_ns() - t0)
-            row["backward_engine_us"] = statistics.median(ts) / 1e3
+            row["backward_engine_us"] = median_us(bwd, iters, setup=fresh)
     return {k: round(v, 2) if isinstance(v, float) else v for k, v in row.items()}
 
 
@@ -191,29 +171,26 @@ def main(argv=None) -> dict:
     ap.add_argument("--label", default="after")
     ap.add_argument("--iters", type=int, default=2000)
     ap.add_argument("--ops", default="", help="comma-separated subset of the cases")
-    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "cpu" / "host_overhead.json"))
+    add_out_dir_argument(ap, default_help="bench/results/cpu")
     ap.add_argument("--no-write", action="store_true")
     a = ap.parse_args(argv)
     torch.set_num_threads(1)
     torch.manual_seed(0)
     stub_triton_launches()
-    import triton
-
     only = {s for s in a.ops.split(",") if s}
     calib = calibration(a.iters)
     print("calibration " + "  ".join(f"{k}={v}" for k, v in calib.items()), flush=True)
     results = {}
-    for name, (make, call) in cases().items():
+    for name, (make, call) in op_calls().items():
         if only and name not in only:
             continue
         results[name] = measure(name, make, call, a.iters)
         print(f"{name:22s} " + "  ".join(f"{k}={v}" for k, v in results[name].items()), flush=True)
-    entry = {"results_us": results, "calibration_us": calib, "torch": torch.__version__,
-             "triton": triton.__version__, "python": platform.python_version(),
-             "cpu": platform.processor() or platform.machine(), "threads": 1, "iters": a.iters, **provenance(argv)}
+    entry = {"results_us": results, "calibration_us": calib, "iters": a.iters, **provenance(__file__, argv)}
     if not a.no_write:
-        write_entry(a.out, a.label, "TRITON_INTERPRET=1 with InterpretedFunction.run replaced by a counter; tiny CPU "
-                    "tensors; median us per call (see bench/host_overhead.py)", entry)
+        write_labelled_entry(results_dir("cpu", a.out_dir) / "host_overhead.json", a.label,
+                             "TRITON_INTERPRET=1 with InterpretedFunction.run replaced by a counter; tiny CPU "
+                             "tensors; median us per call (see bench/host_overhead.py)", entry)
     return entry
 
 

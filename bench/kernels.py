@@ -16,8 +16,9 @@ cannot hide) and `launches` (aten ops + Triton kernels, bench/launch_counter.py)
                             [--out-dir bench/results/<device>] [--smoke]
 
 Output: one long-format table, rows (op, provider, mode, metric, p20, p50, p80, shape, dtype,
-device, torch, triton), in <out-dir>/kernels.{csv,json}, rewritten after each case so a timeout
-keeps what was measured. GPU timing: triton.testing.do_bench_cudagraph (the call is captured in a
+and the run's provenance: device, versions, command, UTC time), in <out-dir>/kernels.{csv,json}
+(default bench/results/<device>/), rewritten after each case so a timeout keeps what was
+measured. GPU timing: triton.testing.do_bench_cudagraph (the call is captured in a
 CUDA graph and replayed, so launch gaps between small kernels do not count; metric `ms`); where a
 call cannot be captured, do_bench (metric `ms_eager`, L2 flushed between runs).
 
@@ -27,33 +28,27 @@ its own.
 --smoke (CPU/CI): tiny shapes, reference and (with TRITON_INTERPRET=1) triton, < 30 s.
 """
 import argparse
-import csv
-import json
 import os
 import pathlib
-import re
 import statistics
 import sys
 import time
 
-import torch
+if __package__ in (None, ""):  # run as `python bench/kernels.py`: import bench.* from the repo root
+    sys.path[0] = str(pathlib.Path(__file__).resolve().parents[1])
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
+import torch  # noqa: E402
 
+from bench.harness import (DTYPES, ResultTable, add_out_dir_argument, host_times_us, percentiles,  # noqa: E402
+                           provenance, results_dir, synchronize, time_calls)
+from bench.memory import peak_memory_mb  # noqa: E402
 from zipformer_fast import use_backend  # noqa: E402
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 MODES = ("forward", "backward", "full")
 PROVIDERS = ("triton", "reference", "torch_compile")
 # Peak DRAM bandwidth (bytes/s) by device-name fragment, when the properties do not give it.
 PEAK_BW = {"H100 80GB HBM3": 3.35e12, "H100 PCIe": 2.0e12, "H100": 3.35e12, "H200": 4.8e12,
            "A100-SXM4-80GB": 2.039e12, "A100": 1.555e12}
-
-
-def device_name(device: str) -> str:
-    return torch.cuda.get_device_name(0) if device == "cuda" else "cpu"
 
 
 def peak_bandwidth(device: str):
@@ -68,31 +63,20 @@ def peak_bandwidth(device: str):
 
 
 def timings(fn, device: str, smoke: bool, graph: bool = False):
-    """(p20, p50, p80) in ms; graph=True: the call replayed from a CUDA graph."""
+    """(p20, p50, p80) in ms; graph=True: the call replayed from a CUDA graph (triton.testing's
+    do_bench flushes L2 between runs; the CPU uses the harness's loop)."""
     if device == "cuda":
         import triton.testing
         if graph:
             return tuple(triton.testing.do_bench_cudagraph(fn, rep=40, quantiles=[0.2, 0.5, 0.8]))
         return tuple(triton.testing.do_bench(fn, warmup=10, rep=40, quantiles=[0.2, 0.5, 0.8]))
-    fn()
-    ts = []
-    for _ in range(3 if smoke else 10):
-        t0 = time.perf_counter()
-        fn()
-        ts.append((time.perf_counter() - t0) * 1e3)
-    q = statistics.quantiles(ts, n=10, method="inclusive")
-    return q[1], statistics.median(ts), q[7]
+    return percentiles(time_calls(fn, device, warmup=1, iters=3 if smoke else 10))[:3]
 
 
 def peak_mb(fn, device: str):
-    if device != "cuda":
-        return None
-    torch.cuda.synchronize()
-    base = torch.cuda.memory_allocated()
-    torch.cuda.reset_peak_memory_stats()
-    fn()
-    torch.cuda.synchronize()
-    return (torch.cuda.max_memory_allocated() - base) / 2**20
+    """Peak MB above the inputs of one call, on CUDA (a CPU dispatch mode would retrace compiled
+    providers, so CPU rows have none)."""
+    return peak_memory_mb(fn, device)[1] if device == "cuda" else None
 
 
 def graph_timings(fn, device: str, smoke: bool):
@@ -110,19 +94,14 @@ def graph_timings(fn, device: str, smoke: bool):
 def host_us(fn, device: str, n: int = 50):
     """Median CPU microseconds of one call, not synchronising between calls (launches are async)."""
     fn()
-    ts = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        fn()
-        ts.append((time.perf_counter() - t0) * 1e6)
-    if device == "cuda":
-        torch.cuda.synchronize()
-    return statistics.median(ts)
+    us = statistics.median(host_times_us(fn, n))
+    synchronize(device)
+    return us
 
 
 def launches_per_call(fn) -> int:
     """aten ops that launch work + Triton kernels of one call (bench/launch_counter.py)."""
-    from launch_counter import counting
+    from bench.launch_counter import counting
 
     with counting() as c:
         fn()
@@ -236,12 +215,10 @@ ATTENTION_ORDER = [("fwdbwd", "reference"), ("fwdbwd", "fused_recompute"), ("fwd
 def attention_rows(device, smoke, providers, out_of_time=lambda: False, skipped=None):
     """The attention cases (bench/cases_attention.py), if present, in the same table; yields one
     batch of rows per (case, pass, impl) so that the caller can write them as they come."""
-    try:
-        import cases_attention as CA
-    except ImportError:
-        return
+    from bench import cases_attention as CA
+
     kw = dict(Ts=(16,), batch=2, stacks=(0,)) if smoke else {}
-    all_cases = CA.cases(device, **kw)
+    all_cases = CA.attention_cases(device, **kw)
     for pass_, impl in ATTENTION_ORDER:
         if impl not in CA.IMPLS or pass_ not in CA.PASSES or (smoke and impl != "reference"):
             continue
@@ -267,9 +244,9 @@ def attention_rows(device, smoke, providers, out_of_time=lambda: False, skipped=
 def memory_bound_rows(device, smoke, dtypes, providers, wanted, peak_bw, out_of_time, skipped):
     """The memory-bound ops and GEMMs (bench/cases_memory_bound.py); yields one batch of rows
     (op, provider, mode, metric, p20, p50, p80, shape, dtype) per case."""
-    from cases_memory_bound import cases
+    from bench.cases_memory_bound import memory_bound_cases
 
-    for case in cases(smoke=smoke or device == "cpu"):
+    for case in memory_bound_cases(smoke=smoke or device == "cpu"):
         if wanted and case.op not in wanted:
             continue
         batch = []
@@ -297,17 +274,8 @@ def memory_bound_rows(device, smoke, dtypes, providers, wanted, peak_bw, out_of_
         yield batch
 
 
-FIELDS = ("op", "provider", "mode", "metric", "p20", "p50", "p80", "shape", "dtype", "device", "torch", "triton", "command")
-
-
-def write(rows, out_dir: pathlib.Path):
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with open(out_dir / "kernels.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=FIELDS)
-        w.writeheader()
-        w.writerows(rows)
-    with open(out_dir / "kernels.json", "w") as f:
-        json.dump(rows, f, indent=1)
+FIELDS = ("op", "provider", "mode", "metric", "p20", "p50", "p80", "shape", "dtype", "device", "torch", "triton",
+          "command", "zipformer_fast", "python", "host", "threads", "git_commit", "timestamp")
 
 
 def main(argv=None) -> int:
@@ -319,7 +287,7 @@ def main(argv=None) -> int:
     ap.add_argument("--attention-only", action="store_true", help="with --attention: skip the memory-bound ops")
     ap.add_argument("--time-budget", type=float, default=60.0,
                     help="stop starting new runs after S seconds (0: no limit); the default fits gpu_check.sh's 75 s cap")
-    ap.add_argument("--out-dir", default="")
+    add_out_dir_argument(ap)
     ap.add_argument("--smoke", action="store_true")
     a = ap.parse_args(argv)
     device = "cuda" if torch.cuda.is_available() and not a.smoke else "cpu"
@@ -329,21 +297,15 @@ def main(argv=None) -> int:
         dtypes = ["fp32"]
     else:
         dtypes = [d for d in a.dtypes.split(",") if d]
-    try:
-        import triton
-        triton_version = triton.__version__
-    except ImportError:
-        triton_version = ""
+    meta = provenance(__file__, argv, device)
+    if not meta["triton"]:
         providers = [p for p in providers if p != "triton"]
-    name = device_name(device)
-    out_dir = pathlib.Path(a.out_dir) if a.out_dir else ROOT / "bench" / "results" / re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_")
+    table = ResultTable(results_dir(device, a.out_dir), "kernels", FIELDS)
     peak_bw = peak_bandwidth(device)
-    meta = dict(device=name, torch=torch.__version__, triton=triton_version, command="python " + " ".join(sys.argv))
-    rows = []
 
     def add(op, provider, mode, metric, p20, p50, p80, shape, dtype):
-        rows.append(dict(op=op, provider=provider, mode=mode, metric=metric, p20=round(p20, 5), p50=round(p50, 5),
-                         p80=round(p80, 5), shape=shape, dtype=dtype, **meta))
+        table.rows.append(dict(op=op, provider=provider, mode=mode, metric=metric, p20=round(p20, 5),
+                               p50=round(p50, 5), p80=round(p80, 5), shape=shape, dtype=dtype, **meta))
 
     for r in copy_rows(device, peak_bw):
         add(*r)
@@ -358,16 +320,16 @@ def main(argv=None) -> int:
         for batch in attention_rows(device, a.smoke or device == "cpu", providers, out_of_time, skipped):
             for r in batch:
                 add(*r)
-            write(rows, out_dir)
+            table.write()
     if not a.attention_only:
         for batch in memory_bound_rows(device, a.smoke, dtypes, providers, wanted, peak_bw, out_of_time, skipped):
             for r in batch:
                 add(*r)
-            write(rows, out_dir)
+            table.write()
     if skipped:
         print(f"time budget reached: skipped {len(skipped)} runs: {skipped}")
-    write(rows, out_dir)
-    print(f"wrote {len(rows)} rows to {out_dir}/kernels.csv")
+    table.write()
+    print(f"wrote {len(table.rows)} rows to {table.csv_path}")
     return 0
 
 

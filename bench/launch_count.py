@@ -16,7 +16,7 @@ backends.
 
     python bench/launch_count.py [--preset M] [--seconds 1] [--batch 2] [--seed 0] [--batch-count 100000]
                                  [--modes inference,training] [--label after]
-                                 [--out bench/results/cpu/launch_count.json]
+                                 [--out-dir bench/results/cpu]   # -> <out-dir>/launch_count.json
 """
 import argparse
 import os
@@ -24,16 +24,15 @@ import pathlib
 import random
 import sys
 
+if __package__ in (None, ""):  # run as `python bench/launch_count.py`: import bench.* from the repo root
+    sys.path[0] = str(pathlib.Path(__file__).resolve().parents[1])
+
 os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported anywhere
 
 import torch  # noqa: E402
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
-
-from labelled_results import provenance, write_entry  # noqa: E402
-from launch_counter import counting  # noqa: E402
+from bench.harness import add_out_dir_argument, provenance, results_dir, write_labelled_entry  # noqa: E402
+from bench.launch_counter import counting  # noqa: E402
 
 def step_counts(model, features, lens, backend: str, training: bool, seed: int) -> dict:
     from zipformer_fast import use_backend
@@ -58,7 +57,6 @@ def step_counts(model, features, lens, backend: str, training: bool, seed: int) 
 def main(argv=None) -> dict:
     from zipformer_fast.asr.model import AsrModel
     from zipformer_fast.config import ZipformerConfig
-    import triton
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--preset", default="M")
@@ -67,7 +65,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--batch-count", type=float, default=100000.0,
                     help="set_batch_count (schedules: skip rates, Balancer probabilities); default: late in training")
-    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "cpu" / "launch_count.json"))
+    add_out_dir_argument(ap, default_help="bench/results/cpu")
     ap.add_argument("--label", default="after", help="entry name in the output file")
     ap.add_argument("--modes", default="inference,training")
     ap.add_argument("--no-write", action="store_true")
@@ -94,12 +92,13 @@ def main(argv=None) -> dict:
         res[f"{mode_name}_ratio"] = round(ratio, 3)
         print(f"{mode_name:9s} fused / reference = {ratio:.3f}", flush=True)
     entry = {"preset": a.preset, "seconds": a.seconds, "batch": a.batch, "seed": a.seed, "batch_count": a.batch_count,
-             "results": res, "torch": torch.__version__, "triton": triton.__version__,
-             "device": "cpu (TRITON_INTERPRET=1)", **provenance(argv)}
+             "results": res, **provenance(__file__, argv), "device": "cpu (TRITON_INTERPRET=1)"}
     if not a.no_write:
-        write_entry(a.out, a.label, "aten ops that launch work (views/allocations excluded; TorchDispatchMode) + "
-                    "Triton launches (interpreter launch counter), one forward_encoder (inference: eval, no_grad) "
-                    "or forward_encoder + backward of the summed output (training); see bench/launch_count.py", entry)
+        write_labelled_entry(results_dir("cpu", a.out_dir) / "launch_count.json", a.label,
+                             "aten ops that launch work (views/allocations excluded; TorchDispatchMode) + "
+                             "Triton launches (interpreter launch counter), one forward_encoder (inference: eval, "
+                             "no_grad) or forward_encoder + backward of the summed output (training); see "
+                             "bench/launch_count.py", entry)
     return entry
 
 

@@ -1,7 +1,7 @@
 """Render the README's results tables from the files in bench/results/*/ (nothing typed by hand).
 
     python bench/make_readme_table.py                       # every device folder, to stdout
-    python bench/make_readme_table.py --results bench/results/cpu --targets --output summary.md
+    python bench/make_readme_table.py --results bench/results/cpu --targets --out-dir DIR  # DIR/summary.md
     python bench/make_readme_table.py --readme README.md    # replace the block between
                                                             # <!-- bench:begin --> and <!-- bench:end -->
 
@@ -18,9 +18,14 @@ import argparse
 import csv
 import glob
 import os
+import pathlib
 import sys
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+if __package__ in (None, ""):  # run as `python bench/make_readme_table.py`: import bench.* from the repo root
+    sys.path[0] = str(pathlib.Path(__file__).resolve().parents[1])
+
+from bench.harness import RESULTS, ROOT, add_out_dir_argument  # noqa: E402
+
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
 
 
@@ -121,7 +126,8 @@ def optimizer_table(rows) -> str:
     for r in rows:
         lines.append(f"| {r.get('impl', '?')} | {float(r.get('step_ms_median', 'nan')):.2f} | "
                      f"{r.get('n_tensors', '')} | {r.get('n_params', '')} |")
-    return f"Optimizer step, {rows[0].get('device_name', '')}:\n\n" + "\n".join(lines) + "\n"
+    device = rows[0].get("device_name") or rows[0].get("device", "")  # files before the harness: device_name
+    return f"Optimizer step, {device}:\n\n" + "\n".join(lines) + "\n"
 
 
 def render(result_dirs, targets: bool) -> str:
@@ -136,9 +142,9 @@ def render(result_dirs, targets: bool) -> str:
         if opt:
             parts.append(opt)
         if os.path.exists(os.path.join(d, "figure3.png")):
-            rel = os.path.relpath(os.path.join(d, "figure3.png"), os.path.dirname(HERE))
+            rel = os.path.relpath(os.path.join(d, "figure3.png"), ROOT)
             parts.append(f"![Figure 3 on {name}]({rel})\n")
-    table2 = os.path.join(HERE, "results", "table2.md")
+    table2 = RESULTS / "table2.md"
     if os.path.exists(table2) and not targets:
         with open(table2) as f:
             parts.append(f.read())
@@ -157,20 +163,21 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description="Render README tables from bench/results/*/")
     ap.add_argument("--results", action="append", help="a device folder (repeatable); default: all")
     ap.add_argument("--targets", action="store_true", help="also check the GPU targets")
-    ap.add_argument("--output", help="write the markdown here instead of stdout")
+    add_out_dir_argument(ap, default_help="none: print to stdout; given: <out-dir>/summary.md")
     ap.add_argument("--readme", help="replace the bench block of this README in place")
     args = ap.parse_args(argv)
-    dirs = args.results or sorted(d for d in glob.glob(os.path.join(HERE, "results", "*")) if os.path.isdir(d))
+    dirs = args.results or sorted(d for d in glob.glob(str(RESULTS / "*")) if os.path.isdir(d))
     text = render(dirs, args.targets)
     if args.readme:
         with open(args.readme) as f:
             new = replace_block(f.read(), text)
         with open(args.readme, "w") as f:
             f.write(new)
-    if args.output:
-        with open(args.output, "w") as f:
-            f.write(text)
-    if not args.readme and not args.output:
+    if args.out_dir:
+        out = pathlib.Path(args.out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "summary.md").write_text(text)
+    if not args.readme and not args.out_dir:
         print(text)
     return 0
 

@@ -1,43 +1,16 @@
-"""The models the benchmarks compare, by name, with the paper's numbers for them.
+"""The models the benchmarks compare, by name.
 
 Names are "<family>-<size>[-<head>]": zipformer-S/M/L (pruned transducer, Table 2),
 zipformer-S/M/L-ctc (Table 8's CTC rows), conformer-S/M/L (Table 2's reproduced Conformers, our
-own clean implementation in zipformer_fast.baselines), and the tiny zipformer-XS / conformer-XS
-that smoke tests use. Every model exposes `forward_encoder(features, lens)`.
-
-PAPER holds Table 2 / Table 8 as printed: params (M, whole model with its heads), GFLOPs of the
-encoder for one 30 s utterance (DeepSpeed), and WER % on test-clean / test-other.
+own clean implementation in bench/baselines/), and the tiny zipformer-XS / conformer-XS that smoke
+tests use. Every model exposes `forward_encoder(features, lens)`. The paper's numbers for them are
+in bench/paper.py.
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import Optional
 
 import torch
-
-
-class PaperRow(NamedTuple):
-    params_m: float
-    gflops_30s: float
-    wer_clean: float
-    wer_other: float
-
-    @property
-    def wer_avg(self) -> float:
-        """Figure 3's y axis: the WER averaged over test-clean and test-other."""
-        return (self.wer_clean + self.wer_other) / 2
-
-
-PAPER = {
-    "zipformer-S": PaperRow(23.3, 40.8, 2.42, 5.73),
-    "zipformer-M": PaperRow(65.6, 62.9, 2.21, 4.79),
-    "zipformer-L": PaperRow(148.4, 107.7, 2.06, 4.63),
-    "zipformer-S-ctc": PaperRow(22.1, 40.8, 2.85, 6.91),
-    "zipformer-M-ctc": PaperRow(64.3, 62.9, 2.51, 6.02),
-    "zipformer-L-ctc": PaperRow(147.0, 107.7, 2.49, 5.70),
-    "conformer-S": PaperRow(9.8, 29.1, 3.75, 9.24),
-    "conformer-M": PaperRow(28.4, 77.0, 2.96, 7.11),
-    "conformer-L": PaperRow(122.5, 294.2, 2.46, 5.55),
-}
 
 FIGURE3_MODELS = ("zipformer-S", "zipformer-M", "zipformer-L", "conformer-S", "conformer-M", "conformer-L")
 VOCAB_SIZE = 500  # icefall's LibriSpeech BPE vocabulary, which the paper's parameter counts assume
@@ -72,6 +45,6 @@ def build_model(name: str, device: Optional[torch.device] = None) -> torch.nn.Mo
             model = AsrModel(cfg, vocab_size=vocab, use_transducer=head == "transducer",
                              use_ctc=head == "ctc", validate_inputs=False)
         else:
-            from zipformer_fast.baselines import ConformerAsrModel, ConformerConfig
+            from bench.baselines import ConformerAsrModel, ConformerConfig
             model = ConformerAsrModel(ConformerConfig.preset(size))
     return model.to(device).eval()

@@ -1,7 +1,9 @@
 """Draw the paper's Figure 3 from encoder_latency rows: (left) averaged inference time vs WER,
 (right) peak memory vs WER, one point per model, one line per (family, backend, dtype).
 
-    python bench/plot_figure3.py bench/results/<device>/encoder_latency.csv [-o figure3.png]
+    python bench/plot_figure3.py bench/results/<device>/encoder_latency.csv [--out-dir DIR]
+
+writes <out-dir>/figure3.png (default: beside the CSV).
 
 The WERs are the paper's (Table 2, averaged over test-clean and test-other): we time and measure
 the encoders, we do not retrain them, so the y axis places each model where the paper's training
@@ -11,11 +13,15 @@ from __future__ import annotations
 
 import argparse
 import csv
-import os
+import pathlib
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from models import PAPER, parse_name  # noqa: E402
+if __package__ in (None, ""):  # run as `python bench/plot_figure3.py`: import bench.* from the repo root
+    sys.path[0] = str(pathlib.Path(__file__).resolve().parents[1])
+
+from bench.harness import add_out_dir_argument  # noqa: E402
+from bench.models import parse_name  # noqa: E402
+from bench.paper import PAPER  # noqa: E402
 
 FAMILY_STYLE = {"zipformer": dict(marker="o", label="Zipformer"), "conformer": dict(marker="s", label="Conformer")}
 # Colour by family and backend: the baseline in greys/olive so the two families part at a glance.
@@ -84,12 +90,13 @@ def plot(rows, path: str) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description="Draw Figure 3 from encoder_latency.csv")
     ap.add_argument("csv")
-    ap.add_argument("-o", "--output", default=None, help="default: figure3.png beside the CSV")
+    add_out_dir_argument(ap, default_help="the CSV's folder")
     args = ap.parse_args(argv)
     with open(args.csv, newline="") as f:
         rows = list(csv.DictReader(f))
-    out = args.output or os.path.join(os.path.dirname(os.path.abspath(args.csv)), "figure3.png")
-    print(plot(rows, out))
+    out_dir = pathlib.Path(args.out_dir) if args.out_dir else pathlib.Path(args.csv).resolve().parent
+    out_dir.mkdir(parents=True, exist_ok=True)
+    print(plot(rows, out_dir / "figure3.png"))
     return 0
 
 

@@ -14,20 +14,19 @@ Writes <out-dir>/report.json (one row per kernel x arch, plus versions and the c
 tests/test_aot_compile.py runs the same compile-and-check on CI with --fail-on-spill.
 """
 import argparse
-import json
 import os
 import pathlib
 import sys
 
+if __package__ in (None, ""):  # run as `python bench/ptxas_report.py`: import bench.* from the repo root
+    sys.path[0] = str(pathlib.Path(__file__).resolve().parents[1])
+
 os.environ.pop("TRITON_INTERPRET", None)  # before triton (or a kernels module) is imported
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
-sys.path.insert(0, str(ROOT / "bench"))
+from bench.harness import RESULTS, ROOT, add_out_dir_argument, provenance, write_json  # noqa: E402
 
-import aot_compile  # noqa: E402
-from labelled_results import provenance  # noqa: E402
+sys.path.insert(0, str(ROOT / "tests"))
+import aot_compile  # noqa: E402  (tests/aot_compile.py: the compile cases CI checks too)
 
 
 def markdown(rows) -> str:
@@ -43,14 +42,11 @@ def markdown(rows) -> str:
 
 
 def main(argv=None) -> int:
-    import torch
-    import triton
-
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--arch", type=int, nargs="+", default=list(aot_compile.ARCHS))
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--only", default="")
-    ap.add_argument("--out-dir", default=str(ROOT / "bench" / "results" / "ptxas"))
+    add_out_dir_argument(ap, default_help="bench/results/ptxas")
     a = ap.parse_args(argv)
     rows: list = []
     failures = aot_compile.run(a.arch, [g for g in a.only.split(",") if g] or None, a.jobs, rows=rows,
@@ -60,12 +56,11 @@ def main(argv=None) -> int:
     doc = {"kernels": len(rows), "compiled": len(ok), "spilling": len(spilling),
            "max_registers": max((r["registers"] for r in ok), default=0),
            "specialisation": "tt.divisibility=16 on pointer and integer arguments (tests/aot_compile.py)",
-           "torch": torch.__version__, "triton": triton.__version__, **provenance(argv), "rows": rows}
-    out = pathlib.Path(a.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "report.json").write_text(json.dumps(doc, indent=1) + "\n")
+           **provenance(__file__, argv, "cpu"), "rows": rows}
+    out = pathlib.Path(a.out_dir) if a.out_dir else RESULTS / "ptxas"
+    write_json(out / "report.json", doc)
     header = (f"# ptxas report\n\n{len(ok)} of {len(rows)} compiles succeeded, {len(spilling)} spill; "
-              f"triton {triton.__version__}; `{doc['command']}` at {doc['git_commit']}. Divisibility-16 "
+              f"triton {doc['triton']}; `{doc['command']}` at {doc['git_commit']}. Divisibility-16 "
               f"specialisation on pointer/integer arguments.\n\n")
     (out / "report.md").write_text(header + markdown(rows))
     print(f"{len(ok)}/{len(rows)} compiled, {len(spilling)} spilling, {len(failures)} failure(s)")

@@ -5,40 +5,38 @@ forward + backward) at a LibriSpeech-like shape (B=50, T=250 frames at 25 Hz, S<
 V=500, prune range 5).
 
 Usage: python bench/rnnt_loss.py [--B 50 --S 80 --T 250 --V 500 --iters 10]
-Prints one line per measurement; on CUDA it also prints the max |difference| between backends.
+Prints the median ms of one line per measurement (bench/harness.py's timing loop, 2 warm-up calls);
+on CUDA it also prints the max |difference| between backends. Nothing is written to disk.
 """
 import argparse
-import time
+import pathlib
+import statistics
+import sys
 
-import torch
+if __package__ in (None, ""):  # run as `python bench/rnnt_loss.py`: import bench.* from the repo root
+    sys.path[0] = str(pathlib.Path(__file__).resolve().parents[1])
 
-from zipformer_fast.ops.mutual_information import mutual_information_recursion
-from zipformer_fast.asr.rnnt_loss import get_rnnt_prune_ranges, rnnt_loss_pruned, rnnt_loss_smoothed
-from zipformer_fast.runtime import use_backend
+import torch  # noqa: E402
 
-
-def timed(fn, iters, device):
-    fn()
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(iters):
-        fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return (time.perf_counter() - t0) / iters * 1e3
+from bench.harness import pick_device, time_calls  # noqa: E402
+from zipformer_fast.ops.mutual_information import mutual_information_recursion  # noqa: E402
+from zipformer_fast.asr.rnnt_loss import get_rnnt_prune_ranges, rnnt_loss_pruned, rnnt_loss_smoothed  # noqa: E402
+from zipformer_fast.runtime import use_backend  # noqa: E402
 
 
-def main():
+def median_ms(fn, iters, device) -> float:
+    return statistics.median(time_calls(fn, device, warmup=2, iters=iters))
+
+
+def main(argv=None):
     p = argparse.ArgumentParser()
     p.add_argument("--B", type=int, default=50)
     p.add_argument("--S", type=int, default=80)
     p.add_argument("--T", type=int, default=250)
     p.add_argument("--V", type=int, default=500)
     p.add_argument("--iters", type=int, default=10)
-    a = p.parse_args()
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    a = p.parse_args(argv)
+    device = pick_device()
     g = torch.Generator(device="cpu").manual_seed(0)
     B, S, T, V = a.B, a.S, a.T, a.V
     boundary = torch.zeros(B, 4, dtype=torch.int64)
@@ -71,11 +69,11 @@ def main():
     for name in backends:
         with use_backend(name):
             for rg in (False, True):
-                ms = timed(lambda: mutual_information_recursion(px, py, boundary, return_grad=rg),
+                ms = median_ms(lambda: mutual_information_recursion(px, py, boundary, return_grad=rg),
                            a.iters, device)
                 print(f"{device.type} {name:9s} recursion B={B} S={S} T={T} return_grad={rg}: "
                       f"{ms:.2f} ms")
-            ms = timed(loss_step, a.iters, device)
+            ms = median_ms(loss_step, a.iters, device)
             print(f"{device.type} {name:9s} smoothed+ranges+pruned fwd+bwd V={V}: {ms:.2f} ms")
             lm.grad = am.grad = logits.grad = None
             simple, pruned, ranges = loss_step()

@@ -1,8 +1,9 @@
 """Activation memory of one training forward: bytes saved for backward, per backend.
 
-Counts every tensor autograd saves (torch.autograd.graph.saved_tensors_hooks) once per storage
-(a saved view keeps its whole storage alive, so the storage's bytes are counted), parameters
-excluded. Deterministic and device-independent: the training-memory measure on a CPU machine.
+Counts every tensor autograd saves once per storage (bench/memory.py's saved_for_backward: a saved
+view keeps its whole storage alive, so the storage's bytes are counted), parameters and the input
+features excluded. Deterministic and device-independent: the training-memory measure on a CPU
+machine.
 
 With --fake (default) the model runs under FakeTensorMode: no arithmetic, no kernels, only shapes
 and the ops' registered fake implementations, so Zipformer-M on a 10 s utterance takes seconds.
@@ -18,35 +19,30 @@ bench/results/cpu/) and prints a table.
 """
 import argparse
 import contextlib
-import json
 import pathlib
 import random
 import sys
 
-import torch
+if __package__ in (None, ""):  # run as `python bench/saved_bytes.py`: import bench.* from the repo root
+    sys.path[0] = str(pathlib.Path(__file__).resolve().parents[1])
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import torch  # noqa: E402
 
+from bench.harness import add_out_dir_argument, provenance, results_dir, write_json  # noqa: E402
+from bench.memory import saved_for_backward  # noqa: E402
 from zipformer_fast import use_backend  # noqa: E402
-
-
-def _key(t):
-    # _cdata identifies the StorageImpl, also for fake tensors (their data_ptr is 0).
-    return t.untyped_storage()._cdata
 
 
 def saved_bytes(model, features, feature_lens, backend: str, fake: bool = True, seed: int = 0,
                 observe=None) -> dict:
     """{'bytes': total, 'tensors': count} saved by one training forward of model.forward_encoder.
-    observe(tensor, storage_key), if given, is called for every saved non-parameter tensor (each
-    time it is saved; bench/saved_bytes_breakdown.py uses it to say who saved what)."""
+    observe(tensor, storage_key), if given, is called for every counted tensor (each time it is
+    saved; bench/saved_bytes_breakdown.py uses it to say who saved what)."""
     model.train()
     mode = contextlib.nullcontext()
     if fake:
         from torch._subclasses.fake_tensor import FakeTensorMode
         mode = FakeTensorMode(allow_non_fake_inputs=True)
-    seen = {}
     with mode:
         tensors = dict(model.named_parameters())
         n_params = len(tensors)
@@ -54,24 +50,14 @@ def saved_bytes(model, features, feature_lens, backend: str, fake: bool = True, 
         if fake:  # fake copies, kept alive here so that their storages stay distinct
             tensors = {n: mode.from_tensor(t) for n, t in tensors.items()}
             features, feature_lens = mode.from_tensor(features), mode.from_tensor(feature_lens)
-        params = {_key(t) for t in list(tensors.values())[:n_params]}
-
-        def pack(t):
-            k = _key(t)
-            if k not in params:
-                # Keep the tensor: a freed storage's address could be reused and miscounted.
-                seen[k] = (t.untyped_storage().nbytes(), t)
-                if observe is not None:
-                    observe(t, k)
-            return t
-
+        params = list(tensors.values())[:n_params]
         torch.manual_seed(seed)
         random.seed(seed)
         validate = getattr(model, "validate_inputs", None)
         if fake and validate is not None:
             model.validate_inputs = False  # data-dependent checks cannot run on fake tensors
         try:
-            with use_backend(backend), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            with use_backend(backend), saved_for_backward(exclude=[*params, features], observe=observe) as saved:
                 if fake:
                     torch.func.functional_call(model, tensors, (features, feature_lens))
                 else:
@@ -81,7 +67,7 @@ def saved_bytes(model, features, feature_lens, backend: str, fake: bool = True, 
                 model.validate_inputs = validate
             if fake:
                 _drop_fake_caches(model)
-    return {"bytes": int(sum(nb for nb, _ in seen.values())), "tensors": len(seen)}
+    return {"bytes": saved.bytes, "tensors": saved.tensors}
 
 
 def _drop_fake_caches(model) -> None:
@@ -116,7 +102,7 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--real", action="store_true", help="run the kernels (interpreter on CPU) instead of fake tensors")
     ap.add_argument("--attention-reference", action="store_true")
-    ap.add_argument("--out-dir", default=str(ROOT / "bench" / "results" / "cpu"))
+    add_out_dir_argument(ap, default_help="bench/results/cpu")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0],
                     help="torch/Python seeds (which Balancers, Whitens, layer skips fire); one run per seed")
     ap.add_argument("--batch-counts", type=float, nargs="+", default=[None],
@@ -143,9 +129,8 @@ def main(argv=None) -> int:
                                   triton_over_reference=res["triton"]["bytes"] / res["reference"]["bytes"]))
     first = sweep[0]
     out = dict(preset=a.preset, seconds=a.seconds, batch=a.batch, frames=T, fake=not a.real,
-               attention="reference" if a.attention_reference else "backend", torch=torch.__version__,
-               command="python " + " ".join(sys.argv), **{k: v for k, v in first.items()
-                                                           if k not in ("batch_count", "seed")})
+               attention="reference" if a.attention_reference else "backend", **provenance(__file__, argv),
+               **{k: v for k, v in first.items() if k not in ("batch_count", "seed")})
     if len(sweep) > 1:
         out["sweep"] = sweep
     print(f"Zipformer-{a.preset}, {a.batch} x {a.seconds:g} s, saved for backward (one training forward):")
@@ -155,11 +140,9 @@ def main(argv=None) -> int:
         for k in ("reference", "triton"):
             print(f"  {k:10s} {row[k + '_MiB']:10.1f} MiB  ({row[k + '_tensors']} tensors)")
         print(f"  triton / reference = {row['triton_over_reference']:.3f}")
-    d = pathlib.Path(a.out_dir)
-    d.mkdir(parents=True, exist_ok=True)
     name = (f"saved_bytes_{a.preset}_{a.seconds:g}s_b{a.batch}{'_attnref' if a.attention_reference else ''}"
             f"{'_sweep' if len(sweep) > 1 else ''}.json")
-    (d / name).write_text(json.dumps(out, indent=1))
+    write_json(results_dir("cpu", a.out_dir) / name, out)
     return 0
 
 

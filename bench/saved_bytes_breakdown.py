@@ -1,6 +1,6 @@
 """Who saves what for backward: a per-site breakdown of bench/saved_bytes.py's count.
 
-Same counting rule (saved_tensors_hooks, each storage once, parameters excluded, fake tensors by
+Same counting rule (each storage once, parameters and the input excluded, fake tensors by
 default). Each storage is attributed to the first place that saved it: the innermost
 zipformer_fast source line on the Python stack when the pack hook ran (an op's setup_context, an
 autograd.Function's forward, or the module line whose torch op saved it), and the module class
@@ -8,25 +8,26 @@ running at that moment. Sites are summed over all layers; the top rows are print
 
     TRITON_INTERPRET=1 python bench/saved_bytes_breakdown.py [--preset M] [--seconds 30] [--batch 1]
                                                              [--attention-mode auto] [--top 40]
-                                                             [--list MODULE_PATH] [--json FILE]
+                                                             [--list MODULE_PATH] [--out-dir DIR]
+writes every row (not only --top) to <out-dir>/saved_bytes_breakdown_<preset>_<seconds>s[_<mode>].json
+(default bench/results/cpu/).
 A second table groups the storages by the set of module classes that saved them: a storage that
 only a Balancer or Whiten saved costs memory because of that module alone; one that a Balancer and
 the next op both saved does not.
 """
 import argparse
 import collections
-import json
 import pathlib
 import sys
 import traceback
 
-import torch
+if __package__ in (None, ""):  # run as `python bench/saved_bytes_breakdown.py`: import bench.* from the repo root
+    sys.path[0] = str(pathlib.Path(__file__).resolve().parents[1])
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
+import torch  # noqa: E402
 
-from saved_bytes import saved_bytes  # noqa: E402
+from bench.harness import ROOT, add_out_dir_argument, provenance, results_dir, write_json  # noqa: E402
+from bench.saved_bytes import saved_bytes  # noqa: E402
 from zipformer_fast.runtime import ATTENTION_MODES, configure  # noqa: E402
 
 PKG = str(ROOT / "zipformer_fast")
@@ -95,7 +96,7 @@ def main(argv=None) -> int:
     ap.add_argument("--top", type=int, default=40)
     ap.add_argument("--list", default="", metavar="MODULE_PATH",
                     help="also list every storage saved under this module path prefix, with all its savers")
-    ap.add_argument("--json", default="", help="also write every row (not only --top) to this JSON file")
+    add_out_dir_argument(ap, default_help="bench/results/cpu")
     a = ap.parse_args(argv)
     cfg = ZipformerConfig.preset(a.preset)
     model = AsrModel(cfg, vocab_size=cfg.vocab_size, use_transducer=True, use_ctc=True)
@@ -104,7 +105,7 @@ def main(argv=None) -> int:
     lens = torch.full((a.batch,), T, dtype=torch.long)
     totals = {}
     report = dict(preset=a.preset, seconds=a.seconds, batch=a.batch, attention_mode=a.attention_mode,
-                  fake=True, torch=torch.__version__, command="python " + " ".join(sys.argv), backends={})
+                  fake=True, **provenance(__file__, argv), backends={})
     with configure(attention_mode=a.attention_mode):
         for backend in a.backends:
             total, rows, sharing = breakdown(model, features, lens, backend, listing=a.list)
@@ -126,8 +127,8 @@ def main(argv=None) -> int:
     if "reference" in totals and "triton" in totals:
         report["triton_over_reference"] = totals["triton"] / totals["reference"]
         print(f"\ntriton / reference = {report['triton_over_reference']:.3f}")
-    if a.json:
-        pathlib.Path(a.json).write_text(json.dumps(report, indent=1))
+    mode = "" if a.attention_mode == "auto" else f"_{a.attention_mode}"
+    write_json(results_dir("cpu", a.out_dir) / f"saved_bytes_breakdown_{a.preset}_{a.seconds:g}s{mode}.json", report)
     return 0
 
 

@@ -3,74 +3,36 @@ beside the paper's numbers.
 
     python bench/table2.py [--models ...] [--out-dir bench/results]
 
-Counting: parameters of the whole model with its heads (the paper's "Params", icefall's
-"Number of model parameters"); FLOPs of `forward_encoder` (Conv-Embed + encoder) on one 30 s
-utterance (3000 frames of 80-dim fbank), counted by torch's FlopCounterMode on the meta device:
-2 FLOPs per multiply-add of every matmul and convolution, nothing for element-wise ops. The paper
-used DeepSpeed's profiler, which counts matmuls and convolutions the same way (it also counts
-element-wise ops, a fraction of a percent here). The meta device makes this free: no memory, no
-arithmetic, so the 122 M-parameter Conformer-L costs a second.
+Counting (bench/flops.py): parameters of the whole model with its heads (the paper's "Params",
+icefall's "Number of model parameters"); FLOPs of `forward_encoder` on one 30 s utterance under
+torch's FlopCounterMode on the meta device, counted as the paper's DeepSpeed profiler counts
+matmuls and convolutions.
 
 Tolerances the project holds itself to (checked by tests/test_conformer.py and
 tests/test_bench_smoke.py): Zipformer within 2 %, the Conformer baselines within 5 %.
-Writes table2.csv / table2.json / table2.md into --out-dir and prints the markdown table.
+Writes table2.csv / table2.json (rows with device, versions, command, UTC time) and table2.md into
+--out-dir (default bench/results/) and prints the markdown table.
 """
 from __future__ import annotations
 
 import argparse
-import csv
-import json
-import os
+import pathlib
 import sys
 
-import torch
-from torch.utils.flop_counter import FlopCounterMode
+if __package__ in (None, ""):  # run as `python bench/table2.py`: import bench.* from the repo root
+    sys.path[0] = str(pathlib.Path(__file__).resolve().parents[1])
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from models import PAPER, build_model, parse_name  # noqa: E402
+import torch  # noqa: E402
+
+from bench.flops import count_encoder_flops, count_params  # noqa: E402
+from bench.harness import RESULTS, ResultTable, add_out_dir_argument, provenance  # noqa: E402
+from bench.models import build_model, parse_name  # noqa: E402
+from bench.paper import PAPER  # noqa: E402
 
 TOLERANCE = {"zipformer": 0.02, "conformer": 0.05}
-FRAMES_PER_SECOND = 100  # 10 ms fbank frame shift
 
 
-def _sdpa_cpu_mapping():
-    """torch counts 0 FLOPs for CPU scaled_dot_product_attention: give it the generic formula."""
-    try:
-        from torch.utils.flop_counter import sdpa_flop_count
-        op = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
-    except (ImportError, AttributeError):
-        return {}
-
-    def formula(query_shape, key_shape, value_shape, *args, **kwargs):
-        return sdpa_flop_count(query_shape, key_shape, value_shape)
-    return {op: formula}
-
-
-def count_params(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-def count_encoder_flops(model: torch.nn.Module, seconds: float = 30.0, batch: int = 1) -> int:
-    """FLOPs of model.forward_encoder on `batch` utterances of `seconds` s, on the model's device."""
-    device = next(model.parameters()).device
-    frames = int(round(seconds * FRAMES_PER_SECOND))
-    features = torch.zeros(batch, frames, 80, device=device)
-    lens = torch.full((batch,), frames, dtype=torch.int64, device=device)
-    was_training = model.training
-    model.eval()
-    import zipformer_fast
-    try:
-        # The reference ops define the arithmetic (fused kernels do the same math, and cannot run
-        # on the meta device).
-        with FlopCounterMode(display=False, custom_mapping=_sdpa_cpu_mapping()) as counter, \
-                torch.inference_mode(), zipformer_fast.use_backend("reference"):
-            model.forward_encoder(features, lens)
-    finally:
-        model.train(was_training)
-    return counter.get_total_flops()
-
-
-def measure(name: str) -> dict:
+def table2_row(name: str) -> dict:
     """Our params (M) and GFLOPs per 30 s for model `name`, beside the paper's and the tolerance."""
     family, _, _ = parse_name(name)
     model = build_model(name, device=torch.device("meta"))
@@ -101,29 +63,23 @@ def to_markdown(rows) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write(rows, out_dir: str) -> None:
-    os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "table2.csv"), "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    meta = {"command": "python bench/table2.py " + " ".join(sys.argv[1:]), "torch": torch.__version__,
-            "counting": "torch FlopCounterMode on the meta device, 1 x 30 s, forward_encoder"}
-    with open(os.path.join(out_dir, "table2.json"), "w") as f:
-        json.dump({"meta": meta, "rows": rows}, f, indent=1)
-    with open(os.path.join(out_dir, "table2.md"), "w") as f:
+def write_table2(rows, out_dir, argv=None) -> None:
+    """table2.csv / table2.json (the rows, each with provenance) and table2.md (the table)."""
+    meta = provenance(__file__, argv, "meta")
+    ResultTable(out_dir, "table2").add(*[dict(r, **meta) for r in rows])
+    with open(pathlib.Path(out_dir) / "table2.md", "w") as f:
         f.write("Table 2 check (params with transducer/CTC heads, encoder GFLOPs for one 30 s "
-                "utterance), measured by `python bench/table2.py`:\n\n" + to_markdown(rows))
+                f"utterance), measured by `{meta['command']}`:\n\n" + to_markdown(rows))
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", default=",".join(PAPER), help="comma-separated model names")
-    ap.add_argument("--out-dir", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
+    add_out_dir_argument(ap, default_help="bench/results")
     args = ap.parse_args(argv)
-    rows = [measure(name) for name in args.models.split(",") if name]
+    rows = [table2_row(name) for name in args.models.split(",") if name]
     print(to_markdown(rows))
-    write(rows, args.out_dir)
+    write_table2(rows, args.out_dir or RESULTS, argv)
     bad = [r["model"] for r in rows if r["within_tolerance"] is False]
     if bad:
         print(f"outside tolerance: {bad}", file=sys.stderr)

@@ -11,18 +11,18 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from bench.flops import count_encoder_flops  # noqa: E402
+from bench.harness import time_calls  # noqa: E402
+from bench.paper import ICEFALL_GFLOPS, PAPER  # noqa: E402
 from zipformer_fast import get_backend  # noqa: E402
 from zipformer_fast.asr.model import AsrModel  # noqa: E402
 from zipformer_fast.config import ZipformerConfig  # noqa: E402
-from zipformer_fast.flops import ICEFALL_GFLOPS_FLOPCOUNTER, PAPER_GFLOPS_DEEPSPEED, encoder_flops  # noqa: E402
 
-PAPER_PARAMS_M = {"S": 23.3, "M": 65.6, "L": 148.4}
 ICEFALL_PARAMS = {"S": (23_285_615, 23_414_115), "M": (65_549_011, 65_805_511), "L": (148_439_574, 148_824_074)}
 
 
@@ -43,14 +43,15 @@ def main(argv=None) -> int:
         total = sum(p.numel() for p in model.parameters())
         trans = total - sum(p.numel() for p in model.ctc_output.parameters())
         ref_t, ref_c = ICEFALL_PARAMS[size]
-        print(f"{size:4} {trans:12,} {ref_t:12,} {PAPER_PARAMS_M[size]:6.1f}M {total:12,} {ref_c:12,}"
+        print(f"{size:4} {trans:12,} {ref_t:12,} {PAPER[f'zipformer-{size}'].params_m:6.1f}M {total:12,} {ref_c:12,}"
               f"  {'OK' if (trans, total) == (ref_t, ref_c) else 'MISMATCH'}")
 
     print("\n== Encoder GFLOPs, one 30 s utterance (Conv-Embed + encoder, 2 FLOPs/MAC) ==")
     print(f"{'size':4} {'ours':>8} {'icefall FlopCounter':>20} {'paper (DeepSpeed)':>18}")
     for size, model in models.items():
-        g = encoder_flops(model.config, num_frames=3000, model=model) / 1e9
-        print(f"{size:4} {g:8.2f} {ICEFALL_GFLOPS_FLOPCOUNTER[size]:20.1f} {PAPER_GFLOPS_DEEPSPEED[size]:18.1f}")
+        name = f"zipformer-{size}"
+        g = count_encoder_flops(model, seconds=30.0) / 1e9
+        print(f"{size:4} {g:8.2f} {ICEFALL_GFLOPS[name]:20.1f} {PAPER[name].gflops_30s:18.1f}")
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     frames = int(args.seconds * 100)
@@ -60,18 +61,13 @@ def main(argv=None) -> int:
     model = AsrModel(ZipformerConfig.preset("M"), use_transducer=True).to(device).eval()
     x = torch.randn(args.batch, frames, 80, device=device)
     lens = torch.full((args.batch,), frames, dtype=torch.int64, device=device)
-    times = []
+    outputs = []
     with torch.no_grad():
-        for _ in range(args.repeats + 1):
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            out, out_lens = model.forward_encoder(x, lens)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - t0)
+        times = time_calls(lambda: outputs.append(model.forward_encoder(x, lens)), device, warmup=0,
+                           iters=args.repeats + 1)
+    out, out_lens = outputs[-1]
     print(f"output {tuple(out.shape)}, lengths {out_lens.tolist()}")
-    print(f"forward time: first {times[0] * 1e3:.0f} ms, then {min(times[1:]) * 1e3:.0f} ms (best of {args.repeats})")
+    print(f"forward time: first {times[0]:.0f} ms, then {min(times[1:]):.0f} ms (best of {args.repeats})")
     return 0
 
 

@@ -8,8 +8,9 @@ import torch
 from zipformer_fast import use_backend
 from zipformer_fast.asr.model import AsrModel
 from zipformer_fast.config import ZipformerConfig
-from zipformer_fast.flops import ICEFALL_GFLOPS_FLOPCOUNTER, encoder_flops
 
+from bench.flops import count_encoder_flops
+from bench.paper import ICEFALL_GFLOPS
 from state_dict_layout import assert_same_layout, meta_asr_model, read_tsv  # noqa: E402
 
 PARAMS_TRANSDUCER_CTC = {"S": 23_414_115, "M": 65_805_511, "L": 148_824_074}
@@ -42,8 +43,9 @@ def test_parameter_counts(meta_model):
 
 def test_encoder_flops_30s_within_1_percent(meta_model):
     size, model = meta_model
-    gflops = encoder_flops(model.config, num_frames=3000, model=model) / 1e9
-    assert abs(gflops - ICEFALL_GFLOPS_FLOPCOUNTER[size]) <= 0.01 * ICEFALL_GFLOPS_FLOPCOUNTER[size], gflops
+    gflops = count_encoder_flops(model, seconds=30.0) / 1e9
+    icefall = ICEFALL_GFLOPS[f"zipformer-{size}"]
+    assert abs(gflops - icefall) <= 0.01 * icefall, gflops
 
 
 @pytest.fixture(scope="module")

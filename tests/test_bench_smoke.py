@@ -1,6 +1,6 @@
-"""CPU smoke of the benchmarks (bench/): Figure 3 harness end to end on tiny models, its memory
-and statistics helpers on cases with known answers, the Table 2 check, the README table renderer
-and gpu_check.sh's wiring. Runs in well under a minute on 2 cores."""
+"""CPU smoke of the benchmarks (bench/): Figure 3 end to end on tiny models, the Table 2 check, the
+README table renderer, the kernel benchmark's ordering and rows, and gpu_check.sh's wiring (the
+shared harness itself: tests/test_bench_harness.py). Runs in well under a minute on 2 cores."""
 import csv
 import os
 import pathlib
@@ -10,47 +10,9 @@ import sys
 import pytest
 import torch
 
+from bench import encoder_latency, make_readme_table, table2
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "bench"))
-import encoder_latency  # noqa: E402
-import make_readme_table  # noqa: E402
-import table2  # noqa: E402
-from cpu_memory import PeakTensorMemory  # noqa: E402
-
-MiB = 1 << 20
-
-
-def test_percentiles_interpolate_linearly():
-    p20, p50, p80, mean = encoder_latency.percentiles([5.0, 1.0, 3.0, 2.0, 4.0])
-    assert (p20, p50, p80, mean) == (pytest.approx(1.8), 3.0, pytest.approx(4.2), 3.0)
-    assert encoder_latency.percentiles([7.0])[:3] == (7.0, 7.0, 7.0)
-
-
-def test_peak_tensor_memory_counts_live_storages_once():
-    weight = torch.randn(256, 256)
-    with PeakTensorMemory() as mem:
-        a = torch.empty(MiB // 4)      # 1 MiB of fp32
-        b = a * 2                      # 2 MiB live
-        del a
-        c = b + 1                      # b, c: 2 MiB
-        view = c.view(-1)[:10]         # a view keeps c's storage, adds nothing
-        del c
-        _ = weight.t()                 # a view of memory from before the block: not counted
-        e = torch.empty(MiB // 2)      # b, c (via view), e: 4 MiB
-    assert mem.peak == 4 * MiB
-    assert mem.current == 4 * MiB
-    del b, view, e
-
-
-def test_saved_activation_bytes_counts_each_storage_once():
-    x = torch.randn(1000, requires_grad=True)
-
-    def step():
-        y = x.exp()        # exp saves its output y
-        z = y.sin()        # sin saves its input: the same storage as y
-        (z * x).sum()      # mul saves z and x; x is excluded below
-    excluded = {x.untyped_storage().data_ptr()}
-    assert encoder_latency.saved_activation_bytes(step, excluded) == 2 * 1000 * 4
 
 
 def test_encoder_latency_end_to_end_on_cpu(tmp_path):
@@ -93,10 +55,13 @@ def test_bad_arguments_fail_clearly():
 
 @pytest.mark.parametrize("name", ["zipformer-S", "conformer-S"])
 def test_table2_rows_within_tolerance(name, tmp_path):
-    row = table2.measure(name)
+    row = table2.table2_row(name)
     assert row["within_tolerance"] is True, row
-    table2.write([row], str(tmp_path))
+    table2.write_table2([row], tmp_path, ["--models", name])
     assert "| " + name in (tmp_path / "table2.md").read_text()
+    with open(tmp_path / "table2.csv", newline="") as f:
+        (written,) = csv.DictReader(f)
+    assert written["model"] == name and written["command"] == f"python bench/table2.py --models {name}"
 
 
 def _row(model, backend, mode, metric, value, dtype="fp32"):
@@ -132,9 +97,9 @@ def test_gpu_check_script_parses_and_plans_every_stage(tmp_path):
 
 
 def test_kernel_bench_measures_attention_before_the_memory_bound_ops(tmp_path):
-    """GPU time is short: with --attention, the attention rows (fwd+bwd against the reference) come
-    first and are on disk before any memory-bound op runs; --attention-only stops there."""
-    import kernels as kernel_bench
+    """GPU time is short: with --attention, the attention rows (fwd+bwd against the reference) come first
+    and are on disk before any memory-bound op runs; --attention-only stops there."""
+    from bench import kernels as kernel_bench
     assert kernel_bench.main(["--smoke", "--attention", "--out-dir", str(tmp_path / "all")]) == 0
     ops = [r["op"] for r in csv.DictReader(open(tmp_path / "all" / "kernels.csv"))]
     first_other = next(i for i, op in enumerate(ops) if op not in ("copy",) and not op.startswith("attn_"))
@@ -149,7 +114,7 @@ def test_kernel_bench_measures_attention_before_the_memory_bound_ops(tmp_path):
 def test_kernel_bench_reports_copy_floor_host_time_and_launches(tmp_path):
     """Each memory-bound case gets a same-volume copy row and % of copy; every provider row has
     host microseconds and launches per call (the fused forward of bias_norm is one kernel)."""
-    import kernels as kernel_bench
+    from bench import kernels as kernel_bench
     assert kernel_bench.main(["--smoke", "--ops", "bias_norm", "--providers", "triton,reference", "--time-budget", "0",
                               "--out-dir", str(tmp_path)]) == 0
     rows = list(csv.DictReader(open(tmp_path / "kernels.csv")))

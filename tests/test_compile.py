@@ -123,11 +123,9 @@ def test_compiled_training_loop_does_not_recompile_and_matches_eager():
     (at most 3 allowed), and per-step losses equal to the eager loop with device-side randomness
     from the same seeds (aot_eager runs the same aten ops in the same order)."""
     import copy
-    import sys
-    import pathlib
     from torch._dynamo.testing import CompileCounterWithBackend
-    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "bench"))
-    from compile_check import train_loop
+
+    from bench.compile_check import train_loop
 
     def data():
         for i, (B, T, bc) in enumerate([(2, 60, 0.0), (3, 75, 700.0), (2, 48, 2500.0), (3, 90, 9000.0)]):

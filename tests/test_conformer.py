@@ -1,19 +1,13 @@
-"""The Conformer baseline (zipformer_fast.baselines): shapes, masking, the relative shift, gradients,
+"""The Conformer baseline (bench/baselines/): shapes, masking, the relative shift, gradients,
 and that its presets are the paper's reproduced Conformer-S/M/L (Table 2: params within 5 %,
 GFLOPs per 30 s within 5 %, counted on the meta device)."""
-import sys
-import pathlib
-
 import pytest
 import torch
 
-from zipformer_fast.baselines import ConformerAsrModel, ConformerConfig, ConformerEncoder
-from zipformer_fast.baselines.conformer import rel_shift, subsampled_lengths
-
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "bench"))
-from table2 import count_encoder_flops, count_params  # noqa: E402
-
-PAPER = {"S": (9.8, 29.1), "M": (28.4, 77.0), "L": (122.5, 294.2)}  # Table 2: params M, GFLOPs / 30 s
+from bench.baselines import ConformerAsrModel, ConformerConfig, ConformerEncoder
+from bench.baselines.conformer import rel_shift, subsampled_lengths
+from bench.flops import count_encoder_flops, count_params
+from bench.paper import PAPER
 
 
 @pytest.fixture(scope="module")
@@ -86,6 +80,6 @@ def test_presets_match_table2_within_5_percent(size):
         model = ConformerAsrModel(ConformerConfig.preset(size))
     params_m = count_params(model) / 1e6
     gflops = count_encoder_flops(model, seconds=30.0) / 1e9
-    paper_params, paper_gflops = PAPER[size]
+    paper_params, paper_gflops = PAPER[f"conformer-{size}"][:2]
     assert abs(params_m / paper_params - 1) <= 0.05, (params_m, paper_params)
     assert abs(gflops / paper_gflops - 1) <= 0.05, (gflops, paper_gflops)

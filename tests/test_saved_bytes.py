@@ -1,5 +1,5 @@
 """Training activation memory: bytes saved for backward by one training forward of the XS model
-(bench/saved_bytes.py: saved_tensors_hooks, each storage once, parameters excluded).
+(bench/saved_bytes.py: saved_tensors_hooks, each storage once, parameters and input excluded).
 
 - The fused backend saves strictly less than the reference (the fused ops keep x and tiny per-row
   or per-channel statistics, never the activation outputs or differences the reference stores).
@@ -10,9 +10,6 @@ Attention runs its reference in both backends here (helper E measures its own ke
   the fused backend saves at most half of what the reference saves (measured 0.45; the
   recomputing ops of tests/test_ops_recompute.py brought it there from 0.67).
 """
-import pathlib
-import sys
-
 import pytest
 import torch
 
@@ -20,8 +17,7 @@ from zipformer_fast.asr.model import AsrModel
 from zipformer_fast.config import ZipformerConfig
 
 pytest.importorskip("triton")
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "bench"))
-from saved_bytes import attention_reference, saved_bytes  # noqa: E402
+from bench.saved_bytes import attention_reference, saved_bytes  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -10,16 +10,13 @@ Zipformer-S/M/L (reference and triton backends) and Conformer-S/M/L, synchronizi
 inside each timed call. bench/encoder_latency.py is the fuller tool (memory, training, CSV, plot).
 """
 import os
-import pathlib
-import sys
 
 import pytest
 import torch
 
 import zipformer_fast
-
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "bench"))
-from models import FIGURE3_MODELS, build_model  # noqa: E402
+from bench.harness import device_name
+from bench.models import FIGURE3_MODELS, build_model
 
 FULL = os.environ.get("ZIPFORMER_FAST_BENCH") == "1" and torch.cuda.is_available()
 
@@ -56,7 +53,7 @@ def test_encoder_forward_cuda(benchmark, name, backend):
     model = build_model(name, device=torch.device("cuda"))
     features, lens = _inputs(30, 30.0, "cuda")
     benchmark.group = f"encoder {name}"
-    benchmark.extra_info.update(device=torch.cuda.get_device_name(), batch=30, seconds=30.0)
+    benchmark.extra_info.update(device=device_name("cuda"), batch=30, seconds=30.0)
 
     def run():
         with torch.inference_mode(), zipformer_fast.use_backend(backend):

@@ -11,18 +11,15 @@ the providers triton, reference and torch_compile, synchronizing inside each tim
 bench/kernels.py is the fuller tool (modes, percentiles, GB/s, peak memory, CSV/JSON).
 """
 import os
-import pathlib
-import sys
 
 import pytest
 import torch
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "bench"))
-import kernels as kernel_bench  # noqa: E402
-from cases_memory_bound import cases  # noqa: E402
+from bench import kernels as kernel_bench
+from bench.cases_memory_bound import memory_bound_cases
 
 FULL = os.environ.get("ZIPFORMER_FAST_BENCH") == "1" and torch.cuda.is_available()
-SMOKE_CASES = cases(smoke=True)
+SMOKE_CASES = memory_bound_cases(smoke=True)
 
 
 def _step(case, provider, device, dtype):
@@ -46,7 +43,7 @@ def test_kernel_case_smoke(benchmark, case):
     assert torch.isfinite(out).all()
 
 
-FULL_CASES = cases(smoke=False) if FULL else []
+FULL_CASES = memory_bound_cases(smoke=False) if FULL else []
 
 
 @pytest.mark.skipif(not FULL, reason="set ZIPFORMER_FAST_BENCH=1 on a CUDA machine for the full benchmark")

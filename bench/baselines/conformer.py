@@ -14,10 +14,9 @@ Layout, top to bottom:
 
 The sizes of the presets are those of the paper's reproduced Conformers (Table 2 rows
 "Conformer-S/M/L, pruned transducer"): with icefall's transducer heads (vocab 500, decoder and
-joiner dim 512) they give 9.87 / 28.6 / 122.7 M parameters and, counted like DeepSpeed
-(2 FLOPs per multiply-add of every matmul and convolution), 29.0 / 76.9 / 294.0 GFLOPs for one
-30 s utterance, against the paper's 9.8 / 28.4 / 122.5 M and 29.1 / 77.0 / 294.2 (see
-bench/table2.py, which measures them).
+joiner dim 512) their parameters and encoder FLOPs for one 30 s utterance (2 FLOPs per
+multiply-add of every matmul and convolution, as DeepSpeed counts) are within 1 % of the paper's
+(bench/paper.py; bench/table2.py measures them, recorded in bench/results/table2.md).
 
 Attention is written with explicit matmuls (no fused SDPA), as in icefall's Conformer that the
 paper timed: the relative-position term needs a (T, 2T-1) score matrix that flash kernels do not

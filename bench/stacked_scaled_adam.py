@@ -1,8 +1,8 @@
-"""icefall's own execution strategy, for comparison only (bench/optimizer.py): parameters are
-bucketed by (dtype, shape), each bucket is torch.stack-ed (params and grads) every step, updated
-as one batched tensor, and copied back. Same math as reference.py on the stacked tensors; state
-lives per bucket in the bucket's first parameter, as in icefall, so its state_dict is NOT
-interchangeable with ScaledAdam's per-parameter state. Not used by training.
+"""ScaledAdam with icefall's own execution strategy, for comparison only (bench/optimizer.py):
+parameters are bucketed by (dtype, shape), each bucket is torch.stack-ed (params and grads) every
+step, updated as one batched tensor, and copied back. Same math as zipformer_fast/optim/reference.py
+on the stacked tensors; state lives per bucket in the bucket's first parameter, as in icefall, so
+its state_dict is NOT interchangeable with ScaledAdam's per-parameter state. Not used by training.
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from collections import defaultdict
 import torch
 from torch.optim import Optimizer
 
-from .reference import recompute_threshold, should_recompute
+from zipformer_fast.optim.reference import recompute_threshold, should_recompute
 
 
 class StackedScaledAdam(Optimizer):

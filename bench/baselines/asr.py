@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from ..asr.decoder import Decoder
-from ..asr.joiner import Joiner
-from ..nn.linear import ScaledLinear
+from zipformer_fast.asr.decoder import Decoder
+from zipformer_fast.asr.joiner import Joiner
+from zipformer_fast.nn.linear import ScaledLinear
 from .conformer import ConformerConfig, ConformerEncoder
 
 

@@ -2,7 +2,8 @@
 carries no tracker numbers, work-log markers or references to material outside the repository.
 
 - Every relative link and image in the repository's Markdown files points at a file or folder that
-  exists, and a `#fragment` at a heading of the target page (GitHub's heading anchors).
+  exists, and a `#fragment` at a heading of the target page (GitHub's heading anchors); every
+  repository path the prose names in a code span exists (and a `file.py::test_name`, that test).
 - docs/benchmarks.md equals what scripts/benchmarks_doc.py renders from bench/results/ now.
 - Each row of the README's support matrix backs its "validated on CPU" and "measured on a GPU"
   cells with a link to a test or a recorded result that exists.
@@ -121,6 +122,28 @@ def test_every_relative_link_resolves(md):
         if fragment and dest.suffix == ".md" and fragment not in anchors(dest):
             broken.append(f"{md.relative_to(ROOT)}:{n}: {target} (no heading #{fragment} in {dest.name})")
     assert not broken, "broken links:\n" + "\n".join(broken)
+
+
+REPO_PATH = re.compile(r"^((?:zipformer_fast|tests|bench|recipes|scripts|csrc|kernels|docs)/[\w./-]*)(?:::(\w+))?$")
+
+
+@pytest.mark.parametrize("md", markdown_files(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_repository_path_named_in_prose_exists(md):
+    """`tests/test_x.py::test_name`, `bench/results/cpu/x.json` and the like, written in code spans
+    outside code blocks, name files (and test functions) the repository has. Spans holding a
+    placeholder (<device>, *) are patterns, not paths."""
+    missing = []
+    for n, line in prose_lines(md.read_text(encoding="utf-8")):
+        for span in re.findall(r"`([^`]+)`", line):
+            m = REPO_PATH.match(span.strip())
+            if not m:
+                continue
+            path = ROOT / m.group(1)
+            if not path.exists():
+                missing.append(f"{md.relative_to(ROOT)}:{n}: {span} (no such file)")
+            elif m.group(2) and not re.search(rf"^\s*def {m.group(2)}\(", path.read_text(encoding="utf-8"), re.M):
+                missing.append(f"{md.relative_to(ROOT)}:{n}: {span} (no such function)")
+    assert not missing, "\n".join(missing)
 
 
 def test_markdown_files_found():

@@ -42,6 +42,15 @@ ENCODER_TARGETS = (
     ("Zipformer-M training step time, fused / reference", "zipformer-M", "train", "time_ms", "triton", "reference",
      0.60),
 )
+# What a results folder's name does not say.
+FOLDER_NOTES = {
+    "NVIDIA_H100_80GB_HBM3": "the only GPU on record: one `bench/gpu_check.sh` run cut by its deadline, and an "
+                             "optimizer run before it.",
+    "cpu": "the project's 2-core x86_64 CI machine, often shared with other work while measuring (the records "
+           "say when).",
+    "AMD_EPYC_x2t": "a 2-core x86_64 machine named by its CPU (the optimizer benchmark's CPU run).",
+    "ptxas": "ahead-of-time compiles of the Triton kernels; no device involved.",
+}
 LAUNCH_TARGETS = {"inference_ratio": 0.40, "training_ratio": 0.60}  # fused / reference launches per step
 
 
@@ -344,8 +353,9 @@ def saved_bytes(doc: Doc) -> None:
         if "MiB" in d:
             ref = d["MiB"].get("reference/auto")
             for k, v in d["MiB"].items():
+                ratio = d.get("over_reference", {}).get(k, (v / ref) if ref else None)
                 rows.append((p.name, f"{d['preset']}, {fmt(d['seconds'])} s, batch {d['batch']}", k, fmt(v),
-                             fmt(d.get("over_reference", {}).get(k, (v / ref) if ref else None)), command(d["command"])))
+                             "-" if ratio is None else f"{ratio:.2f}", command(d["command"])))
         else:
             what = f"{d['preset']}, {fmt(d['seconds'])} s, batch {d['batch']}, attention {d.get('attention', '?')}"
             rows.append((p.name, what, "reference", fmt(d["reference_MiB"]), "1.00", command(d["command"])))
@@ -357,8 +367,9 @@ def saved_bytes(doc: Doc) -> None:
         d = load_json(p)
         if d.get("sweep"):
             ratios = [s["triton_over_reference"] for s in d["sweep"]]
-            doc.add(f"`{p.name}` sweeps seeds {sorted({s['seed'] for s in d['sweep']})} × batch counts "
-                    f"{sorted({fmt(s['batch_count']) for s in d['sweep']}, key=float)} (which Balancers, Whitens "
+            seeds = ", ".join(str(x) for x in sorted({s["seed"] for s in d["sweep"]}))
+            counts = ", ".join(fmt(x) for x in sorted({s["batch_count"] for s in d["sweep"]}))
+            doc.add(f"`{p.name}` sweeps seeds {seeds} × batch counts {counts} (which Balancers, Whitens "
                     f"and layer skips fire): fused / reference from {min(ratios):.2f} to {max(ratios):.2f}.\n")
     for p in breakdown:
         d = load_json(p)
@@ -600,9 +611,9 @@ def render() -> str:
             "edit those, not this page (tests/test_docs.py checks it is up to date). Every figure below was "
             "measured by the command shown on the device named. Device folders: "
             + ", ".join(f"`{d.name}`" for d in device_dirs()) + ".\n")
-    doc.add("Devices: `NVIDIA_H100_80GB_HBM3` is the one GPU run on record (one `bench/gpu_check.sh` run cut by "
-            "its deadline, plus helpers' optimizer runs); `cpu` and `AMD_EPYC_x2t` are the project's 2-core x86_64 "
-            "CI machine, often shared with other work while measuring (the records say when).\n")
+    notes = [f"`{d.name}`: {FOLDER_NOTES[d.name]}" for d in device_dirs() if d.name in FOLDER_NOTES]
+    if notes:
+        doc.add("What the folders hold:\n\n" + "\n".join(f"- {n}" for n in notes) + "\n")
     for section in SECTIONS:
         section(doc)
     text = "\n".join(part.rstrip("\n") + "\n" for part in doc.parts)

@@ -6,9 +6,9 @@ optional; see zipformer_fast.backend for how the fused path is chosen.
 __version__ = "0.1.0"
 
 from .backend import get_backend, use_backend
-from .config import ZipformerConfig
+from .config import BASE_LR, PRESETS, ZipformerConfig
 
-__all__ = ["__version__", "ZipformerConfig", "use_backend", "get_backend", "AsrModel", "Zipformer2",
+__all__ = ["__version__", "ZipformerConfig", "PRESETS", "BASE_LR", "use_backend", "get_backend", "AsrModel", "Zipformer2",
            "accelerate", "revert", "accelerate_classes"]
 
 

@@ -35,7 +35,7 @@ from recipes.lib.averaging import average_between, average_state_dicts
 from recipes.lib.dist import resolve_device
 from recipes.lib.model_factory import model_from_checkpoint_params
 from recipes.lib.options import str2bool
-from zipformer_fast.asr.search import DECODING_METHODS, RESCORING_METHODS
+from zipformer_fast.asr import DECODING_METHODS, RESCORING_METHODS
 
 log = logging.getLogger("decode")
 
@@ -150,7 +150,7 @@ def result_names(args) -> List[str]:
 
 
 def decode_batch(model, enc, enc_lens, args) -> Dict[str, List[List[int]]]:
-    from zipformer_fast.asr.search import decode, decode_rescored
+    from zipformer_fast.asr import decode, decode_rescored
     if args.decoding_method in RESCORING_METHODS:
         by_scale = decode_rescored(model, enc, enc_lens, args.decoding_method, beam=args.beam_size,
                                    attention_scales=args.attention_scales)
@@ -162,7 +162,7 @@ def decode_batch(model, enc, enc_lens, args) -> Dict[str, List[List[int]]]:
 @torch.no_grad()
 def decode_split_all(model, cuts, tokenizer, args, device) -> Dict[str, List[Dict]]:
     """{result name: rows sorted by id}."""
-    from zipformer_fast.data.datamodule import AsrDataModule, DataConfig, batch_inputs
+    from zipformer_fast.data import AsrDataModule, DataConfig, batch_inputs
     dl = AsrDataModule(DataConfig(max_duration=args.max_duration, num_workers=0)).eval_dataloader(cuts)
     rows: Dict[str, List[Dict]] = {name: [] for name in result_names(args)}
     for batch in dl:
@@ -191,8 +191,8 @@ def check_method(method: str, params: dict) -> None:
 def decode_split_streaming(model, cuts, tokenizer, args, device) -> (List[Dict], dict):
     """Real streaming: every utterance is a Stream; up to --num-decode-streams are stepped together
     (icefall streaming_decode.py's loop). Returns the rows and timing (audio seconds, decode seconds)."""
-    from zipformer_fast.asr.streaming import StreamingRecognizer
-    from zipformer_fast.data.datamodule import AsrDataModule, DataConfig, batch_inputs
+    from zipformer_fast.asr import StreamingRecognizer
+    from zipformer_fast.data import AsrDataModule, DataConfig, batch_inputs
     rec = StreamingRecognizer(model, args.chunk_size, args.left_context_frames, args.decoding_method,
                               beam=args.beam_size)
     dl = AsrDataModule(DataConfig(max_duration=args.max_duration, num_workers=0)).eval_dataloader(cuts)
@@ -227,7 +227,7 @@ def decode_split_streaming(model, cuts, tokenizer, args, device) -> (List[Dict],
 
 
 def write_results(rows, res_dir: Path, split: str, method: str) -> dict:
-    from zipformer_fast.asr.wer import error_rate, per_utterance_errors
+    from zipformer_fast.asr import error_rate, per_utterance_errors
     res_dir.mkdir(parents=True, exist_ok=True)
     refs, hyps, ids = [r["ref"] for r in rows], [r["hyp"] for r in rows], [r["id"] for r in rows]
     stats = error_rate(refs, hyps)
@@ -257,8 +257,8 @@ def main(argv=None) -> Dict[str, dict]:
         raise SystemExit("error: give --manifest-dir (with --splits) or --test-cuts")
     try:
         from recipes.lib.cut_sources import test_sets
-        from zipformer_fast.data.tokenizer import Tokenizer
-        from zipformer_fast.runtime import use_backend
+        from zipformer_fast import use_backend
+        from zipformer_fast.data import Tokenizer
         device = resolve_device(args.device)
         tokenizer = Tokenizer(args.bpe_model)
         model, params = load_model(args)

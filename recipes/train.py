@@ -30,7 +30,6 @@ from recipes.lib import dist
 from recipes.lib.amp import autocast, make_scaler, maybe_grow_scale
 from recipes.lib.averaging import make_averaged_copy, update_averaged_model
 from recipes.lib.cut_sources import musan_manifest, train_and_valid_cuts
-from recipes.lib.loss import LossModule, compute_loss
 from recipes.lib.module_state import get_module_state, set_module_state
 from recipes.lib.model_factory import (attention_decoder_fields, build_model, config_to_dict,
                                        default_base_lr, load_config)
@@ -64,11 +63,31 @@ def resolve_resume(args, exp_dir: Path):
     return Path(args.resume)
 
 
+def compute_loss(model, feats: torch.Tensor, feat_lens: torch.Tensor, targets, batch_idx_train: int,
+                 weights, **forward_kwargs):
+    """icefall train.py's compute_loss: the model's loss terms (AsrModel.forward; `model` may be its
+    DDP wrapper) weighted by the warm-up schedule -> (loss, logging info with per-term sums, frames
+    and utterances)."""
+    from zipformer_fast.asr import AsrLosses
+    losses = AsrLosses(*model(feats, feat_lens, targets, **forward_kwargs))
+    terms = losses.terms(getattr(model, "module", model), forward_kwargs.get("use_cr_ctc", False))
+    loss = weights.combine(batch_idx_train, **terms)
+    if not torch.isfinite(loss):
+        raise RuntimeError(f"non-finite loss {loss.item()} at batch {batch_idx_train} (terms "
+                           f"{ {k: v.item() for k, v in terms.items()} }); check the data filter "
+                           "(utterances with more tokens than encoder frames) and the learning rate")
+    info = {k: v.detach().item() for k, v in terms.items()}
+    info["loss"] = loss.detach().item()
+    # icefall logs per-frame values; frames counted after 4x subsampling.
+    info["frames"] = float((feat_lens // 4).sum().item())
+    info["utterances"] = float(feats.size(0))
+    return loss, info
+
+
 class Trainer:
     def __init__(self, args, info: dist.DistInfo):
-        from zipformer_fast.asr.loss_weights import LossWeights
-        from zipformer_fast.data.datamodule import AsrDataModule, DataConfig
-        from zipformer_fast.data.tokenizer import Tokenizer
+        from zipformer_fast.asr import LossWeights
+        from zipformer_fast.data import AsrDataModule, DataConfig, Tokenizer
         from zipformer_fast.optim import Eden, ScaledAdam
 
         self.args, self.info, self.device = args, info, info.device
@@ -102,20 +121,19 @@ class Trainer:
         self.resume_rng = None
         self._maybe_resume()
 
-        cr_augment = None
+        # CR-CTC applies its two-view SpecAugment inside the model's forward, in training only.
+        self.cr_augment = None
         if args.use_cr_ctc and args.spec_aug:
-            from zipformer_fast.asr.cr_ctc import CrCtcAugment
-            cr_augment = CrCtcAugment(time_mask_ratio=args.time_mask_ratio,
-                                      time_warp_factor=args.spec_aug_time_warp)
-        loss_module = LossModule(self.model, args.prune_range, args.lm_scale, args.am_scale,
-                                 use_cr_ctc=args.use_cr_ctc, cr_augment=cr_augment)
+            from zipformer_fast.asr import CrCtcAugment
+            self.cr_augment = CrCtcAugment(time_mask_ratio=args.time_mask_ratio,
+                                           time_warp_factor=args.spec_aug_time_warp)
         if info.distributed:
             # find_unused_parameters: icefall's setting (some bypass scales get no gradient).
             self.ddp = torch.nn.parallel.DistributedDataParallel(
-                loss_module, device_ids=[self.device] if self.device.type == "cuda" else None,
+                self.model, device_ids=[self.device] if self.device.type == "cuda" else None,
                 find_unused_parameters=True)
         else:
-            self.ddp = loss_module
+            self.ddp = self.model
         self.weights = LossWeights(warm_step=args.warm_step, simple_loss_scale=args.simple_loss_scale,
                                    ctc_loss_scale=args.ctc_loss_scale, cr_loss_scale=args.cr_loss_scale,
                                    attention_decoder_loss_scale=args.attention_decoder_loss_scale)
@@ -181,14 +199,22 @@ class Trainer:
         ckpt_io.remove_old(self.exp_dir, self.args.keep_last_k)
 
     # ------------------------------------------------------------------------------- training
+    def loss_kwargs(self, training: bool) -> dict:
+        """AsrModel.forward's settings; icefall augments the CR-CTC views in training only."""
+        a = self.args
+        return dict(prune_range=a.prune_range, am_scale=a.am_scale, lm_scale=a.lm_scale,
+                    use_cr_ctc=a.use_cr_ctc, use_spec_aug=training and self.cr_augment is not None,
+                    spec_augment=self.cr_augment)
+
     def step(self, batch) -> dict:
-        from zipformer_fast.data.datamodule import batch_inputs
+        from zipformer_fast.data import batch_inputs
         feats, lens, texts, ids = batch_inputs(batch, self.device)
         if self.first_batch_ids is None:
             self.first_batch_ids = ids
         with autocast(self.device, self.args.dtype):
             loss, info = compute_loss(self.ddp, feats, lens, self.tok.encode(texts),
-                                      self.params["batch_idx_train"], self.weights)
+                                      self.params["batch_idx_train"], self.weights,
+                                      **self.loss_kwargs(training=True))
         self.scaler.scale(loss).backward()
         self.scheduler.step_batch(self.params["batch_idx_train"])
         self.scaler.step(self.optimizer)
@@ -199,7 +225,7 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self) -> dict:
-        from zipformer_fast.data.datamodule import batch_inputs
+        from zipformer_fast.data import batch_inputs
         self.model.eval()
         tot = torch.zeros(2, dtype=torch.float64)
         rng = get_rng_state()  # validation must not move the training RNG stream
@@ -207,8 +233,9 @@ class Trainer:
             for batch in self.valid_dl:
                 feats, lens, texts, _ = batch_inputs(batch, self.device)
                 with autocast(self.device, self.args.dtype):
-                    _, info = compute_loss(self.ddp.module if self.info.distributed else self.ddp, feats, lens,
-                                           self.tok.encode(texts), self.params["batch_idx_train"], self.weights)
+                    _, info = compute_loss(self.model, feats, lens, self.tok.encode(texts),
+                                           self.params["batch_idx_train"], self.weights,
+                                           **self.loss_kwargs(training=False))
                 tot += torch.tensor([info["loss"], info["frames"]], dtype=torch.float64)
         finally:
             set_rng_state(rng)
@@ -227,7 +254,7 @@ class Trainer:
 
     def train_one_epoch(self, epoch: int) -> bool:
         """Returns True when a step/time limit stopped training inside the epoch."""
-        from zipformer_fast.nn.scheduled_float import set_batch_count
+        from zipformer_fast.nn import set_batch_count
         a, p = self.args, self.params
         self.model.train()
         for batch in self.train_dl:
@@ -251,8 +278,8 @@ class Trainer:
         return False
 
     def train(self) -> dict:
-        from zipformer_fast.data.bucketing import check_epoch
-        from zipformer_fast.nn.scheduled_float import set_batch_count
+        from zipformer_fast.data import check_epoch
+        from zipformer_fast.nn import set_batch_count
         a, p = self.args, self.params
         stopped = self._stop_requested()
         while not stopped and p["epoch"] <= a.num_epochs:
@@ -310,8 +337,8 @@ def main(argv=None) -> dict:
                         format=f"%(asctime)s [rank {info.rank}] %(message)s", stream=sys.stderr)
     if args.threads:
         torch.set_num_threads(args.threads)
-    from zipformer_fast.runtime import use_backend
-    from zipformer_fast.data.bucketing import BatchingError
+    from zipformer_fast import use_backend
+    from zipformer_fast.data import BatchingError
     try:
         with use_backend(args.backend):
             trainer = Trainer(args, info)

@@ -53,10 +53,17 @@ def recipe(monkeypatch):
             monkeypatch.setitem(sys.modules, name, _Stub(name))
     monkeypatch.syspath_prepend(ICEFALL_DIR)
     monkeypatch.syspath_prepend(os.path.join(ICEFALL_DIR, RECIPE))
+    # train.py sets torch's thread counts at import; interop threads can be set once per process.
+    threads = torch.get_num_threads()
+    monkeypatch.setattr(torch, "set_num_interop_threads", lambda n: None)
     import train
+    torch.set_num_threads(threads)
     yield train
+    root = os.path.realpath(ICEFALL_DIR)
     for name in set(sys.modules) - before:  # the recipe's top-level module names (model, scaling, ...)
-        del sys.modules[name]
+        path = getattr(sys.modules[name], "__file__", None) or ""
+        if os.path.realpath(path).startswith(root):  # not torch's lazily imported modules
+            del sys.modules[name]
 
 
 def test_icefall_recipe_trains_on_zipformer_fast_without_k2(recipe):
@@ -85,3 +92,38 @@ def test_icefall_recipe_trains_on_zipformer_fast_without_k2(recipe):
     before = model.encoder.encoders[0].layers[0].feed_forward1.in_proj.weight.detach().clone()
     opt.step()
     assert not torch.equal(model.encoder.encoders[0].layers[0].feed_forward1.in_proj.weight, before)
+
+
+AED_FLAGS = dict(use_attention_decoder=True, attention_decoder_dim=32, attention_decoder_num_layers=1,
+                 attention_decoder_attention_dim=32, attention_decoder_num_heads=2,
+                 attention_decoder_feedforward_dim=48, sos_id=1, eos_id=1)
+
+
+@pytest.mark.parametrize("use_cr_ctc", [False, True])
+def test_asr_model_forward_gives_icefalls_loss_terms(recipe, use_cr_ctc):
+    """Our AsrModel.forward against icefall's on the same weights (icefall's checkpoint loaded
+    strictly): every term within 1e-5 relative, transducer + CTC + attention decoder, with and
+    without CR-CTC (eval, so the two copies differ by nothing)."""
+    from zipformer_fast import ZipformerConfig
+    from zipformer_fast.asr import AsrModel, AttentionDecoderConfig
+    params = recipe.get_params()
+    params.update(XS_FLAGS)
+    params.update(AED_FLAGS)
+    torch.manual_seed(0)
+    theirs = recipe.get_model(params).eval()
+    ours = AsrModel(ZipformerConfig.preset("XS"), vocab_size=64, use_transducer=True, use_ctc=True,
+                    use_attention_decoder=True, attention_decoder_config=AttentionDecoderConfig(
+                        decoder_dim=32, num_layers=1, attention_dim=32, num_heads=2, feedforward_dim=48)).eval()
+    ours.load_state_dict(theirs.state_dict(), strict=True)
+    x, x_lens = torch.randn(2, 200, 80), torch.tensor([200, 160])
+    ys = [[5, 3, 9, 2], [7, 8]]
+    kwargs = dict(prune_range=5, am_scale=0.0, lm_scale=0.25, use_cr_ctc=use_cr_ctc)
+    with torch.no_grad(), zipformer_fast.use_backend("reference"):
+        want = theirs(x, x_lens, k2_compat.RaggedTensor(ys), **kwargs)
+        got = ours(x, x_lens, ys, **kwargs)
+    assert len(got) == len(want) == 5
+    for name, a, b in zip(got._fields, got, want):
+        if b.numel() == 0:  # icefall's empty tensor for an absent term; ours is a zero
+            assert name == "cr_loss" and not use_cr_ctc and a.item() == 0.0
+            continue
+        assert abs(a.item() - b.item()) <= 1e-5 * abs(b.item()) + 1e-6, (name, a.item(), b.item())

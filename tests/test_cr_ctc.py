@@ -1,7 +1,7 @@
 """CR-CTC (zipformer_fast/asr/cr_ctc.py): the consistency loss against a hand-computed KL, its
 gradient (the other copy is a stop-gradient target), the halved CTC term against torch's CTC on
 both copies, clear errors for targets longer than the frames, the two-view SpecAugment, icefall's
-loss weights (CR warm-up, CTC + AED scales) and the recipe's LossModule with CR-CTC and AED."""
+loss weights (CR warm-up, CTC + AED scales) and AsrModel.forward with CR-CTC and AED."""
 import math
 
 import pytest
@@ -155,23 +155,22 @@ def test_cr_scale_warms_up_linearly_and_ctc_aed_scales_must_sum_to_one():
         LossWeights(ctc_loss_scale=0.2, attention_decoder_loss_scale=0.9).combine(1, ctc=one, attention_decoder=one)
 
 
-# ------------------------------------------------------------------------- recipe LossModule
+# ------------------------------------------------------------------------- AsrModel.forward
 @pytest.fixture(scope="module")
 def xs_ctc_aed():
     return xs_model_with_every_head(vocab_size=32)
 
 
-def test_loss_module_with_cr_ctc_halves_every_term_of_the_doubled_batch(xs_ctc_aed):
-    from recipes.lib.loss import LossModule
+def test_forward_with_cr_ctc_halves_every_term_of_the_doubled_batch(xs_ctc_aed):
     m = xs_ctc_aed
     feats, lens, ys = torch.randn(2, 60, 80), torch.tensor([60, 45]), [[3, 4, 5], [6, 7]]
     with torch.no_grad(), use_backend("reference"):  # the PyTorch encoder, not the Triton interpreter
-        plain = LossModule(m)(feats, lens, ys)
-        cr = LossModule(m, use_cr_ctc=True)(feats, lens, ys)  # eval: two identical copies
+        plain = m(feats, lens, ys).terms(m)
+        cr = m(feats, lens, ys, use_cr_ctc=True).terms(m, use_cr_ctc=True)  # eval: two identical copies
     assert set(plain) == {"simple", "pruned", "ctc", "attention_decoder"}
     assert set(cr) == set(plain) | {"cr"}
     for k in plain:
         assert cr[k].item() == pytest.approx(plain[k].item(), rel=1e-4), k
     assert cr["cr"].item() == pytest.approx(0.0, abs=1e-3)
     with pytest.raises(ValueError, match="CTC head"):
-        LossModule(AsrModel(ZipformerConfig.preset("XS"), vocab_size=32), use_cr_ctc=True)
+        AsrModel(ZipformerConfig.preset("XS"), vocab_size=32)(feats, lens, ys, use_cr_ctc=True)

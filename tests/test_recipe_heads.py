@@ -80,16 +80,16 @@ def test_synthetic_heads_train_flags_and_methods_are_valid():
 def test_too_long_ctc_targets_stop_training_with_a_clear_error_and_empty_transcripts_train():
     import torch
 
-    from recipes.lib.loss import LossModule, compute_loss
+    from recipes.train import compute_loss
     from zipformer_fast import use_backend
-    from zipformer_fast.asr.loss_weights import LossWeights
+    from zipformer_fast.asr import LossWeights
     torch.manual_seed(0)
     model = build_model(ZipformerConfig.preset("XS"), 40, False, True)
     feats, lens = torch.randn(2, 30, 80), torch.tensor([30, 30])  # 6 encoder frames each
     with use_backend("reference"):
         with pytest.raises(RuntimeError, match="utterances with more tokens than encoder frames"):
-            compute_loss(LossModule(model), feats, lens, [[3] * 7, [4]], 1, LossWeights())
+            compute_loss(model, feats, lens, [[3] * 7, [4]], 1, LossWeights())
         with pytest.raises(ValueError, match=r"utterances \[0\]"):  # CR-CTC checks before the loss
-            compute_loss(LossModule(model, use_cr_ctc=True), feats, lens, [[3] * 7, [4]], 1, LossWeights())
-        loss, info = compute_loss(LossModule(model), feats, lens, [[], []], 1, LossWeights())
+            compute_loss(model, feats, lens, [[3] * 7, [4]], 1, LossWeights(), use_cr_ctc=True)
+        loss, info = compute_loss(model, feats, lens, [[], []], 1, LossWeights())
     assert torch.isfinite(loss) and info["ctc"] > 0

@@ -5,11 +5,11 @@ optional; `configure` (zipformer_fast.runtime) chooses what runs.
 """
 __version__ = "0.1.0"
 
-from .config import ZipformerConfig
+from .config import BASE_LR, PRESETS, ZipformerConfig
 from .runtime import configure, get_backend, settings, use_backend
 
-__all__ = ["__version__", "ZipformerConfig", "configure", "settings", "use_backend", "get_backend",
-           "AsrModel", "Zipformer2",
+__all__ = ["__version__", "ZipformerConfig", "PRESETS", "BASE_LR", "configure", "settings", "use_backend",
+           "get_backend", "AsrModel", "Zipformer2",
            "accelerate", "revert", "accelerate_classes"]
 
 

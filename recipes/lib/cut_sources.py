@@ -10,8 +10,7 @@ from typing import List, Optional, Tuple
 
 def train_and_valid_cuts(args):
     """(training cuts, validation cuts or None), lazy and unfiltered."""
-    from zipformer_fast.data.datamodule import load_split
-    from zipformer_fast.data.manifests import load_cuts
+    from zipformer_fast.data import load_cuts, load_split
     if args.train_cuts:
         train = load_cuts(args.train_cuts, lazy=True)
     else:
@@ -43,8 +42,7 @@ def split_name(path) -> str:
 
 def test_sets(args) -> List[Tuple[str, object]]:
     """[(name, lazy cuts)] for decoding: --test-cuts files, else --splits of --manifest-dir."""
-    from zipformer_fast.data.datamodule import load_split
-    from zipformer_fast.data.manifests import load_cuts
+    from zipformer_fast.data import load_cuts, load_split
     if args.test_cuts:
         return [(split_name(p), load_cuts(p, lazy=True)) for p in args.test_cuts]
     return [(s, load_split(args.manifest_dir, s, lazy=True)) for s in args.splits]

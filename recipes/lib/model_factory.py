@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Optional, Tuple
 
-from zipformer_fast.config import BASE_LR, PRESETS, ZipformerConfig
+from zipformer_fast import BASE_LR, PRESETS, ZipformerConfig
 
 
 def load_config(spec: str) -> ZipformerConfig:
@@ -39,8 +39,7 @@ def config_to_dict(config: ZipformerConfig) -> dict:
 def build_model(config: ZipformerConfig, vocab_size: int, use_transducer: bool, use_ctc: bool,
                 use_attention_decoder: bool = False, attention_decoder: Optional[dict] = None):
     """attention_decoder: AttentionDecoderConfig fields (None: icefall's defaults)."""
-    from zipformer_fast.asr.attention_decoder import AttentionDecoderConfig
-    from zipformer_fast.asr.model import AsrModel
+    from zipformer_fast.asr import AsrModel, AttentionDecoderConfig
     config = config.replace(vocab_size=vocab_size)
     aed = AttentionDecoderConfig(**(attention_decoder or {})) if use_attention_decoder else None
     return AsrModel(config, vocab_size=vocab_size, use_transducer=use_transducer, use_ctc=use_ctc,

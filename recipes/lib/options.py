@@ -123,7 +123,7 @@ def validate(args) -> None:
     if getattr(args, "use_cr_ctc", False) and not args.use_ctc:
         raise SystemExit("error: --use-cr-ctc 1 needs --use-ctc 1")
     if getattr(args, "use_attention_decoder", False) and not args.use_transducer and args.use_ctc:
-        from zipformer_fast.asr.loss_weights import check_ctc_aed_scales
+        from zipformer_fast.asr import check_ctc_aed_scales
         try:
             check_ctc_aed_scales(args.ctc_loss_scale, args.attention_decoder_loss_scale)
         except ValueError as exc:

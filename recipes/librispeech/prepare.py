@@ -95,7 +95,7 @@ def stage_manifests(args, corpus: Path, man: Path, parts: List[str]) -> None:
 
 
 def stage_musan(args, man: Path) -> None:
-    from zipformer_fast.data.manifests import musan_cuts
+    from zipformer_fast.data import musan_cuts
     target = man / "musan_cuts.jsonl.gz"
     if not args.musan_dir:
         log("stage 2: no --musan-dir, MUSAN skipped (train without --enable-musan)")
@@ -109,7 +109,7 @@ def stage_musan(args, man: Path) -> None:
 
 def stage_cuts(args, man: Path, parts: List[str], stamp: Stamp) -> None:
     import lhotse
-    from zipformer_fast.data.manifests import compute_fbank, speed_perturb
+    from zipformer_fast.data import compute_fbank, speed_perturb
     settings = {"speed_perturb": bool(args.speed_perturb), "precompute_fbank": bool(args.precompute_fbank)}
     targets = {p: man / f"cuts_{p}.jsonl.gz" for p in parts}
     combined = [man / "cuts_train.jsonl.gz", man / "cuts_dev.jsonl.gz"]
@@ -161,7 +161,7 @@ def concatenate(sources: List[Path], target: Path, shuffle: bool) -> None:
 
 
 def stage_bpe(args, out: Path, man: Path, parts: List[str], stamp: Stamp) -> None:
-    from zipformer_fast.data.tokenizer import train_bpe
+    from zipformer_fast.data import train_bpe
     target = out / "lang" / "bpe.model"
     settings = {"vocab_size": args.vocab_size, "model_type": "unigram", "parts": [p for p in parts if p in TRAIN]}
     stamp.check("bpe", settings, [target])
@@ -178,7 +178,7 @@ def stage_bpe(args, out: Path, man: Path, parts: List[str], stamp: Stamp) -> Non
 
 
 def prepare(args) -> None:
-    from zipformer_fast.data.optional import require
+    from zipformer_fast.data import require
     require("lhotse", "LibriSpeech preparation")
     import torch
     torch.set_num_threads(1)  # per-utterance Fbank: extra intra-op threads only add overhead (icefall: 1)

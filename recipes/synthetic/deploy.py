@@ -24,8 +24,8 @@ METHODS = ("greedy_search", "modified_beam_search")
 
 
 def _pytorch_greedy(model, cuts, unk_id: int) -> List[List[int]]:
-    from zipformer_fast.asr.search import decode
-    from zipformer_fast.runtime import use_backend
+    from zipformer_fast import use_backend
+    from zipformer_fast.asr import decode
     model.unk_id = unk_id
     hyps = []
     with torch.no_grad(), use_backend("reference"):
@@ -48,11 +48,9 @@ def _pytorch_wers(exp_dir: Path) -> Dict[str, float]:
 
 def export_and_decode(data_dir, exp_dir, avg: int, chunk_size: Optional[int] = None,
                       left_context_frames: Optional[int] = None, record: Optional[str] = None) -> dict:
-    from zipformer_fast.asr.wer import error_rate
-    from zipformer_fast.data.datamodule import load_split
-    from zipformer_fast.data.tokenizer import Tokenizer
-    from zipformer_fast.export import sherpa
-    from zipformer_fast.export.__main__ import get_parser, run_onnx
+    from zipformer_fast.asr import error_rate
+    from zipformer_fast.data import Tokenizer, load_split
+    from zipformer_fast.export import decode_wavs, get_parser, run_onnx, sherpa_recognizer
 
     data_dir, exp_dir = Path(data_dir), Path(exp_dir)
     bpe = data_dir / "lang" / "bpe.model"
@@ -78,8 +76,8 @@ def export_and_decode(data_dir, exp_dir, avg: int, chunk_size: Optional[int] = N
         folder = out_dir / kind
         for precision in ("fp32", "int8"):
             for method in METHODS:
-                rec = sherpa.recognizer(folder, kind=kind, method=method, precision=precision, threads=1)
-                r = sherpa.decode_wavs(rec, wavs, folder / "tokens.txt", streaming=kind == "streaming")
+                rec = sherpa_recognizer(folder, kind=kind, method=method, precision=precision, threads=1)
+                r = decode_wavs(rec, wavs, folder / "tokens.txt", streaming=kind == "streaming")
                 stats = error_rate(refs, tok.decode(r["hyps"]))
                 key = f"{kind}/{precision}/{method}"
                 results[key] = {"wer": round(100 * stats.rate, 2), "rtf": round(r["rtf"], 4),
@@ -92,9 +90,9 @@ def export_and_decode(data_dir, exp_dir, avg: int, chunk_size: Optional[int] = N
     model, params = load_model(argparse.Namespace(exp_dir=str(exp_dir), checkpoint=None, avg_from=None, epoch=0,
                                                   iter=0, avg=avg, use_averaged_model=True))
     if model.config.causal:
-        from zipformer_fast.export.streaming import configured, streaming_settings
+        from zipformer_fast.export import configured_streaming, streaming_settings
         chunk, left = streaming_settings(model, chunk_size, left_context_frames)
-        with configured(model, chunk, left):
+        with configured_streaming(model, chunk, left):
             ours = _pytorch_greedy(model, cuts, tok.unk_id)
     else:
         ours = _pytorch_greedy(model, cuts, tok.unk_id)

@@ -72,7 +72,7 @@ def synthesize(utt: dict, wav: Path) -> None:
 
 def write_manifests(data_dir: Path, plan: Dict[str, List[dict]], speed_perturb_train: bool = False) -> None:
     """manifests/cuts_<split>.jsonl.gz with Fbank for wavs at wav/<split>/<id>.wav."""
-    from zipformer_fast.data.manifests import Utterance, compute_fbank, cuts_from_utterances, speed_perturb
+    from zipformer_fast.data import Utterance, compute_fbank, cuts_from_utterances, speed_perturb
     man = data_dir / "manifests"
     man.mkdir(parents=True, exist_ok=True)
     for split, utts in plan.items():
@@ -88,7 +88,7 @@ def write_manifests(data_dir: Path, plan: Dict[str, List[dict]], speed_perturb_t
 
 
 def prepare(args) -> Path:
-    from zipformer_fast.data.tokenizer import train_bpe
+    from zipformer_fast.data import train_bpe
 
     check_tools()
     # Per-utterance Fbank is tiny work; torch's intra-op threads only add spin-wait overhead here

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from zipformer_fast.asr.streaming_encoder import LOOKAHEAD_FRAMES
+from zipformer_fast.asr import LOOKAHEAD_FRAMES
 
 NUM_DECODE_STREAMS = 50
 

@@ -32,7 +32,7 @@ def make_tone_corpus(data_dir, n_train: int = 40, n_dev: int = 6, n_test: int = 
                      vocab_size: int = 24, seed: int = 0) -> Path:
     """Write the corpus and return data_dir. Utterances are 1.1-2.4 s (4-8 words)."""
     import soundfile as sf
-    from zipformer_fast.data.tokenizer import train_bpe
+    from zipformer_fast.data import train_bpe
 
     data_dir = Path(data_dir)
     rng = np.random.default_rng(seed)

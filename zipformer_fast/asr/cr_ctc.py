@@ -89,6 +89,27 @@ def cr_ctc_loss(log_probs: Tensor, log_probs_lens: Tensor, targets: Targets,
     return 0.5 * ctc, 0.5 * consistency_loss(log_probs, log_probs_lens)
 
 
+def time_warp(features: Tensor, supervision_segments: Tensor, factor: Optional[int] = 80,
+              p: float = 0.9) -> Tensor:
+    """icefall.utils.time_warp: each (utterance, start, frames) segment of (N, T, F) features is
+    warped with probability p by lhotse's time_warp (drawn from Python's `random`, as lhotse);
+    factor None or < 1 leaves the features as they are. Needs lhotse."""
+    import random
+    if not factor or factor < 1:
+        return features
+    if supervision_segments.ndim != 2 or supervision_segments.shape[1] != 3:
+        raise ValueError(f"supervision_segments must be (S, 3) = (utterance, start, frames), got "
+                         f"{tuple(supervision_segments.shape)}")
+    from ..data.optional import require
+    warp = require("lhotse.dataset.signal_transforms", "time warping").time_warp
+    out = features.clone()
+    for b, start, n in supervision_segments.tolist():
+        if random.random() > p:
+            continue
+        out[b, start:start + n] = warp(features[b, start:start + n], factor=factor)
+    return out
+
+
 class CrCtcAugment:
     """Doubles a batch for CR-CTC the way icefall's model.forward does: one time warp (p 0.9,
     over each utterance's valid frames), then `x.repeat(2, 1, 1)` and lhotse's SpecAugment
@@ -105,7 +126,6 @@ class CrCtcAugment:
         if time_mask_ratio <= 0:
             raise ValueError(f"time_mask_ratio={time_mask_ratio}: must be > 0")
         lhotse = require("lhotse.dataset.signal_transforms", "CR-CTC SpecAugment")
-        self._time_warp = lhotse.time_warp
         self.time_warp_factor = time_warp_factor
         self.p = p
         self.spec_augment = lhotse.SpecAugment(
@@ -115,15 +135,9 @@ class CrCtcAugment:
             max_frames_mask_fraction=DEFAULT_MAX_FRAMES_MASK_FRACTION * time_mask_ratio, p=p)
 
     def time_warp(self, features: Tensor, feature_lens: Tensor) -> Tensor:
-        import random
-        if not self.time_warp_factor or self.time_warp_factor < 1:
-            return features
-        out = features.clone()
-        for b, n in enumerate(feature_lens.tolist()):
-            if random.random() > self.p:
-                continue
-            out[b, :n] = self._time_warp(features[b, :n], factor=self.time_warp_factor)
-        return out
+        lens = feature_lens.cpu()
+        segments = torch.stack([torch.arange(lens.shape[0]), torch.zeros_like(lens), lens], dim=1)
+        return time_warp(features, segments, self.time_warp_factor, self.p)
 
     @staticmethod
     def duplicate(features: Tensor, feature_lens: Tensor) -> Tuple[Tensor, Tensor]:

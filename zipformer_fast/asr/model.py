@@ -4,8 +4,9 @@ zipformer_fast.asr.attention_decoder), with icefall's submodule names and regist
 icefall checkpoints (transducer/CTC and CTC/AED) load with strict=True.
 
 `forward_encoder(features (B, T, 80), feature_lens (B,)) -> (encoder_out (B, T', E), lens (B,))`,
-T' = ceil(((T - 7) // 2) / 2). Losses live elsewhere (zipformer_fast.asr.*); this module only holds
-the parameters and the encoder forward.
+T' = ceil(((T - 7) // 2) / 2). `forward(x, x_lens, y, ...)` is icefall's training forward: the loss
+terms (simple, pruned, ctc, attention_decoder, cr) of one batch, computed by
+zipformer_fast.asr.losses from the heads' own loss modules.
 
 Input checks (clear ValueError / TypeError instead of icefall's asserts or a conv crash):
 features must be a 3-D floating tensor with `feature_dim` channels and T >= 9 frames; lengths a 1-D
@@ -37,6 +38,7 @@ from . import streaming_encoder
 from .attention_decoder import AttentionDecoderConfig, AttentionDecoderModel
 from .decoder import Decoder
 from .joiner import Joiner
+from .losses import AsrLosses, asr_losses
 
 MIN_FRAMES = 9  # (T - 7) // 2 >= 1
 
@@ -144,8 +146,22 @@ class AsrModel(nn.Module):
         kwargs.update(compile_kwargs)
         self.encode = torch.compile(self.encode, **kwargs)
 
-    def forward(self, features: Tensor, feature_lens: Tensor) -> Tuple[Tensor, Tensor]:
-        return self.forward_encoder(features, feature_lens)
+    def forward(self, x: Tensor, x_lens: Tensor, y, prune_range: int = 5, am_scale: float = 0.0,
+                lm_scale: float = 0.0, use_cr_ctc: bool = False, use_spec_aug: bool = False,
+                spec_augment=None, supervision_segments: Optional[Tensor] = None,
+                time_warp_factor: Optional[int] = 80) -> AsrLosses:
+        """icefall's AsrModel.forward: features x (N, T, 80) with lengths x_lens (N,) and the
+        transcripts y (token-id lists or a two-axis k2.RaggedTensor) ->
+        AsrLosses(simple_loss, pruned_loss, ctc_loss, attention_decoder_loss, cr_loss), each summed
+        over the batch; a head the model lacks gives a zero. prune_range / am_scale / lm_scale: the
+        pruned RNN-T settings (icefall train.py passes lm_scale=0.25). use_cr_ctc: run the batch as
+        two views (use_spec_aug: augmented by spec_augment, a CrCtcAugment or icefall's
+        SpecAugment after a time warp by time_warp_factor over supervision_segments) and halve
+        every term. The encoder alone is `forward_encoder`. See zipformer_fast.asr.losses."""
+        return asr_losses(self, x, x_lens, y, prune_range=prune_range, am_scale=am_scale,
+                          lm_scale=lm_scale, use_cr_ctc=use_cr_ctc, use_spec_aug=use_spec_aug,
+                          spec_augment=spec_augment, supervision_segments=supervision_segments,
+                          time_warp_factor=time_warp_factor)
 
     # ----------------------------------------------------------------------------- streaming
     def get_init_states(self, batch_size: int = 1, device: torch.device = torch.device("cpu")) -> List[Tensor]:

@@ -10,11 +10,18 @@ with the pure-PyTorch reference ops (no Triton kernel can live inside an ONNX gr
 """
 from __future__ import annotations
 
-__all__ = ["export_onnx", "ExportSpec"]
+from .._lazy import lazy_dir, lazy_exports
 
+_EXPORTS = {
+    "export_onnx": "onnx_files", "ExportSpec": "onnx_files", "read_metadata": "onnx_files",
+    # the command line (python -m zipformer_fast.export): its parser and what `onnx` runs
+    "get_parser": "__main__", "run_onnx": "__main__",
+    # a causal model's streaming settings
+    "streaming_settings": "streaming", "configured_streaming": "streaming:configured",
+    # decoding exported folders with sherpa-onnx
+    "sherpa_recognizer": "sherpa:recognizer", "decode_wavs": "sherpa:decode_wavs",
+}
 
-def __getattr__(name):
-    if name in ("export_onnx", "ExportSpec"):
-        from . import onnx_files
-        return getattr(onnx_files, name)
-    raise AttributeError(name)
+__all__ = list(_EXPORTS)
+__getattr__ = lazy_exports(__name__, _EXPORTS)
+__dir__ = lazy_dir(__name__, _EXPORTS)

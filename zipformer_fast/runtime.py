@@ -14,7 +14,8 @@
 | (build)          | show the extension's compiler output| ZIPFORMER_FAST_VERBOSE_BUILD=1| unset   |
 | (Triton)         | run kernels in Triton's interpreter | TRITON_INTERPRET=1            | unset   |
 
-backend: "auto" runs the Triton kernels on CUDA tensors when triton imports and PyTorch elsewhere;
+backend: "auto" runs the Triton kernels on CUDA tensors when triton imports (on CPU tensors only
+under TRITON_INTERPRET=1) and PyTorch elsewhere;
 "triton" insists (an error when triton is missing; CPU tensors then need TRITON_INTERPRET=1);
 "reference" runs the pure-PyTorch twin of every op. attention_mode: how the fused attention keeps
 its weights (ops/attention.py). k2: route the RNN-T lattice recursion to an installed k2.

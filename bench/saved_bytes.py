@@ -59,7 +59,8 @@ def saved_bytes(model, features, feature_lens, backend: str, fake: bool = True, 
         try:
             with use_backend(backend), saved_for_backward(exclude=[*params, features], observe=observe) as saved:
                 if fake:
-                    torch.func.functional_call(model, tensors, (features, feature_lens))
+                    torch.func.functional_call(_Encoder(model), {f"asr.{n}": t for n, t in tensors.items()},
+                                               (features, feature_lens))
                 else:
                     model.forward_encoder(features, feature_lens)
         finally:
@@ -68,6 +69,18 @@ def saved_bytes(model, features, feature_lens, backend: str, fake: bool = True, 
             if fake:
                 _drop_fake_caches(model)
     return {"bytes": saved.bytes, "tensors": saved.tensors}
+
+
+class _Encoder(torch.nn.Module):
+    """The model's forward_encoder as a module's forward, for torch.func.functional_call (the
+    model's own forward computes the losses from transcripts)."""
+
+    def __init__(self, asr):
+        super().__init__()
+        self.asr = asr
+
+    def forward(self, features, feature_lens):
+        return self.asr.forward_encoder(features, feature_lens)
 
 
 def _drop_fake_caches(model) -> None:

@@ -61,19 +61,31 @@ def _from_environment() -> Settings:
 
 _environment: Optional[Settings] = None   # what the environment said, read once
 _overrides: dict = {}                     # what configure() set, on top of it
+_current: Optional[Settings] = None       # the two merged; every fused op asks, so it is cached
 
 
 def read_environment() -> Settings:
     """Re-read the environment variables (after changing os.environ in a running process)."""
-    global _environment
+    global _environment, _current
     _environment = _from_environment()
+    _current = None
     return _environment
 
 
 def settings() -> Settings:
     """The settings in force now."""
-    env = _environment if _environment is not None else read_environment()
-    return dataclasses.replace(env, **_overrides) if _overrides else env
+    global _current
+    if _current is None:
+        env = _environment if _environment is not None else read_environment()
+        _current = dataclasses.replace(env, **_overrides) if _overrides else env
+    return _current
+
+
+def _set_overrides(overrides: dict) -> None:
+    global _current
+    _overrides.clear()
+    _overrides.update(overrides)
+    _current = None
 
 
 def get_backend() -> str:
@@ -137,14 +149,13 @@ class configure:
         changes = {name: value for name, value in
                    (("backend", backend), ("attention_mode", attention_mode), ("k2", k2)) if value is not None}
         self._previous = dict(_overrides)
-        _overrides.update({name: (bool(v) if name == "k2" else v) for name, v in changes.items()})
+        _set_overrides({**_overrides, **{name: (bool(v) if name == "k2" else v) for name, v in changes.items()}})
 
     def __enter__(self) -> Settings:
         return settings()
 
     def __exit__(self, *exc) -> None:
-        _overrides.clear()
-        _overrides.update(self._previous)
+        _set_overrides(self._previous)
 
 
 def use_backend(name: str) -> configure:

@@ -12,10 +12,12 @@ all masks and the positional term on, divisibility-16 specialisation of the inte
 real launch gets it): the statistics-only first pass, the first use online with its output
 (self-attention width 12 and non-linear attention widths 144..384), a later use, constant
 attention, materialised weights, and the backward of a self-attention use, of a non-linear
-attention use (its two walks), of constant attention and of the materialised weights. Block sizes and warps are
+attention use (one walk; for padded widths above 256 that variant is sm_90 only and sm_80 runs
+its two walks), of constant attention and of the materialised weights. Block sizes and warps are
 the launchers' own (fwd_blocks / bwd_blocks), so the register counts are those of real launches.
 """
-from .attention_bwd import _bwd_kernel, _row_dot_kernel, attention_bwd, bwd_blocks, offset_piece, row_dot
+from .attention_bwd import (ONE_WALK_MAX_BDV, _bwd_kernel, _row_dot_kernel, attention_bwd, bwd_blocks, dp_chunk,
+                            offset_piece, row_dot)
 from .attention_common import pow2_at_least_16
 from .attention_fwd import _fwd_kernel, attention_apply_fwd, attention_weights_fwd, fwd_blocks
 
@@ -28,7 +30,7 @@ _DIV16 = ("sq_t", "sq_b", "sk_t", "sk_b", "sv_h", "sv_b", "sv_t", "s_am")
 
 # Zipformer-M: query head 32, pos head 4, value head 12; NLA width 3D/4 for D = 192 .. 512.
 SA_DV = 12
-NLA_DV = (144, 384)
+NLA_DV = (144, 192, 288, 384)
 
 
 def _ptr_dtypes(kernel, dtype):
@@ -70,10 +72,12 @@ def aot_specs(spec, dtypes):
         bdv = pow2_at_least_16(dv) if dv else 16
         add(_fwd_kernel, dtype, tag, fwd_blocks(bdv if dv else 0), DV=max(dv, 1), BDV=bdv, **flags)
 
-    def bwd(dtype, tag, dv, **flags):
+    def bwd(dtype, tag, dv, archs=None, **flags):
         bdv = pow2_at_least_16(dv)
         blocks = bwd_blocks(bdv)
-        add(_bwd_kernel, dtype, tag, blocks, DV=dv, BDV=bdv, BDP=16, NW=offset_piece(blocks), **flags)
+        add(_bwd_kernel, dtype, tag, blocks, DV=dv, BDV=bdv, BDP=16, NW=offset_piece(blocks), DPC=dp_chunk(bdv),
+            **flags)
+        specs[-1].archs = archs
 
     off = dict(CONST=False, WRITE_W=False)
     fwd("fp16", "stats_only", 0, ONLINE=True, HAS_V=False, **off)
@@ -85,9 +89,12 @@ def aot_specs(spec, dtypes):
     fwd("fp16", "weights", 0, ONLINE=True, HAS_V=False, CONST=False, WRITE_W=True)
     grads = dict(LOAD_DP=False, PENALIZE=True, CONST=False, COMPUTE_DS=True, COMPUTE_DV=True)
     bwd("fp16", "sa", SA_DV, **grads)
-    for dv in NLA_DV:  # two walks (attention_bwd.SPLIT_DV_ABOVE)
-        bwd("bf16", f"nla{dv}_ds", dv, **dict(grads, PENALIZE=False, COMPUTE_DV=False))
-        bwd("bf16", f"nla{dv}_dv", dv, **dict(grads, PENALIZE=False, COMPUTE_DS=False))
+    for dv in NLA_DV:  # one walk; above ONE_WALK_MAX_BDV on sm_90 only, sm_80 walks twice
+        wide = pow2_at_least_16(dv) > ONE_WALK_MAX_BDV
+        bwd("bf16", f"nla{dv}", dv, archs=(90,) if wide else None, **dict(grads, PENALIZE=False))
+        if wide:
+            bwd("bf16", f"nla{dv}_ds", dv, archs=(80,), **dict(grads, PENALIZE=False, COMPUTE_DV=False))
+            bwd("bf16", f"nla{dv}_dv", dv, archs=(80,), **dict(grads, PENALIZE=False, COMPUTE_DS=False))
     bwd("bf16", "const_nla144", NLA_DV[0], **dict(grads, CONST=True, COMPUTE_DS=False))
     bwd("fp16", "materialized", 1, **dict(grads, LOAD_DP=True, COMPUTE_DV=False))
     specs.append(spec(_row_dot_kernel, dict(BR=32, BC=128), ptr_dtypes=dict(out_ptr="fp32"),

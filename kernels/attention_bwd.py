@@ -13,12 +13,15 @@ rows and offsets, not keys) are added atomically into fp32 buffers, as flash att
 dq. dp and dpos come from dS in offset coordinates (common.skew_piece, NW columns at a time), via
 two small dots per piece. D is a separate row-dot kernel (one read of dout and out).
 
-Non-linear attention (one head, values 144..384 wide) walks twice, dS then dv (SPLIT_DV_ABOVE):
-the register cap does not hold both. Why one pass per use and not one pass for all three uses: each use's dv is needed by autograd
-before the earlier uses' dout exist (SA2's v is computed from SA1's output, SA1's from non-linear
-attention's), so a use's backward must walk P itself; it computes its share of dS (dS is linear
-in (dP, D)) in the same walk. A layer's backward is therefore 2 all-head passes (the two
-self-attentions) plus two head-0 walks (non-linear attention): 2 + 2/H.
+Non-linear attention (one head, values 144..384 wide) walks once as well: its dv accumulates
+transposed, (BDV, BN), so the MMA spreads the value rows over the warps, and dP's contraction runs
+in DPC-wide chunks. Under the 168-register cap that fits without spills on sm_90 at every width and
+on sm_80 up to a padded width of 256; wider values on older GPUs walk twice (dS, then dv;
+`one_walk`). Why one pass per use and not one pass for all three uses: each use's dv is needed by
+autograd before the earlier uses' dout exist (SA2's v is computed from SA1's output, SA1's from
+non-linear attention's), so a use's backward must walk P itself; it computes its share of dS (dS
+is linear in (dP, D)) in the same walk. A layer's backward is therefore 2 all-head passes (the
+two self-attentions) plus one head-0 walk (non-linear attention): 2 + 1/H.
 """
 import torch
 import triton
@@ -33,15 +36,22 @@ from . import attention_fwd as _fwd
 # dS, the offset pieces, three atomic targets), and ptxas keeps many loop-invariant addresses live:
 # 16 x 16 tiles are what fits 168 registers without spills (bench/results/ptxas/report.md).
 BWD_TILES = ((64, 16, 16, 4), (1 << 30, 16, 16, 8))
-# Above this value width a use's backward walks its key blocks twice (dS for dq/dk/dp/dpos, then
-# dv): the one-walk kernel with a (BN, BDV) dv accumulator and full-width dout tiles spills
-# hundreds of bytes per thread at BDV 256-512 under the cap. Only non-linear attention (head 0,
-# width 3D/4) is this wide, so the second walk costs 1/H of an all-head pass.
-SPLIT_DV_ABOVE = 64
+# Widest padded value width whose one-walk backward fits the register cap on every GPU; above it
+# (BDV 512) only sm_90 and newer fit it (bench/results/ptxas/report.md), older GPUs walk twice.
+ONE_WALK_MAX_BDV = 256
+NARROW_DV = tl.constexpr(64)  # up to this, dv accumulates as (BN, BDV) and dP is one dot
 
 
-# value columns per step of dP's contraction for wide uses
-DP_CHUNK = tl.constexpr(64)
+def one_walk(bdv: int, device: torch.device) -> bool:
+    """Whether a use of padded value width bdv computes dS and dv in one walk on `device`."""
+    if bdv <= ONE_WALK_MAX_BDV or INTERPRET or device.type != "cuda":
+        return True
+    return torch.cuda.get_device_capability(device)[0] >= 9
+
+
+def dp_chunk(bdv: int) -> int:
+    """Value columns per step of dP's contraction for wide uses (what fits the cap, per ptxas)."""
+    return 64 if bdv <= ONE_WALK_MAX_BDV else 32
 
 
 def offset_piece(blocks) -> int:
@@ -93,7 +103,7 @@ def _bwd_kernel(q_ptr, k_ptr, p_ptr, pos_ptr, kpm_ptr, am_ptr, stats_ptr, delta_
                 COMPUTE_DS: tl.constexpr, COMPUTE_DV: tl.constexpr, DQ: tl.constexpr,
                 DP: tl.constexpr, DV: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
                 BDQ: tl.constexpr, BDP: tl.constexpr, BDV: tl.constexpr, NW: tl.constexpr,
-                PREC: tl.constexpr):
+                DPC: tl.constexpr, PREC: tl.constexpr):
     pid_n = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // HSEL
@@ -117,11 +127,16 @@ def _bwd_kernel(q_ptr, k_ptr, p_ptr, pos_ptr, kpm_ptr, am_ptr, stats_ptr, delta_
     v_base = v_ptr + hs * sv_h + b * sv_b
     if COMPUTE_DS:
         if not LOAD_DP:
-            if BDV <= DP_CHUNK:
+            if BDV <= NARROW_DV:
                 vt = tl.load(v_base + offs_n[None, :] * sv_t + offs_v[:, None],
                              mask=in_n[None, :] & in_v[:, None], other=0.0)
     dk_acc = tl.zeros([BN, BDQ], dtype=tl.float32)
-    dv_acc = tl.zeros([BN, BDV], dtype=tl.float32)
+    # wide values accumulate dv transposed, (BDV, BN): the MMA then spreads the BDV rows over the
+    # warps; as (BN, BDV) with BN = 16 every warp would hold the whole tile (spills at BDV 256-512)
+    if BDV <= NARROW_DV:
+        dv_acc = tl.zeros([BN, BDV], dtype=tl.float32)
+    else:
+        dv_acc = tl.zeros([BDV, BN], dtype=tl.float32)
     for m0 in range(0, T, BM):
         offs_m = m0 + tl.arange(0, BM)
         in_m = offs_m < T
@@ -131,29 +146,35 @@ def _bwd_kernel(q_ptr, k_ptr, p_ptr, pos_ptr, kpm_ptr, am_ptr, stats_ptr, delta_
                                   in_n, T, sp_t, s_am, HAS_POS, HAS_KPM, HAS_AM, DP, PREC)
         pr = probs(s, m2, il)
         row = (hs * B + b) * T + offs_m
-        if COMPUTE_DV or (not LOAD_DP):
-            do = tl.load(do_base + offs_m[:, None] * DV + offs_v[None, :],
-                         mask=in_m[:, None] & in_v[None, :], other=0.0)
+        if BDV <= NARROW_DV:
+            if COMPUTE_DV or (not LOAD_DP):
+                do = tl.load(do_base + offs_m[:, None] * DV + offs_v[None, :],
+                             mask=in_m[:, None] & in_v[None, :], other=0.0)
         if COMPUTE_DV:
             pv = pr
             if CONST:
                 c = tl.load(cnt_ptr + row, mask=in_m, other=1.0)
                 pv = tl.where(pr > 0.0, 1.0, 0.0) / c[:, None]
-            dv_acc += tl.dot(tl.trans(pv.to(do.dtype)), do, input_precision=PREC,
-                             out_dtype=tl.float32)
+            if BDV <= NARROW_DV:
+                dv_acc += tl.dot(tl.trans(pv.to(do.dtype)), do, input_precision=PREC,
+                                 out_dtype=tl.float32)
+            else:
+                do_t = tl.load(do_base + offs_m[None, :] * DV + offs_v[:, None],
+                               mask=in_m[None, :] & in_v[:, None], other=0.0)      # (BDV, BM)
+                dv_acc += tl.dot(do_t, pv.to(do_t.dtype), input_precision=PREC, out_dtype=tl.float32)
         if COMPUTE_DS:
             if LOAD_DP:
                 dw_rows = dw_ptr + ((h * B + b) * T + offs_m[:, None]).to(tl.int64) * T
                 dpt = tl.load(dw_rows + offs_n[None, :], mask=in_m[:, None] & in_n[None, :],
                               other=0.0).to(tl.float32)
-            elif BDV <= DP_CHUNK:
+            elif BDV <= NARROW_DV:
                 dpt = tl.dot(do, vt, input_precision=PREC, out_dtype=tl.float32)
             else:
                 # wide values: dP's contraction in chunks, so that small (BM, BN) tiles do not
                 # hold (BM, BDV) and (BDV, BN) operands in every warp at once
                 dpt = tl.zeros([BM, BN], dtype=tl.float32)
-                for c0 in range(0, DV, DP_CHUNK):
-                    offs_c = c0 + tl.arange(0, DP_CHUNK)
+                for c0 in range(0, DV, DPC):
+                    offs_c = c0 + tl.arange(0, DPC)
                     in_c = offs_c < DV
                     doc = tl.load(do_base + offs_m[:, None] * DV + offs_c[None, :],
                                   mask=in_m[:, None] & in_c[None, :], other=0.0)
@@ -188,8 +209,13 @@ def _bwd_kernel(q_ptr, k_ptr, p_ptr, pos_ptr, kpm_ptr, am_ptr, stats_ptr, delta_
         tl.store(dk_ptr + ((offs_n[:, None] * B + b) * H + h) * DQ + offs_dq[None, :],
                  dk_acc.to(dk_ptr.dtype.element_ty), mask=in_n[:, None] & (offs_dq[None, :] < DQ))
     if COMPUTE_DV:
-        tl.store(dv_ptr + ((hs * B + b) * T + offs_n[:, None]) * DV + offs_v[None, :],
-                 dv_acc.to(dv_ptr.dtype.element_ty), mask=in_n[:, None] & in_v[None, :])
+        dv_rows = dv_ptr + ((hs * B + b) * T + offs_n) * DV
+        if BDV <= NARROW_DV:
+            tl.store(dv_rows[:, None] + offs_v[None, :], dv_acc.to(dv_ptr.dtype.element_ty),
+                     mask=in_n[:, None] & in_v[None, :])
+        else:
+            tl.store(dv_rows[None, :] + offs_v[:, None], dv_acc.to(dv_ptr.dtype.element_ty),
+                     mask=in_n[None, :] & in_v[:, None])
 
 
 def attention_bwd(q, k, p, pos_t, kpm, am, mask_flags, stats, *, h0: int, hsel: int, dout=None,
@@ -228,9 +254,8 @@ def attention_bwd(q, k, p, pos_t, kpm, am, mask_flags, stats, *, h0: int, hsel: 
     dv = torch.empty((hsel, B, T, dv_dim), device=q.device, dtype=v.dtype) if need_v else None
     blocks = bwd_blocks(bdv)
     grid = (triton.cdiv(T, blocks["BN"]), B * hsel)
-    # Wide uses (non-linear attention): dS and dv in two walks, each within the register cap;
-    # see SPLIT_DV_ABOVE.
-    split = need_qk and need_v and bdv > SPLIT_DV_ABOVE
+    # Wide uses on GPUs whose one walk would spill: dS and dv in two walks (see one_walk).
+    split = need_qk and need_v and not one_walk(bdv, q.device)
     walks = [(need_qk, False), (False, need_v)] if split else [(need_qk, need_v)]
     dummy = stats
     for compute_ds, compute_dv in walks:
@@ -244,7 +269,7 @@ def attention_bwd(q, k, p, pos_t, kpm, am, mask_flags, stats, *, h0: int, hsel: 
             T, B, H, h0, hsel, *_fwd.qkp_strides(q, k, p), *_fwd.value_strides(vv), am.stride(0),
             LOAD_DP=load_dp, PENALIZE=penalize, CONST=const, COMPUTE_DS=compute_ds,
             COMPUTE_DV=compute_dv, DV=dv_dim, BDV=bdv, BDP=pow2_at_least_16(p.shape[-1]),
-            NW=offset_piece(blocks), **mask_flags, **_fwd.common_meta(q, p, pos_t), **blocks)
+            NW=offset_piece(blocks), DPC=dp_chunk(bdv), **mask_flags, **_fwd.common_meta(q, p, pos_t), **blocks)
     dq = dq32.to(q.dtype) if dq32 is not None else None
     dp = dp32.to(p.dtype) if dp32 is not None else None
     dpos = dpos32.to(pos_t.dtype) if dpos32 is not None else None

@@ -57,6 +57,7 @@ class KernelSpec:
     # which strides are multiples of 16, e.g. attention's padded mask rows).
     divisible16: Optional[Sequence[str]] = None
     maxnreg: Optional[int] = None      # the register cap the launcher passes (Triton's maxnreg option)
+    archs: Optional[Sequence[int]] = None  # compiled only for these (a variant the launcher uses on them only)
 
 
 def jit_function(kernel):
@@ -214,7 +215,7 @@ def run(archs: Sequence[int] = ARCHS, only: Optional[Sequence[str]] = None, jobs
         except Exception as e:  # a spec list that cannot even be built is a failure too
             failures.append(f"{group}: building specs failed: {e!r}")
             continue
-        _TASKS.extend((group, s, arch) for s in specs for arch in archs)
+        _TASKS.extend((group, s, arch) for s in specs for arch in archs if s.archs is None or arch in s.archs)
     if jobs > 1 and len(_TASKS) > 1:
         import multiprocessing
 

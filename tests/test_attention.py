@@ -118,6 +118,21 @@ def test_three_uses_fp32_match_reference(case, mode):
         assert_close_fp32(grads[name], rgrads[name], f"d{name}")
 
 
+def test_two_walk_backward_of_wide_values_matches_reference(monkeypatch):
+    """The backward older GPUs run for non-linear attention wider than 256 (dS, then dv, in two
+    walks over the keys) gives the one walk's gradients."""
+    from zipformer_fast.kernels import attention_bwd
+
+    monkeypatch.setattr(attention_bwd, "one_walk", lambda bdv, device: bdv <= 64)
+    T, B, H, lengths, chunk = CASES["T33_pad_chunk"]
+    kpm, am = masks_for(T, B, lengths, chunk)
+    t = make_inputs(T, B, H)
+    _, grads = run(t, kpm, am, fused=True)
+    _, rgrads = run(t, kpm, am, fused=False)
+    for name in rgrads:
+        assert_close_fp32(grads[name], rgrads[name], f"d{name}")
+
+
 def test_left_context_mask_and_no_positional_term():
     """Chunk mask with one left chunk; pos_proj None (icefall's training-time positional skip)."""
     T, B, H, lengths, chunk = CASES["T50_pad_leftctx"]

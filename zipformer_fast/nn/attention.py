@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from ..ops.attention import attention_apply, attention_weights
 from ..ops.gating import mul_linear, tanh_gate
+from ..ops.residual_linear import residual_linear
 from ..ops.streaming_attention import streaming_attention_weights
 from .grad_shapers import Balancer, Whiten, whitening_schedule
 from .linear import ScaledLinear
@@ -128,13 +129,17 @@ class SelfAttention(nn.Module):
         self.whiten = Whiten(num_groups=1, whitening_limit=whitening_schedule(7.5, ratio=3.0),
                              prob=(0.025, 0.25), grad_scale=0.01)
 
-    def forward(self, x: Tensor, attn_weights) -> Tensor:
+    def forward(self, x: Tensor, attn_weights, residual: Optional[Tensor] = None) -> Tensor:
+        """The attention's output, or residual + it when a residual is given."""
         T, B, _ = x.shape
         H, dv = self.num_heads, self.value_head_dim
         v = self.in_proj(x).reshape(T, B, H, dv).permute(2, 1, 0, 3)  # (H,B,T,dv)
         out = attention_apply(attn_weights, v)                      # (H,B,T,dv)
         out = out.permute(2, 1, 0, 3).reshape(T, B, H * dv)
-        return self.whiten(self.out_proj(out))
+        if residual is not None and not torch.is_grad_enabled():  # Whiten is the identity
+            return residual_linear(residual, out, self.out_proj.weight, self.out_proj.bias)
+        y = self.whiten(self.out_proj(out))
+        return y if residual is None else residual + y
 
     def streaming_forward(self, x: Tensor, attn_weights: Tensor, cached_val: Tensor, left_context_len: int
                           ) -> Tuple[Tensor, Tensor]:
@@ -168,8 +173,9 @@ class NonlinAttention(nn.Module):
         self.whiten2 = Whiten(num_groups=1, whitening_limit=whitening_schedule(5.0, ratio=3.0),
                               prob=(0.025, 0.25), grad_scale=0.01)
 
-    def forward(self, x: Tensor, attn_weights_head0) -> Tensor:
-        """attn_weights_head0: attention_head0(W) or constant_attention of it (one head)."""
+    def forward(self, x: Tensor, attn_weights_head0, residual: Optional[Tensor] = None) -> Tensor:
+        """attn_weights_head0: attention_head0(W) or constant_attention of it (one head). Returns
+        the module's output, or residual + it when a residual is given."""
         T, B, _ = x.shape
         h = self.hidden_channels
         s, x, y = self.in_proj(x).chunk(3, dim=-1)
@@ -178,8 +184,10 @@ class NonlinAttention(nn.Module):
         x = x.reshape(T, B, 1, h).permute(2, 1, 0, 3)          # (1,B,T,h): a single head
         x = attention_apply(attn_weights_head0, x)
         x = x.permute(2, 1, 0, 3).reshape(T, B, h)
-        x = mul_linear(x, y, self.out_proj.weight, self.out_proj.bias)  # out_proj(x * y)
-        return self.whiten2(x)
+        if residual is not None and not torch.is_grad_enabled():  # Whiten is the identity
+            return residual_linear(residual, x, self.out_proj.weight, self.out_proj.bias, mul=y)
+        x = self.whiten2(mul_linear(x, y, self.out_proj.weight, self.out_proj.bias))  # out_proj(x * y)
+        return x if residual is None else residual + x
 
     def streaming_forward(self, x: Tensor, attn_weights_head0: Tensor, cached_x: Tensor, left_context_len: int
                           ) -> Tuple[Tensor, Tensor]:

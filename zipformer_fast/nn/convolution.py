@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from ..ops.gated_conv import gated_depthwise_conv1d
+from ..ops.residual_linear import residual_linear
 from .grad_shapers import Balancer, Whiten, whitening_schedule
 from .linear import ActivationDropoutAndLinear
 from .scheduled_float import ScheduledFloat
@@ -101,8 +102,9 @@ class ConvolutionModule(nn.Module):
         self.out_proj = ActivationDropoutAndLinear(channels, channels, activation="SwooshR", dropout_p=0.0,
                                                    initial_scale=0.05)
 
-    def forward(self, x: Tensor, src_key_padding_mask: Tensor = None, chunk_size: int = -1) -> Tensor:
-        """x (T, B, D) -> (T, B, D)."""
+    def forward(self, x: Tensor, src_key_padding_mask: Tensor = None, chunk_size: int = -1,
+                residual: Optional[Tensor] = None) -> Tensor:
+        """x (T, B, D) -> (T, B, D), or residual + that when a residual is given."""
         if chunk_size >= 0 and not self.causal:
             raise ValueError("ConvolutionModule: chunk_size >= 0 needs a model built with causal=True")
         if not self.causal:
@@ -122,7 +124,11 @@ class ConvolutionModule(nn.Module):
                 x = x.masked_fill(src_key_padding_mask.unsqueeze(1).expand_as(x), 0.0)
             x = self.depthwise_conv(x, chunk_size=chunk_size) if chunk_size >= 0 else self.depthwise_conv(x)
         x = self.balancer2(x).permute(2, 0, 1)  # (T, B, D)
-        return self.out_proj(self.whiten(x))
+        if residual is not None and not torch.is_grad_enabled():  # Whiten is the identity, dropout p = 0
+            return residual_linear(residual, x, self.out_proj.weight, self.out_proj.bias,
+                                   activation=self.out_proj.activation)
+        y = self.out_proj(self.whiten(x))
+        return y if residual is None else residual + y
 
     def streaming_forward(self, x: Tensor, cache: Tensor, src_key_padding_mask: Optional[Tensor]
                           ) -> Tuple[Tensor, Tensor]:

@@ -2,11 +2,14 @@
 (ActivationDropoutAndLinear, init scale 0.1) -> Whiten."""
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..ops.activation_linear import linear_swoosh
+from ..ops.residual_linear import residual_linear
 from .grad_shapers import Balancer, Whiten, whitening_schedule
 from .linear import ActivationDropoutAndLinear
 from .scheduled_float import FloatLike
@@ -25,12 +28,16 @@ class FeedforwardModule(nn.Module):
         self.out_whiten = Whiten(num_groups=1, whitening_limit=whitening_schedule(7.5), prob=(0.025, 0.25),
                                  grad_scale=0.01)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, residual: Optional[Tensor] = None) -> Tensor:
+        """ff(x), or residual + ff(x) when a residual is given."""
         if not self.training and not torch.is_grad_enabled():
             # Inference: Balancer/Whiten are identities without autograd and dropout is off, so
-            # in_proj + SwooshL fuse into one GEMM epilogue (linear_swoosh); out_proj is a plain
-            # linear. (In training the activation stays fused into out_proj, which stores less.)
+            # in_proj + SwooshL fuse into one GEMM epilogue (linear_swoosh) and out_proj takes the
+            # residual add into its own (residual_linear). (In training the activation stays
+            # fused into out_proj, which stores less.)
             h = linear_swoosh(x, self.in_proj.weight, self.in_proj.bias, "SwooshL")
+            if residual is not None:
+                return residual_linear(residual, h, self.out_proj.weight, self.out_proj.bias)
             return F.linear(h, self.out_proj.weight, self.out_proj.bias)
-        x = self.hidden_balancer(self.in_proj(x))
-        return self.out_whiten(self.out_proj(x))
+        y = self.out_whiten(self.out_proj(self.hidden_balancer(self.in_proj(x))))
+        return y if residual is None else residual + y

@@ -90,6 +90,8 @@ class Zipformer2EncoderLayer(nn.Module):
     def forward(self, src: Tensor, pos_emb: Tensor, chunk_size: int = -1, attn_mask: Optional[Tensor] = None,
                 src_key_padding_mask: Optional[Tensor] = None) -> Tensor:
         """src (T, B, D); pos_emb (1, 2T-1, P)."""
+        if not self.training and not torch.is_grad_enabled():
+            return self._inference_forward(src, pos_emb, chunk_size, attn_mask, src_key_padding_mask)
         src_orig = src
         attention_skip_rate = self._rate(self.attention_skip_rate)
         attn_weights = self.self_attn_weights(src, pos_emb=pos_emb, attn_mask=attn_mask,
@@ -134,6 +136,25 @@ class Zipformer2EncoderLayer(nn.Module):
 
         src = self.bypass(src_orig, self.balancer1(src), norm=self.norm)  # bypass(src_orig, norm(src))
         return self.whiten(self.balancer2(src))
+
+    def _inference_forward(self, src: Tensor, pos_emb: Tensor, chunk_size: int, attn_mask: Optional[Tensor],
+                           src_key_padding_mask: Optional[Tensor]) -> Tensor:
+        """forward() in eval mode without autograd: no skip masks, and Balancer / Whiten are
+        identities, so each branch's residual add rides in the branch's output projection
+        (ops.residual_linear: one GEMM per branch instead of a GEMM and an add)."""
+        src_orig = src
+        attn_weights = self.self_attn_weights(src, pos_emb=pos_emb, attn_mask=attn_mask,
+                                              key_padding_mask=src_key_padding_mask)
+        src = self.feed_forward1(src, residual=src)
+        src = self.nonlin_attention(src, attention_head0(attn_weights), residual=src)
+        src = self.self_attn1(src, attn_weights, residual=src)
+        src = self.conv_module1(src, chunk_size=chunk_size, src_key_padding_mask=src_key_padding_mask, residual=src)
+        src = self.feed_forward2(src, residual=src)
+        src = self.bypass_mid(src_orig, src)
+        src = self.self_attn2(src, attn_weights, residual=src)
+        src = self.conv_module2(src, chunk_size=chunk_size, src_key_padding_mask=src_key_padding_mask, residual=src)
+        src = self.feed_forward3(src, residual=src)
+        return self.bypass(src_orig, src, norm=self.norm)
 
     def streaming_forward(self, src: Tensor, pos_emb: Tensor, cached_key: Tensor, cached_nonlin_attn: Tensor,
                           cached_val1: Tensor, cached_val2: Tensor, cached_conv1: Tensor, cached_conv2: Tensor,

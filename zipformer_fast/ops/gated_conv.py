@@ -23,6 +23,10 @@ gradients are the composition's up to fp32 summation order (bit-identical on the
 element-wise pass again in backward; saved: 4 (T, B, D) tensors per call (in_proj's output is two).
 Not double-differentiable. torch.compile(fullgraph=True) traces it unless the Balancer is active
 (balancer_gradient calls torch.autograd.grad, as nn.Balancer's backward does).
+
+Without gradients (inference) the fused path is one Triton GEMM (kernels/linear_glu.py) whose
+epilogue applies the gate and the padding fill, writing u in (T, B, D) layout, and the same
+F.conv1d on its (B, D, T) view: two launches where the composition makes five.
 """
 from typing import Optional
 
@@ -31,7 +35,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from ..backend import use_triton_for
-from ._registry import autocast_enabled, compute_dtype, linear_grads
+from ._registry import FusedOp, autocast_enabled, compute_dtype, contiguous_rows, kernels, linear_grads
 from .balancer import BalancerConfig, balancer, balancer_gradient
 
 
@@ -96,6 +100,38 @@ class _GatedDepthwiseConv1d(torch.autograd.Function):
                 db.to(dw_bias.dtype) if mask[2] else None, None, None)
 
 
+def _linear_glu_fake(src: Tensor, in_weight: Tensor, in_bias: Optional[Tensor], padding_mask: Optional[Tensor]
+                     ) -> Tensor:
+    return src.new_empty(tuple(src.shape[:-1]) + (in_weight.shape[0] // 2,), dtype=in_weight.dtype)
+
+
+def _linear_glu_impl(src: Tensor, in_weight: Tensor, in_bias: Optional[Tensor], padding_mask: Optional[Tensor]
+                     ) -> Tensor:
+    """mask(x * sigmoid(s)), (x, s) = linear(src).chunk(2): (T, B, D) in in_weight's dtype."""
+    T, B, _ = src.shape
+    x2 = contiguous_rows(src)
+    u = torch.empty((x2.shape[0], in_weight.shape[0] // 2), dtype=in_weight.dtype, device=src.device)
+    pad = None
+    if padding_mask is not None:
+        pad = padding_mask.contiguous().view(torch.uint8)
+    kernels("linear_glu").forward(x2, in_weight.contiguous(), in_bias, pad, u, B, T)
+    return u.view(T, B, -1)
+
+
+_linear_glu = FusedOp("linear_glu_fwd", _linear_glu_impl, _linear_glu_fake)
+
+
+def _inference_fused(src: Tensor, in_weight: Tensor, in_bias: Optional[Tensor], padding_mask: Optional[Tensor],
+                     dw_weight: Tensor, dw_bias: Optional[Tensor]) -> Tensor:
+    cdt = compute_dtype(src)
+    if not autocast_enabled(src) and in_weight.dtype != src.dtype:
+        return gated_depthwise_conv1d_reference(src, in_weight, in_bias, padding_mask, dw_weight, dw_bias)
+    w = in_weight if in_weight.dtype == cdt else in_weight.to(cdt)
+    b = in_bias if in_bias is None or in_bias.dtype == cdt else in_bias.to(cdt)
+    u = _linear_glu(src, w, b, padding_mask).permute(1, 2, 0)
+    return F.conv1d(u, dw_weight, dw_bias, 1, dw_weight.shape[-1] // 2, 1, dw_weight.shape[0])
+
+
 def gated_depthwise_conv1d(src: Tensor, in_weight: Tensor, in_bias: Optional[Tensor], padding_mask: Optional[Tensor],
                            dw_weight: Tensor, dw_bias: Optional[Tensor],
                            balancer_config: Optional[BalancerConfig] = None) -> Tensor:
@@ -111,5 +147,10 @@ def gated_depthwise_conv1d(src: Tensor, in_weight: Tensor, in_bias: Optional[Ten
         cdt = compute_dtype(src) if autocast_enabled(src) else None
         return _GatedDepthwiseConv1d.apply(src, in_weight, in_bias, padding_mask, dw_weight, dw_bias,
                                            balancer_config, cdt)
+    if (not needs_grad and balancer_config is None and src.dim() == 3 and src.numel() > 0
+            and (padding_mask is None or (padding_mask.dtype == torch.bool
+                                          and padding_mask.shape == (src.shape[1], src.shape[0])))
+            and use_triton_for(src, in_weight, dw_weight)):
+        return _inference_fused(src, in_weight, in_bias, padding_mask, dw_weight, dw_bias)
     return gated_depthwise_conv1d_reference(src, in_weight, in_bias, padding_mask, dw_weight, dw_bias,
                                             balancer_config)

@@ -40,6 +40,7 @@ def _step(model, features, lens, training: bool, seed: int) -> None:
     torch.manual_seed(seed)
     random.seed(seed)
     if training:
+        model.zero_grad(set_to_none=True)  # as a training loop does: no accumulation into old grads
         out, _ = model.forward_encoder(features, lens)
         out.sum().backward()
     else:

@@ -77,6 +77,17 @@ def test_balancer_fires_at_its_probability_and_edits_like_eager():
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-6, atol=1e-7)
 
 
+@pytest.fixture
+def reference_backend():
+    """Eager Whiten then differentiates its metric with autograd, as the device-side path does (the
+    fused backend's closed form is checked in tests/test_grad_shapers_fused.py)."""
+    from zipformer_fast import configure
+
+    with configure(backend="reference"):
+        yield
+
+
+@pytest.mark.usefixtures("reference_backend")
 def test_whiten_switches_its_probability_in_backward_like_eager():
     torch.manual_seed(2)
     x = torch.randn(400, 1) @ torch.ones(1, 16) + 0.01 * torch.randn(400, 16)  # not white

@@ -43,6 +43,12 @@ def fused_backend(monkeypatch):
     if os.environ.get("ZIPFORMER_FAST_TEST_ALL_TRITON", "0") != "1":
         import zipformer_fast.ops.attention as attention
         monkeypatch.setattr(attention, "use_triton_for", lambda *t: False)
+    # The Balancer's edit keeps icefall's formulation here: on channels with |mean| >> std (the
+    # random-init XS model has some) icefall's uncentred variance is fp32 round-off, which golden
+    # records and the fused edit (shifted sums, exact to fp32) does not reproduce; the fused edit
+    # is checked against those formulas in fp64 in tests/test_grad_shapers_fused.py.
+    import zipformer_fast.ops.balancer as balancer
+    monkeypatch.setattr(balancer, "_fused_ok", lambda *a: False)
     return "triton"
 
 

@@ -17,11 +17,19 @@ under saved_tensors_hooks, which torch.func refuses: activation offloading, save
 torch.func.grad_and_value while dynamo traces (the same formulas, traceable inside a backward).
 Ops that take a BalancerConfig (ops.conv_chain, ops.gated_depthwise_conv1d) apply balancer_gradient to
 the tensor they recompute in backward, so an active Balancer there stores nothing.
+
+Fused path (backend "triton", eager, limits given as numbers): kernels/balancer.py computes the
+same edit in three launches (per-channel sums, the per-channel affine gradient of the constraint
+loss by the chain rule autograd applies, the element-wise edit) instead of differentiating the
+constraint loss with autograd (about ninety launches). Under torch.compile (tensor limits, a device
+`fire` flag) the reference formulas are traced.
 """
 from typing import NamedTuple, Optional, Union
 
 import torch
 from torch import Tensor
+
+from ._registry import FusedOp
 
 Limit = Union[float, Tensor]
 
@@ -58,7 +66,44 @@ def grad_and_value(fn, x: Tensor, *args):
     return g, value.detach()
 
 
+def _fused_ok(x: Tensor, grad: Tensor, config: BalancerConfig) -> bool:
+    from ..backend import use_triton_for
+
+    return (config.fire is None and not any(isinstance(v, Tensor) for v in config[:5]) and x.shape == grad.shape
+            and x.numel() > 0 and x.is_floating_point() and use_triton_for(x, grad))
+
+
+def _gradient_impl(x: Tensor, grad: Tensor, channel_dim: int, min_mean: float, max_mean: float, min_rms: float,
+                   max_rms: float, grad_scale: float) -> Tensor:
+    from ._registry import kernels
+
+    C = x.shape[channel_dim]
+    inner = 1
+    for n in x.shape[channel_dim + 1:]:
+        inner *= n
+    outer = x.numel() // (C * inner)
+    xc = x if x.is_contiguous() else x.contiguous()
+    gc = grad if grad.is_contiguous() else grad.contiguous()
+    out = torch.empty_like(gc)
+    kernels("balancer").gradient(xc, gc, out, outer, C, inner, min_mean, max_mean, min_rms, max_rms, grad_scale)
+    return out
+
+
+def _gradient_fake(x: Tensor, grad: Tensor, channel_dim: int, min_mean: float, max_mean: float, min_rms: float,
+                   max_rms: float, grad_scale: float) -> Tensor:
+    return torch.empty(grad.shape, dtype=grad.dtype, device=grad.device)
+
+
+_balancer_gradient_fused = FusedOp("balancer_gradient", _gradient_impl, _gradient_fake)
+
+
 def balancer_gradient(x: Tensor, grad: Tensor, config: BalancerConfig) -> Tensor:
+    if _fused_ok(x, grad, config):
+        return _balancer_gradient_fused(x, grad, config.channel_dim, *(float(v) for v in config[:5]))
+    return balancer_gradient_reference(x, grad, config)
+
+
+def balancer_gradient_reference(x: Tensor, grad: Tensor, config: BalancerConfig) -> Tensor:
     min_mean, max_mean, min_rms, max_rms, grad_scale, channel_dim, fire = config
     # The constraint loss is differentiated in fp32, outside autocast.
     with torch.autocast(device_type=x.device.type, enabled=False):

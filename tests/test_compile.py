@@ -116,6 +116,68 @@ def test_whole_model_traces_as_one_graph_and_computes_eagers_function(backend, m
 
 
 # ------------------------------------------------------------------------ compiled training
+def _small_stack():
+    """One downsampled stack of one layer at XS's smallest widths: every kind of step-to-step
+    variation a Zipformer layer has (ScheduledFloats, Balancer/Whiten firing, skip masks, dropout,
+    the bypass's random straight-through, downsample / upsample), traced in seconds."""
+    from zipformer_fast.nn.encoder_stack import DownsampledZipformer2Encoder, Zipformer2Encoder
+    from zipformer_fast.nn.layer import Zipformer2EncoderLayer
+
+    torch.manual_seed(0)
+    layer = Zipformer2EncoderLayer(embed_dim=32, pos_dim=16, num_heads=2, query_head_dim=8, pos_head_dim=4,
+                                   value_head_dim=4, feedforward_dim=48, cnn_module_kernel=7)
+    stack = Zipformer2Encoder(layer, 1, pos_dim=16, dropout=0.1, warmup_begin=0.0, warmup_end=1000.0)
+    return DownsampledZipformer2Encoder(stack, dim=32, downsample=2, dropout=0.1)
+
+
+def _stack_loop(model, forward, steps):
+    opt = torch.optim.SGD(model.parameters(), lr=1e-2)
+    torch.manual_seed(5)
+    model.train()
+    losses = []
+    for i, (B, T, batch_count) in enumerate(steps):
+        g = torch.Generator().manual_seed(i)
+        x = torch.randn(T, B, 32, generator=g)
+        pad = torch.arange(T)[None, :] >= torch.randint(T // 2, T + 1, (B,), generator=g)[:, None]
+        pad[0] = False
+        set_batch_count(model, batch_count)
+        # the stack's own frame rate; contiguous, as the model's own slicing is inside its graph
+        loss = forward(x, src_key_padding_mask=pad[:, ::2].contiguous()).square().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses
+
+
+def test_compiled_stack_training_compiles_in_its_first_step_only():
+    """The CI-sized recompilation guard (the XS loop below is the slow, full one): a training loop
+    over a compiled stack whose T (odd and even), B and batch count (crossing schedule
+    breakpoints) change every step compiles in its first step only, with dynamic shapes; after
+    the loop, the compiled graph in eval mode computes what eager computes with the same weights.
+    (Equality of the training losses with eager's device-side randomness is the XS loop's check.)"""
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    steps = [(2, 30, 0.0), (3, 37, 700.0), (2, 24, 2500.0), (3, 45, 9000.0), (2, 41, 30000.0)]
+    model = _small_stack()
+    torch._dynamo.reset()
+    counter = CompileCounterWithBackend("aot_eager")
+    forward = torch.compile(model.forward, fullgraph=True, dynamic=True, backend=counter)
+    with use_backend("reference"):
+        losses = _stack_loop(model, forward, steps[:1])
+        after_first_step = counter.frame_count
+        losses += _stack_loop(model, forward, steps[1:])
+        # dynamo may restart the first analysis once (two graphs for the first step); none after
+        assert counter.frame_count == after_first_step <= 3
+        assert all(torch.isfinite(torch.tensor(losses)))
+        model.eval()
+        x, pad = torch.randn(33, 3, 32), torch.zeros(3, 17, dtype=torch.bool)
+        pad[1, 12:] = True
+        with torch.no_grad():
+            torch.testing.assert_close(forward(x, src_key_padding_mask=pad),
+                                       model.forward(x, src_key_padding_mask=pad), rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.slow  # several CPU-minutes of tracing
 def test_compiled_training_loop_does_not_recompile_and_matches_eager():
     """Four steps with new T and B each, the batch count crossing schedule breakpoints (skip rates,

@@ -34,7 +34,11 @@ def simple_downsample_reference(x: Tensor, bias: Tensor) -> Tensor:
     T, B, C = x.shape
     d_T = (T + ds - 1) // ds
     pad = d_T * ds - T
-    if pad > 0 or torch.jit.is_tracing():  # traced (ONNX export): pad depends on the input length
+    if torch.compiler.is_compiling():
+        # Repeat the last frame by index, for every length alike: a branch on pad (or an expand to
+        # pad frames, which dynamic shapes specialise at 0 and 1) would recompile per T mod ds.
+        x = x.index_select(0, torch.arange(d_T * ds, device=x.device).clamp(max=T - 1))
+    elif pad > 0 or torch.jit.is_tracing():  # traced (ONNX export): pad depends on the input length
         x = torch.cat((x, x[-1:].expand(pad, B, C)), dim=0)
     weights = bias.softmax(dim=0).unsqueeze(-1).unsqueeze(-1)  # (ds, 1, 1)
     return (x.reshape(d_T, ds, B, C) * weights).sum(dim=1)

@@ -451,8 +451,8 @@ def compile_check(doc: Doc) -> None:
     path, d = recorded("cpu/compile_check.json")
     if d is None:
         return
-    doc.add("## torch.compile: graph breaks\n")
-    doc.add(f"torch {d['torch']} on {d['device']} ({d.get('cpu_threads', '?')} threads, TRITON_INTERPRET="
+    doc.add("## torch.compile: graph breaks and a compiled training loop\n")
+    doc.add(f"torch {d['torch']} on {d['device']} ({d.get('threads', d.get('cpu_threads', '?'))} threads, TRITON_INTERPRET="
             f"{d.get('triton_interpret', '?')}). Whole-model trace with `fullgraph`; the seconds are tracing "
             "time on this machine.\n")
     doc.commands([d["command"]])
@@ -461,6 +461,15 @@ def compile_check(doc: Doc) -> None:
                   [False, True, True, True]))
     if "--steps 0" in d["command"]:
         doc.add("`--steps 0`: the trace only; no compiled training step was run for this record.\n")
+    loop = d.get("training_loop")
+    if loop:
+        doc.add(f"Compiled XS training loop ({loop['dynamo_backend']}, ops backend {loop['ops_backend']}, T and B "
+                f"changing every step): {loop['compilations']} compilations over {loop['steps']} steps (target "
+                f"<= 3); largest relative difference of a step's loss from the eager loop with device-side "
+                f"randomness: {fmt(loop['max_rel_loss_diff'])} (first step {fmt(loop['first_step_rel_loss_diff'])}; "
+                "target: equal).\n")
+    if d.get("note"):
+        doc.add(f"Note: {d['note']}\n")
     doc.files([path])
 
 

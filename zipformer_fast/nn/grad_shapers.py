@@ -154,13 +154,14 @@ class _WhitenFunction(torch.autograd.Function):
     def forward(ctx, x: Tensor, module: "Whiten") -> Tensor:
         ctx.save_for_backward(x)
         ctx.module = module
+        ctx.fused = use_triton_for(x)  # the backend in force now, not when backward runs
         return x.view_as(x)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         (x,) = ctx.saved_tensors
         w = ctx.module
-        if use_triton_for(x, grad):
+        if ctx.fused:
             return _whiten_backward_closed_form(x, grad, w), None
         with torch.enable_grad(), torch.autocast(device_type=x.device.type, enabled=False):
             xf = x.detach().to(torch.float32).requires_grad_(True)
@@ -298,13 +299,14 @@ class _LimitParamValue(torch.autograd.Function):
     def forward(ctx, x: Tensor, min_value: float, max_value: float) -> Tensor:
         ctx.save_for_backward(x)
         ctx.bounds = (min_value, max_value)
+        ctx.fused = use_triton_for(x)  # the backend in force now, not when backward runs
         return x.view_as(x)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         (x,) = ctx.saved_tensors
         lo, hi = ctx.bounds
-        if x.shape == grad.shape and x.numel() > 0 and use_triton_for(x, grad):
+        if ctx.fused and x.shape == grad.shape and x.numel() > 0:
             return limit_param_gradient(x, grad, float(lo), float(hi)), None, None
         # Below min: make the gradient push x up; above max: push it down.
         grad = grad * torch.where((grad > 0) & (x < lo), -1.0, 1.0)

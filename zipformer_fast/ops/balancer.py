@@ -29,6 +29,7 @@ from typing import NamedTuple, Optional, Union
 import torch
 from torch import Tensor
 
+from ..backend import use_triton_for
 from ._registry import FusedOp
 
 Limit = Union[float, Tensor]
@@ -67,8 +68,6 @@ def grad_and_value(fn, x: Tensor, *args):
 
 
 def _fused_ok(x: Tensor, grad: Tensor, config: BalancerConfig) -> bool:
-    from ..backend import use_triton_for
-
     return (config.fire is None and not any(isinstance(v, Tensor) for v in config[:5]) and x.shape == grad.shape
             and x.numel() > 0 and x.is_floating_point() and use_triton_for(x, grad))
 
@@ -97,8 +96,10 @@ def _gradient_fake(x: Tensor, grad: Tensor, channel_dim: int, min_mean: float, m
 _balancer_gradient_fused = FusedOp("balancer_gradient", _gradient_impl, _gradient_fake)
 
 
-def balancer_gradient(x: Tensor, grad: Tensor, config: BalancerConfig) -> Tensor:
-    if _fused_ok(x, grad, config):
+def balancer_gradient(x: Tensor, grad: Tensor, config: BalancerConfig, fused: Optional[bool] = None) -> Tensor:
+    """`fused`: the backend's choice made in forward (a backward runs outside the forward's
+    `configure` block); None decides now (ops that recompute their input in backward)."""
+    if (_fused_ok(x, grad, config) if fused is None else fused and _fused_ok(x, grad, config)):
         return _balancer_gradient_fused(x, grad, config.channel_dim, *(float(v) for v in config[:5]))
     return balancer_gradient_reference(x, grad, config)
 
@@ -128,6 +129,7 @@ class _BalancerFunction(torch.autograd.Function):
         ctx.is_tensor = tuple(isinstance(f, Tensor) for f in fields)
         ctx.constants = tuple(None if t else f for f, t in zip(fields, ctx.is_tensor))
         ctx.channel_dim = channel_dim
+        ctx.fused = use_triton_for(x)  # the backend in force now, not when backward runs
         ctx.save_for_backward(x, *(f for f, t in zip(fields, ctx.is_tensor) if t))
         return x.view_as(x)
 
@@ -137,7 +139,7 @@ class _BalancerFunction(torch.autograd.Function):
         it = iter(tensors)
         f = [next(it) if t else c for t, c in zip(ctx.is_tensor, ctx.constants)]
         config = BalancerConfig(f[0], f[1], f[2], f[3], f[4], ctx.channel_dim, f[5])
-        return (balancer_gradient(x, grad, config),) + (None,) * 7
+        return (balancer_gradient(x, grad, config, ctx.fused),) + (None,) * 7
 
 
 def balancer(x: Tensor, config: Optional[BalancerConfig]) -> Tensor:

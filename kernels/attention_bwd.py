@@ -23,6 +23,8 @@ non-linear attention's), so a use's backward must walk P itself; it computes its
 is linear in (dP, D)) in the same walk. A layer's backward is therefore 2 all-head passes (the
 two self-attentions) plus one head-0 walk (non-linear attention): 2 + 1/H.
 """
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -46,7 +48,12 @@ def one_walk(bdv: int, device: torch.device) -> bool:
     """Whether a use of padded value width bdv computes dS and dv in one walk on `device`."""
     if bdv <= ONE_WALK_MAX_BDV or INTERPRET or device.type != "cuda":
         return True
-    return torch.cuda.get_device_capability(device)[0] >= 9
+    return _sm90_or_newer(device.index if device.index is not None else torch.cuda.current_device())
+
+
+@functools.lru_cache(maxsize=None)
+def _sm90_or_newer(index: int) -> bool:
+    return torch.cuda.get_device_capability(index)[0] >= 9  # asked once per GPU, not per backward
 
 
 def dp_chunk(bdv: int) -> int:

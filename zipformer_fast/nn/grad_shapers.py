@@ -161,36 +161,30 @@ class _WhitenFunction(torch.autograd.Function):
     def backward(ctx, grad: Tensor):
         (x,) = ctx.saved_tensors
         w = ctx.module
-        if ctx.fused:
-            return _whiten_backward_closed_form(x, grad, w), None
-        with torch.enable_grad(), torch.autocast(device_type=x.device.type, enabled=False):
-            xf = x.detach().to(torch.float32).requires_grad_(True)
-            metric = whitening_metric(xf, w.num_groups)
-            if random.random() < 0.005:  # icefall's occasional log line (keeps `random` aligned)
-                logging.debug("Whiten metric %.2f vs limit %.2f", metric.item(), float(w.whitening_limit))
-            if metric < float(w.whitening_limit):
-                w.prob = w.min_prob
-                return grad, None
-            w.prob = w.max_prob
-            (penalty_grad,) = torch.autograd.grad(metric, xf)
+        limit = float(w.whitening_limit)
+        # The metric's gradient: autograd of the metric, or (fused backend) its closed form.
+        metric_and_grad = whitening_metric_and_grad if ctx.fused else _whitening_metric_and_grad_autograd
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            metric, penalty_grad = metric_and_grad(x.detach().to(torch.float32), w.num_groups, limit)
+        if random.random() < 0.005:  # icefall's occasional log line (keeps `random` aligned)
+            logging.debug("Whiten metric %.2f vs limit %.2f", float(metric), limit)
+        if penalty_grad is None:
+            w.prob = w.min_prob
+            return grad, None
+        w.prob = w.max_prob
         scale = w.grad_scale * (grad.to(torch.float32).norm() / (penalty_grad.norm() + 1.0e-20))
         return grad + (penalty_grad * scale).to(grad.dtype), None
 
 
-def _whiten_backward_closed_form(x: Tensor, grad: Tensor, w: "Whiten") -> Tensor:
-    """_WhitenFunction.backward with the metric's gradient in closed form (ops.whitening): the same
-    decisions, `random` draws and probability switch, a tenth of the launches."""
-    with torch.autocast(device_type=x.device.type, enabled=False):
-        limit = float(w.whitening_limit)
-        metric, penalty_grad = whitening_metric_and_grad(x.detach().to(torch.float32), w.num_groups, limit)
-        if random.random() < 0.005:  # icefall's occasional log line (keeps `random` aligned)
-            logging.debug("Whiten metric %.2f vs limit %.2f", metric, limit)
-        if penalty_grad is None:
-            w.prob = w.min_prob
-            return grad
-        w.prob = w.max_prob
-        scale = w.grad_scale * (grad.to(torch.float32).norm() / (penalty_grad.norm() + 1.0e-20))
-        return grad + (penalty_grad * scale).to(grad.dtype)
+def _whitening_metric_and_grad_autograd(xf: Tensor, num_groups: int, limit: float):
+    """(metric, d metric / d xf or None when metric < limit), the gradient by autograd."""
+    with torch.enable_grad():
+        xf = xf.requires_grad_(True)
+        metric = whitening_metric(xf, num_groups)
+        if metric < limit:
+            return metric.detach(), None
+        (penalty_grad,) = torch.autograd.grad(metric, xf)
+    return metric.detach(), penalty_grad
 
 
 class _WhitenOnDevice(torch.autograd.Function):

@@ -134,6 +134,15 @@ def compute_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.get_autocast_gpu_dtype() if dev == "cuda" else torch.get_autocast_cpu_dtype()
 
 
+def gemm_weight(x: torch.Tensor, weight: torch.Tensor, name: str) -> torch.Tensor:
+    """weight in the dtype a GEMM on x runs in: autocast's dtype inside an autocast region (as
+    F.linear would cast it), else x's, which it must already have."""
+    if not autocast_enabled(x) and weight.dtype != x.dtype:
+        raise TypeError(f"{name}: x is {x.dtype} but weight is {weight.dtype} (outside autocast they must match)")
+    cdt = compute_dtype(x)
+    return weight if weight.dtype == cdt else weight.to(cdt)
+
+
 def linear_grads(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
                  need_x: bool, need_w: bool, need_b: bool):
     """Gradients of y = linear(x, weight, bias) given dL/dy, as two GEMMs on the flattened rows

@@ -31,8 +31,7 @@ import torch
 from torch import Tensor
 
 from ..backend import use_triton_for
-from ._registry import (FusedOp, autocast_enabled, compute_dtype, contiguous_rows, kernels, needs_grad,
-                        register_autograd, use_op)
+from ._registry import FusedOp, contiguous_rows, gemm_weight, kernels, needs_grad, register_autograd, use_op
 from .swoosh import (SWOOSH_L_OFFSET, SWOOSH_L_SHIFT, SWOOSH_R_OFFSET, SWOOSH_R_SHIFT, swoosh_l_reference,
                      swoosh_r_reference)
 
@@ -200,10 +199,8 @@ _linear_act_fwd = FusedOp("linear_act_fwd", _linear_act_fwd_impl, _linear_act_fa
 def _gemm_operands(x: Tensor, weight: Tensor, name: str) -> Tuple[Tensor, Tensor]:
     """(x, weight) in the dtype the GEMM runs in: autocast's dtype inside an autocast region (as
     F.linear would be autocast), else both must already agree."""
-    if not autocast_enabled(x) and weight.dtype != x.dtype:
-        raise TypeError(f"{name}: x is {x.dtype} but weight is {weight.dtype} (outside autocast they must match)")
-    cdt = compute_dtype(x)
-    return (x if x.dtype == cdt else x.to(cdt)), (weight if weight.dtype == cdt else weight.to(cdt))
+    w = gemm_weight(x, weight, name)
+    return (x if x.dtype == w.dtype else x.to(w.dtype)), w
 
 
 def activation_dropout_linear(

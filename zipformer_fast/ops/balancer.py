@@ -67,9 +67,10 @@ def grad_and_value(fn, x: Tensor, *args):
     return g, value.detach()
 
 
-def _fused_ok(x: Tensor, grad: Tensor, config: BalancerConfig) -> bool:
+def _fusable(x: Tensor, grad: Tensor, config: BalancerConfig) -> bool:
+    """Whether the Triton edit covers this call (eager limits, matching floating tensors)."""
     return (config.fire is None and not any(isinstance(v, Tensor) for v in config[:5]) and x.shape == grad.shape
-            and x.numel() > 0 and x.is_floating_point() and use_triton_for(x, grad))
+            and x.numel() > 0 and x.is_floating_point())
 
 
 def _gradient_impl(x: Tensor, grad: Tensor, channel_dim: int, min_mean: float, max_mean: float, min_rms: float,
@@ -99,7 +100,9 @@ _balancer_gradient_fused = FusedOp("balancer_gradient", _gradient_impl, _gradien
 def balancer_gradient(x: Tensor, grad: Tensor, config: BalancerConfig, fused: Optional[bool] = None) -> Tensor:
     """`fused`: the backend's choice made in forward (a backward runs outside the forward's
     `configure` block); None decides now (ops that recompute their input in backward)."""
-    if (_fused_ok(x, grad, config) if fused is None else fused and _fused_ok(x, grad, config)):
+    if fused is None:
+        fused = use_triton_for(x, grad)
+    if fused and _fusable(x, grad, config):
         return _balancer_gradient_fused(x, grad, config.channel_dim, *(float(v) for v in config[:5]))
     return balancer_gradient_reference(x, grad, config)
 

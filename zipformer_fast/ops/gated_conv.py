@@ -35,7 +35,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from ..backend import use_triton_for
-from ._registry import FusedOp, autocast_enabled, compute_dtype, contiguous_rows, kernels, linear_grads
+from ._registry import FusedOp, autocast_enabled, compute_dtype, contiguous_rows, gemm_weight, kernels, linear_grads
 from .balancer import BalancerConfig, balancer, balancer_gradient
 
 
@@ -123,11 +123,8 @@ _linear_glu = FusedOp("linear_glu_fwd", _linear_glu_impl, _linear_glu_fake)
 
 def _inference_fused(src: Tensor, in_weight: Tensor, in_bias: Optional[Tensor], padding_mask: Optional[Tensor],
                      dw_weight: Tensor, dw_bias: Optional[Tensor]) -> Tensor:
-    cdt = compute_dtype(src)
-    if not autocast_enabled(src) and in_weight.dtype != src.dtype:
-        return gated_depthwise_conv1d_reference(src, in_weight, in_bias, padding_mask, dw_weight, dw_bias)
-    w = in_weight if in_weight.dtype == cdt else in_weight.to(cdt)
-    b = in_bias if in_bias is None or in_bias.dtype == cdt else in_bias.to(cdt)
+    w = gemm_weight(src, in_weight, "gated_depthwise_conv1d")
+    b = in_bias if in_bias is None or in_bias.dtype == w.dtype else in_bias.to(w.dtype)
     u = _linear_glu(src, w, b, padding_mask).permute(1, 2, 0)
     return F.conv1d(u, dw_weight, dw_bias, 1, dw_weight.shape[-1] // 2, 1, dw_weight.shape[0])
 

@@ -26,8 +26,8 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from ..backend import use_triton_for
-from ._registry import FusedOp, contiguous_rows, kernels, needs_grad
-from .activation_linear import _activation_constants, _gemm_operands, activation_dropout_linear
+from ._registry import FusedOp, contiguous_rows, gemm_weight, kernels, needs_grad
+from .activation_linear import _activation_constants, activation_dropout_linear
 
 
 def residual_linear_reference(residual: Tensor, x: Tensor, weight: Tensor, bias: Optional[Tensor],
@@ -81,7 +81,7 @@ def residual_linear(residual: Tensor, x: Tensor, weight: Tensor, bias: Optional[
         shift, offset = _activation_constants(activation) if activation is not None else (0.0, 0.0)
         # x goes in its own dtype: the prologue's activation / product run in it, then cast to the
         # GEMM dtype (W's), as autocast casts the composition's linear input.
-        _, w = _gemm_operands(x, weight, "residual_linear")
+        w = gemm_weight(x, weight, "residual_linear")
         b = bias if bias is None or bias.dtype == w.dtype else bias.to(w.dtype)
         return _residual_linear_fwd(residual, x, w, b, mul, activation is not None, shift, offset)
     return residual_linear_reference(residual, x, weight, bias, activation, mul)

@@ -10,7 +10,11 @@
    more compilation: dynamic shapes specialise sizes 0 and 1). Counted: compilations (dynamo frames
    compiled). Runs first.
 3. The same loop in eager mode with device-side randomness (what the compiled graph computes) from
-   the same seeds and initial weights: per-step losses, largest relative difference.
+   the same seeds and initial weights: per-step losses, largest relative difference, the number
+   of leading steps whose losses are bitwise equal, and the steps whose random decisions (every
+   Balancer/Whiten/limit_param_value firing) are all equal. Bitwise equality ends once the
+   compiled backward sums a gradient in another order than eager's autograd engine; SGD then
+   amplifies that round-off from step to step.
 
     python bench/compile_check.py [--steps 50] [--backend aot_eager] [--out-dir bench/results/cpu]
 
@@ -74,9 +78,10 @@ def batches(steps: int, seed: int = 1):
         yield torch.randn(B, T, 80, generator=g), lens, 50.0 * i
 
 
-def train_loop(model: AsrModel, encode, data, backend: str, seed: int = 2) -> list:
+def train_loop(model: AsrModel, encode, data, backend: str, seed: int = 2, decisions: list = None) -> list:
     """Plain SGD on a surrogate loss over `data` ((features, lengths, batch_count) per step);
-    returns the per-step losses."""
+    returns the per-step losses. `decisions`, if given, receives per step the firing of every
+    Balancer, Whiten and limit_param_value (their `fired` buffers, written by device-side draws)."""
     opt = torch.optim.SGD(model.parameters(), lr=1e-3)
     torch.manual_seed(seed)
     losses = []
@@ -91,6 +96,8 @@ def train_loop(model: AsrModel, encode, data, backend: str, seed: int = 2) -> li
             loss.backward()
             opt.step()
             losses.append(loss.item())
+            if decisions is not None:
+                decisions.append(torch.stack([b for n, b in model.named_buffers() if n.endswith("fired")]).tolist())
     return losses
 
 
@@ -102,17 +109,21 @@ def compiled_vs_eager(steps: int, dynamo_backend: str, backend: str) -> dict:
     counter = CompileCounterWithBackend(dynamo_backend)
     encode = torch.compile(compiled_model.forward_encoder, fullgraph=True, dynamic=True, backend=counter)
     t0 = time.time()
-    compiled = train_loop(compiled_model, encode, batches(steps), backend)
+    compiled_fired, eager_fired = [], []
+    compiled = train_loop(compiled_model, encode, batches(steps), backend, decisions=compiled_fired)
     t_compiled = time.time() - t0
     t0 = time.time()
     with use_device_side_randomness():
-        eager = train_loop(eager_model, eager_model.forward_encoder, batches(steps), backend)
+        eager = train_loop(eager_model, eager_model.forward_encoder, batches(steps), backend, decisions=eager_fired)
     t_eager = time.time() - t0
     diffs = [abs(a - b) / max(abs(b), 1e-30) for a, b in zip(compiled, eager)]
+    exact = next((i for i, (a, b) in enumerate(zip(compiled, eager)) if a != b), len(compiled))
     return {"steps": steps, "dynamo_backend": dynamo_backend, "ops_backend": backend,
             "compilations": counter.frame_count, "losses_compiled": compiled, "losses_eager": eager,
             "max_rel_loss_diff": max(diffs), "first_step_rel_loss_diff": diffs[0],
-            "losses_bitwise_equal": compiled == eager,
+            "losses_bitwise_equal": compiled == eager, "steps_bitwise_equal": exact,
+            "random_decisions_per_step": len(eager_fired[0]) if eager_fired else 0,
+            "steps_with_equal_random_decisions": sum(a == b for a, b in zip(compiled_fired, eager_fired)),
             "seconds_compiled_loop": round(t_compiled, 1), "seconds_eager_loop": round(t_eager, 1)}
 
 

@@ -66,9 +66,10 @@ _current: Optional[Settings] = None       # the two merged; every fused op asks,
 
 def read_environment() -> Settings:
     """Re-read the environment variables (after changing os.environ in a running process)."""
-    global _environment, _current
+    global _environment, _current, _interpret
     _environment = _from_environment()
     _current = None
+    _interpret = None
     return _environment
 
 
@@ -109,9 +110,17 @@ def verbose_build() -> bool:
     return _flag("ZIPFORMER_FAST_VERBOSE_BUILD")
 
 
+_interpret: Optional[bool] = None  # every fused call on CPU tensors asks: read the environment once
+
+
 def triton_interpret() -> bool:
-    """TRITON_INTERPRET=1: Triton runs kernels on CPU tensors in its interpreter (how CI tests them)."""
-    return _flag("TRITON_INTERPRET")
+    """TRITON_INTERPRET=1: Triton runs kernels on CPU tensors in its interpreter (how CI tests them).
+    Read once (and again after read_environment()): Triton itself decides interpreter-or-not when
+    a kernel is decorated, so a later change of the variable would not reach the kernels anyway."""
+    global _interpret
+    if _interpret is None:
+        _interpret = _flag("TRITON_INTERPRET")
+    return _interpret
 
 
 _triton_imports: Optional[bool] = None  # a plain global, not lru_cache: dynamo traces through it quietly

@@ -22,6 +22,8 @@ class BiasNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(num_channels))
         self.log_scale_min = log_scale_min
         self.log_scale_max = log_scale_max
+        # Whether limit_param_value acted on the last device-side draw (not in the state dict).
+        self.register_buffer("log_scale_limit_fired", torch.zeros((), dtype=torch.bool), persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
         self.check_input(x)
@@ -34,4 +36,4 @@ class BiasNorm(nn.Module):
     def limited_log_scale(self) -> Tensor:
         """log_scale as forward uses it (in training through limit_param_value: one random draw)."""
         return limit_param_value(self.log_scale, min=float(self.log_scale_min), max=float(self.log_scale_max),
-                                 training=self.training)
+                                 training=self.training, record=self.log_scale_limit_fired)

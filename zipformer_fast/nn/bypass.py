@@ -30,6 +30,8 @@ class BypassModule(nn.Module):
         self.straight_through_rate = copy.deepcopy(straight_through_rate)
         self.scale_min = copy.deepcopy(scale_min)
         self.scale_max = copy.deepcopy(scale_max)
+        # Whether limit_param_value acted on the last device-side draw (not in the state dict).
+        self.register_buffer("scale_limit_fired", torch.zeros((), dtype=torch.bool), persistent=False)
 
     def get_scale(self, batch_size: int) -> Tensor:
         """(D,) in eval; in training (D,) or (B, D) with zero rows for skipped sequences."""
@@ -50,7 +52,8 @@ class BypassModule(nn.Module):
 
     def _get_scale_on_device(self, batch_size: int) -> Tensor:
         """get_scale with schedules as tensors and the skip masks always drawn (a zero rate keeps all)."""
-        ans = limit_param_value(self.bypass_scale, min=value(self.scale_min), max=value(self.scale_max))
+        ans = limit_param_value(self.bypass_scale, min=value(self.scale_min), max=value(self.scale_max),
+                                record=self.scale_limit_fired)
         skip_rate = value(self.skip_rate)
         if isinstance(skip_rate, Tensor) or skip_rate != 0.0:
             ans = ans * keep_mask((batch_size, 1), skip_rate, ans.device)

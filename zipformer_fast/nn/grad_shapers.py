@@ -29,7 +29,7 @@ from ..backend import use_triton_for
 from ..ops._registry import FusedOp
 from ..ops.balancer import BalancerConfig, balancer, grad_and_value
 from ..ops.whitening import whitening_metric_and_grad
-from .randomness import device_side
+from .randomness import device_side, record_draw
 from .scheduled_float import FloatLike, ScheduledFloat, value
 
 
@@ -85,6 +85,8 @@ class Balancer(nn.Module):
         self.grad_scale = grad_scale
         # None: icefall's random choice; True / False: always / never act (tests, golden replay).
         self.forced: Optional[bool] = None
+        # Whether the last device-side draw acted (randomness.record_draw; not in the state dict).
+        self.register_buffer("fired", torch.zeros((), dtype=torch.bool), persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
         config = self.draw(x.shape, x.device, x.requires_grad)
@@ -122,7 +124,7 @@ class Balancer(nn.Module):
                              f"got shape {tuple(shape)}")
         fire = None
         if self.forced is None:
-            fire = torch.rand((), device=device) < value(self.prob)
+            fire = record_draw(self.fired, torch.rand((), device=device) < value(self.prob))
 
         def limit(v: FloatLike) -> Tensor:
             # Float limits become tensors too: dynamo would otherwise trace the math.log of a
@@ -236,6 +238,8 @@ class Whiten(nn.Module):
         self.register_buffer("prob_tensor", torch.tensor(self.max_prob), persistent=False)
         # None: icefall's random choice; True / False: always / never act (tests, golden replay).
         self.forced: Optional[bool] = None
+        # Whether the last device-side draw acted (randomness.record_draw; not in the state dict).
+        self.register_buffer("fired", torch.zeros((), dtype=torch.bool), persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
         if not x.requires_grad or self.forced is False:
@@ -245,7 +249,7 @@ class Whiten(nn.Module):
             if grad_scale == 0:
                 return x
             if self.forced is None:
-                fire = torch.rand((), device=x.device) <= self.prob_tensor
+                fire = record_draw(self.fired, torch.rand((), device=x.device) <= self.prob_tensor)
             else:
                 fire = torch.ones((), dtype=torch.bool, device=x.device)
             return _WhitenOnDevice.apply(x, fire, value(self.whitening_limit), self.prob_tensor, self.num_groups,
@@ -340,9 +344,11 @@ class _LimitParamValueOnDevice(torch.autograd.Function):
         return torch.where(flip, -grad, grad), None, None, None
 
 
-def limit_param_value(x: Tensor, min, max, prob: float = 0.6, training: bool = True) -> Tensor:
+def limit_param_value(x: Tensor, min, max, prob: float = 0.6, training: bool = True,
+                      record: Optional[Tensor] = None) -> Tensor:
     """With probability `prob` (training only) wrap x so backward keeps it within [min, max].
-    min / max are floats, or 0-dim tensors under device-side randomness."""
+    min / max are floats, or 0-dim tensors under device-side randomness; `record`, a 0-dim bool
+    buffer of the calling module, receives the device-side draw (randomness.record_draw)."""
     if not isinstance(min, Tensor) and not isinstance(max, Tensor) and max < min:
         raise ValueError(f"limit_param_value: max={max} < min={min}")
     if not training:
@@ -350,6 +356,8 @@ def limit_param_value(x: Tensor, min, max, prob: float = 0.6, training: bool = T
     if device_side():
         lo, hi = (torch.as_tensor(v, dtype=torch.float32, device=x.device) for v in (min, max))
         fire = torch.rand((), device=x.device) < prob
+        if record is not None:
+            record_draw(record, fire)
         return _LimitParamValueOnDevice.apply(x, lo, hi, fire)
     if random.random() < prob:
         return _LimitParamValue.apply(x, min, max)

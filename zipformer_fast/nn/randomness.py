@@ -41,3 +41,16 @@ def keep_mask(shape, rate, device, dtype=None) -> torch.Tensor:
     `>=` keeps everything when the rate is exactly 0 (icefall's `>` would drop a 0.0 draw)."""
     mask = torch.rand(shape, device=device) >= rate
     return mask if dtype is None else mask.to(dtype)
+
+
+def record_draw(record: torch.Tensor, fire: torch.Tensor) -> torch.Tensor:
+    """Write `fire`, a decision only backward reads (does a Balancer, Whiten or limit_param_value
+    act on this call), into `record`, a 0-dim bool buffer of the module that drew it; return fire.
+
+    Why the write: AOTAutograd's min-cut partitioner (inductor's, and aot_eager's) puts a node that
+    no forward output needs into the backward graph, so such a torch.rand would be drawn during
+    backward, and every later draw of the forward (dropout, skip masks) would take other numbers
+    than eager's with the same seed. A write into a module buffer is a forward-graph mutation, which
+    keeps the draw in the forward, at the point where eager draws it."""
+    record.copy_(fire)
+    return fire

@@ -61,6 +61,18 @@ def tracing() -> bool:
     return is_compiling() or _dispatch_modes() > 0
 
 
+def function_may_launch() -> bool:
+    """Whether an autograd.Function may call our custom ops inside its forward or backward: in
+    eager mode only. While dynamo traces, such a Function fails as soon as shapes are dynamic
+    (dynamo cannot lift the outer graph's size symbols into the Function's subgraph: "should not
+    be called on root SubgraphTracer", torch 2.13; automatic-dynamic recompiles hit it on the
+    second input length), so the ops that wrap several launches in one Function trace their
+    composition of single custom ops instead, each with its registered autograd (the fused
+    recomputation in backward is then the compiler's job). A TorchDispatchMode without dynamo
+    (counting launches or saved bytes) runs the Functions as eager does."""
+    return not is_compiling()
+
+
 def use_op(x: torch.Tensor) -> bool:
     """tracing(), or x lives on the meta device (shape propagation: the op's fake impl answers)."""
     return x.is_meta or tracing()
@@ -82,6 +94,22 @@ class FusedOp:
         if use_op(args[0]):
             return self.op(*args)
         return self.impl(*args)
+
+
+@functools.lru_cache(maxsize=None)
+def _c_apply(fn: type):
+    return super(torch.autograd.Function, fn).apply  # the C++ apply, bound to fn
+
+
+def apply(fn: type, *args):
+    """fn.apply(*args) for the eager path of a fused op. torch.autograd.Function.apply first runs
+    a Python prologue (binding default arguments for setup_context, unwrapping tensors that
+    escaped a functorch transform) that costs ~3-4 us a call and does nothing for our Functions
+    on plain tensors, so outside dynamo and functorch transforms the C++ apply is called directly
+    (bench/host_overhead.py)."""
+    if is_compiling() or torch._C._are_functorch_transforms_active():
+        return fn.apply(*args)
+    return _c_apply(fn)(*args)
 
 
 def needs_grad(*tensors) -> bool:

@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from ..backend import use_triton_for
-from ._registry import FusedOp, contiguous_rows, gemm_weight, kernels, needs_grad, register_autograd, use_op
+from ._registry import FusedOp, apply, contiguous_rows, gemm_weight, kernels, needs_grad, register_autograd, use_op
 from .swoosh import (SWOOSH_L_OFFSET, SWOOSH_L_SHIFT, SWOOSH_R_OFFSET, SWOOSH_R_SHIFT, swoosh_l_reference,
                      swoosh_r_reference)
 
@@ -212,7 +212,7 @@ def activation_dropout_linear(
         if use_op(x):
             return _act_linear_fwd.op(x, w, bias, dropout_mask, shift, offset)
         if needs_grad(x, w, bias):
-            return _ActLinearFused.apply(x, w, bias, dropout_mask, shift, offset)
+            return apply(_ActLinearFused, x, w, bias, dropout_mask, shift, offset)
         return _act_linear_fwd_impl(x, w, bias, dropout_mask, shift, offset)
     return activation_dropout_linear_reference(x, weight, bias, activation, dropout_mask)
 

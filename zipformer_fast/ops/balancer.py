@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from ..backend import use_triton_for
-from ._registry import FusedOp
+from ._registry import FusedOp, function_may_launch
 
 Limit = Union[float, Tensor]
 
@@ -132,7 +132,9 @@ class _BalancerFunction(torch.autograd.Function):
         ctx.is_tensor = tuple(isinstance(f, Tensor) for f in fields)
         ctx.constants = tuple(None if t else f for f, t in zip(fields, ctx.is_tensor))
         ctx.channel_dim = channel_dim
-        ctx.fused = use_triton_for(x)  # the backend in force now, not when backward runs
+        # the backend in force now, not when backward runs; while tracing, the gradient edit is
+        # traced as torch ops (_registry.function_may_launch)
+        ctx.fused = use_triton_for(x) and function_may_launch()
         ctx.save_for_backward(x, *(f for f, t in zip(fields, ctx.is_tensor) if t))
         return x.view_as(x)
 

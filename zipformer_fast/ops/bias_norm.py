@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from ..backend import use_triton_for
-from ._registry import FusedOp, contiguous_rows, kernels, needs_grad, register_autograd, use_op
+from ._registry import FusedOp, apply, contiguous_rows, kernels, needs_grad, register_autograd, use_op
 
 MAX_FUSED_DIM = 16384  # one row must fit a program's registers; wider rows use the reference
 
@@ -105,6 +105,6 @@ def bias_norm(x: Tensor, log_scale: Tensor, bias: Tensor) -> Tensor:
         if use_op(x):
             return _bias_norm_fwd.op(x, log_scale, bias)[0]
         if needs_grad(x, log_scale, bias):
-            return _BiasNormFused.apply(x, log_scale, bias)
+            return apply(_BiasNormFused, x, log_scale, bias)
         return _bias_norm_fwd_impl(x, log_scale, bias)[0]
     return bias_norm_reference(x, log_scale, bias)

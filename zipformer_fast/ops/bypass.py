@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from ..backend import use_triton_for
-from ._registry import FusedOp, as_tbc, kernels, needs_grad, register_autograd, use_op
+from ._registry import FusedOp, apply, as_tbc, function_may_launch, kernels, needs_grad, register_autograd, use_op
 from .downsample import simple_upsample_reference
 
 
@@ -139,7 +139,7 @@ def _bypass_call(x_orig: Tensor, y: Tensor, scale: Tensor, ds: int) -> Tensor:
     if use_op(x_orig):
         return _bypass_fwd.op(x_orig, y, scale, ds)
     if needs_grad(x_orig, y, scale):
-        return _BypassFused.apply(x_orig, y, scale, ds)
+        return apply(_BypassFused, x_orig, y, scale, ds)
     return _bypass_fwd_impl(x_orig, y, scale, ds)
 
 
@@ -190,7 +190,9 @@ def bias_norm_bypass(x_orig: Tensor, x: Tensor, log_scale: Tensor, bias: Tensor,
     """x_orig + (bias_norm(x, log_scale, bias) - x_orig) * scale; see the module docstring."""
     from .bias_norm import _bias_norm_fwd_impl, bias_norm, fused_ok
     if x_orig.shape == x.shape and fused_ok(x, log_scale, bias) and _fused_ok(x_orig, x, scale):
+        if not function_may_launch():
+            return bypass(x_orig, bias_norm(x, log_scale, bias), scale)
         if use_op(x_orig) or needs_grad(x_orig, x, log_scale, bias, scale):
-            return _BiasNormBypass.apply(x_orig, x, log_scale, bias, scale)
+            return apply(_BiasNormBypass, x_orig, x, log_scale, bias, scale)
         return _bypass_fwd_impl(x_orig, _bias_norm_fwd_impl(x, log_scale, bias)[0], scale, 0)
     return bypass(x_orig, bias_norm(x, log_scale, bias), scale)

@@ -30,7 +30,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from ..backend import use_triton_for
-from ._registry import autocast_enabled, compute_dtype
+from ._registry import autocast_enabled, compute_dtype, function_may_launch
 from .balancer import balancer, balancer_gradient
 from .swoosh import SWOOSH_L_OFFSET, SWOOSH_L_SHIFT, SWOOSH_R_OFFSET, SWOOSH_R_SHIFT, swoosh
 
@@ -156,7 +156,7 @@ def conv_chain(x: Tensor, stages: Sequence[tuple], return_after: Optional[int] =
         if return_after == len(plan) - 1:
             raise ValueError("conv_chain: return_after must be an inner stage")
     needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in [x] + params)
-    if needs_grad and x.dim() == 4 and x.numel() > 0 and use_triton_for(x, *params):
+    if needs_grad and x.dim() == 4 and x.numel() > 0 and use_triton_for(x, *params) and function_may_launch():
         cdt = compute_dtype(x) if autocast_enabled(x) else None
         return _ConvChain.apply(x, plan, cdt, return_after, *params)
     # The reference composition (also the fused backend's no-grad path: swoosh runs its kernel).

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from ..backend import use_triton_for
-from ._registry import FusedOp, as_tbc, kernels, needs_grad, register_autograd, use_op
+from ._registry import FusedOp, apply, as_tbc, kernels, needs_grad, register_autograd, use_op
 
 
 def simple_downsample_reference(x: Tensor, bias: Tensor) -> Tensor:
@@ -119,7 +119,7 @@ def simple_downsample(x: Tensor, bias: Tensor) -> Tensor:
         if use_op(x):
             return _downsample_fwd.op(x, bias)
         if needs_grad(x, bias):
-            return _DownsampleFused.apply(x, bias)
+            return apply(_DownsampleFused, x, bias)
         return _downsample_fwd_impl(x, bias)
     return simple_downsample_reference(x, bias)
 

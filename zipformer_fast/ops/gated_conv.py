@@ -35,7 +35,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from ..backend import use_triton_for
-from ._registry import FusedOp, autocast_enabled, compute_dtype, contiguous_rows, gemm_weight, kernels, linear_grads
+from ._registry import FusedOp, function_may_launch, autocast_enabled, compute_dtype, contiguous_rows, gemm_weight, kernels, linear_grads
 from .balancer import BalancerConfig, balancer, balancer_gradient
 
 
@@ -140,7 +140,8 @@ def gated_depthwise_conv1d(src: Tensor, in_weight: Tensor, in_bias: Optional[Ten
                          f"{tuple(dw_weight.shape)} do not form a (2D, C) projection and a (D, 1, odd K) kernel")
     params = (src, in_weight, in_bias, dw_weight, dw_bias)
     needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in params)
-    if needs_grad and src.dim() == 3 and src.numel() > 0 and use_triton_for(src, in_weight, dw_weight):
+    if (needs_grad and src.dim() == 3 and src.numel() > 0 and use_triton_for(src, in_weight, dw_weight)
+            and function_may_launch()):
         cdt = compute_dtype(src) if autocast_enabled(src) else None
         return _GatedDepthwiseConv1d.apply(src, in_weight, in_bias, padding_mask, dw_weight, dw_bias,
                                            balancer_config, cdt)

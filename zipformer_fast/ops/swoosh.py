@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from ..backend import use_triton_for
-from ._registry import FusedOp, kernels, register_autograd, use_op
+from ._registry import FusedOp, apply, kernels, register_autograd, use_op
 
 SWOOSH_L_SHIFT, SWOOSH_L_OFFSET = 4.0, 0.035
 SWOOSH_R_SHIFT, SWOOSH_R_OFFSET = 1.0, 0.313261687
@@ -155,7 +155,7 @@ def swoosh(x: Tensor, shift: float, offset: float, compact_derivative: bool = Fa
         if use_op(x):
             return _swoosh_fwd.op(x, shift, offset, compact)[0]
         if grad:
-            return _SwooshFused.apply(x, shift, offset, compact)
+            return apply(_SwooshFused, x, shift, offset, compact)
         return _swoosh_fwd_impl(x, shift, offset, False)[0]
     if compact:
         return _SwooshCompactReference.apply(x, shift, offset)

@@ -468,6 +468,12 @@ def compile_check(doc: Doc) -> None:
                 f"<= 3); largest relative difference of a step's loss from the eager loop with device-side "
                 f"randomness: {fmt(loop['max_rel_loss_diff'])} (first step {fmt(loop['first_step_rel_loss_diff'])}; "
                 "target: equal).\n")
+        if "steps_with_equal_random_decisions" in loop:
+            doc.add(f"Random decisions ({loop['random_decisions_per_step']} firings per step) equal to eager's in "
+                    f"{loop['steps_with_equal_random_decisions']} of {loop['steps']} steps; the loops' losses bitwise "
+                    f"equal for the first {loop['steps_bitwise_equal']} steps; each step's loss recomputed by eager "
+                    f"from the compiled loop's state at that step: largest relative difference "
+                    f"{fmt(loop['max_rel_loss_diff_per_step'])}.\n")
     if d.get("note"):
         doc.add(f"Note: {d['note']}\n")
     doc.files([path])

@@ -125,6 +125,15 @@ def test_every_parameter_gradient_matches_the_package(pkg, golden, batch):
     assert errs[len(errs) // 2] <= 5e-6
 
 
+def test_our_working_buffers_follow_the_shared_parameters_device(pkg, golden):
+    """The buffers our modules keep for themselves (Whiten probabilities, firing records; not in
+    the state dict) move to the device of the package's parameters (meta stands in for CUDA)."""
+    model = build_xs(pkg, golden["state_dict"]).to("meta")
+    zipformer_fast.accelerate(model)
+    own = [(n, b) for n, b in model.named_buffers() if n.endswith(("fired", "prob_tensor"))]
+    assert own and all(b.device.type == "meta" for _, b in own), [n for n, b in own if b.device.type != "meta"]
+
+
 def test_revert_gives_back_the_package_modules_and_output(pkg, golden, batch):
     model = build_xs(pkg, golden["state_dict"]).eval()
     encoder, embed = model.encoder, model.encoder_embed

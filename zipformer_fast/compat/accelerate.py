@@ -195,6 +195,15 @@ def _share_parameters(where: str, peer: nn.Module, ours: nn.Module) -> None:
     for name, b in their_buffers.items():
         prefix, _, leaf = name.rpartition(".")
         owners[prefix]._buffers[leaf] = b
+    # Our own working buffers (Whiten probabilities, firing records) were made on the CPU; they
+    # belong where the shared parameters live (a CUDA draw written into a CPU buffer would sync).
+    device = next((p.device for p in theirs.values()), None)
+    if device is not None:
+        for m in ours.modules():
+            for leaf in m._non_persistent_buffers_set:
+                b = m._buffers.get(leaf)
+                if b is not None and b.device != device:
+                    m._buffers[leaf] = b.to(device)
 
 
 def _sync_dynamic_state(src: nn.Module, dst: nn.Module) -> None:

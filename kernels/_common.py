@@ -46,20 +46,46 @@ def _cuda_sms(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
 
 
-def num_sms(device: torch.device) -> int:
-    """Streaming multiprocessors of `device` (torch.cuda properties), FALLBACK_SMS elsewhere."""
-    if device.type != "cuda":
+def num_sms(t: torch.Tensor) -> int:
+    """Streaming multiprocessors of the GPU holding `t` (torch.cuda properties), FALLBACK_SMS for
+    tensors elsewhere. Takes the tensor, not its device: `device.type` builds a new string on
+    every call (~0.5 us of host time), `is_cuda` / `get_device()` do not."""
+    if not t.is_cuda:
         return FALLBACK_SMS
-    index = device.index
-    return _cuda_sms(torch.cuda.current_device() if index is None else index)
+    return _cuda_sms(t.get_device())
 
 
-def reduction_programs(n_rows: int, device: torch.device, min_rows: int = 16, per_sm: int = 4) -> int:
-    """How many programs share the rows of a reduction: `per_sm` per SM on a GPU (so the partial
-    buffer has O(SMs) rows, not O(rows)), at least `min_rows` rows each, FALLBACK_SMS in the
-    interpreter."""
-    progs = FALLBACK_SMS if device.type != "cuda" else per_sm * num_sms(device)
-    return max(1, min(progs, cdiv(n_rows, min_rows)))
+def reduction_programs(n_rows: int, t: torch.Tensor, min_rows: int = 16, per_sm: int = 4) -> int:
+    """How many programs share the rows of a reduction over tensor `t`: `per_sm` per SM on a GPU
+    (so the partial buffer has O(SMs) rows, not O(rows)), at least `min_rows` rows each,
+    FALLBACK_SMS in the interpreter."""
+    progs = per_sm * num_sms(t) if t.is_cuda else FALLBACK_SMS
+    return max(1, min(progs, -(-n_rows // min_rows)))
+
+
+def row_tile(block_d: int, tile: int, max_rows: int, warps_from: int, interpreter_rows: int):
+    """(BLOCK_M, num_warps) for a kernel that holds whole rows of BLOCK_D: ~`tile` elements per
+    tile (at most max_rows rows), 8 warps once a tile reaches `warps_from` elements, else 4. The
+    interpreter, which pays per program, gets interpreter_rows rows and 4 warps."""
+    if INTERPRET:
+        return interpreter_rows, 4
+    bm = max(1, min(max_rows, tile // block_d))
+    return bm, (8 if bm * block_d >= warps_from else 4)
+
+
+def row_kernel_specs(spec, dtypes, kernels_and_configs, pointer_dtypes):
+    """Ahead-of-time compile list for whole-row kernels: each (kernel, config(block_d)) at
+    Zipformer's row widths, each width its own (BLOCK_M, num_warps): all in fp16, the middle one
+    in the other dtypes."""
+    out = []
+    for dt in dtypes:
+        for d in ((192, 512, 1024) if dt == "fp16" else (512,)):
+            block_d = next_pow2(d)
+            for kernel, config in kernels_and_configs:
+                bm, w = config(block_d)
+                out.append(spec(kernel, {"BLOCK_M": bm, "BLOCK_D": block_d}, pointer_dtypes, dt, num_warps=w,
+                                tag=f"{dt},D={block_d}"))
+    return out
 
 
 def dot_precision(dtype: torch.dtype) -> str:

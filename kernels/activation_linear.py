@@ -175,75 +175,69 @@ def linear_act_fwd_kernel(x_ptr, w_ptr, b_ptr, y_ptr, M, N, K, stride_xm, shift,
 
 
 # --------------------------------------------------------------------------------- launchers
-_CHOSEN = {}  # (kernel, key) -> the autotuner's config for that key
+_CHOSEN = {}  # (kernel, key) -> (meta, num_warps, num_stages): the autotuner's pick for that key
 
 
-def _launch(kernel, key, grid, *args, **constexprs):
-    """kernel[grid](*args, **constexprs), through the autotuner only on a key's first call."""
-    cfg = _CHOSEN.get((kernel, key))
-    if cfg is None:
+def _launch(kernel, key, grid, args, constexprs):
+    """kernel[grid(meta)](*args, **meta), through the autotuner only on a key's first call; later
+    calls reuse the chosen config's meta dict (the key fixes every constexpr)."""
+    chosen = _CHOSEN.get((kernel, key))
+    if chosen is None:
         kernel[grid](*args, **constexprs)
-        _CHOSEN[(kernel, key)] = kernel.best_config
+        cfg = kernel.best_config
+        _CHOSEN[(kernel, key)] = (dict(cfg.kwargs, **constexprs), cfg.num_warps, cfg.num_stages)
         return
-    meta = dict(cfg.kwargs, **constexprs)
-    kernel.fn[grid(meta)](*args, **meta, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    meta, warps, stages = chosen
+    kernel.fn[grid(meta)](*args, **meta, num_warps=warps, num_stages=stages)
 
 
 def _mn_grid(M, N):
     return lambda meta: (cdiv(M, meta["BLOCK_M"]) * cdiv(N, meta["BLOCK_N"]),)
 
 
-def forward(x2, w, bias, mask2, y, shift, offset) -> None:
-    """x2 (M, K) unit column stride; w (N, K) contiguous in the GEMM dtype; y (M, N) contiguous."""
-    M, K = x2.shape
+def forward(x2, M: int, K: int, stride_xm: int, w, bias, mask, mask_rows: int, y, shift, offset) -> None:
+    """x2: M rows of K with unit column stride and row stride stride_xm; w (N, K) contiguous in the
+    GEMM dtype; mask: None or contiguous rows of K, row m of x using mask row m % mask_rows; y
+    contiguous (M rows of N). Shapes come in as ints: the launcher takes no views (host time)."""
     N = w.shape[0]
-    has_b, has_m, prec = bias is not None, mask2 is not None, dot_precision(w.dtype)
+    has_b, has_m, prec = bias is not None, mask is not None, dot_precision(w.dtype)
     _launch(act_linear_fwd_kernel, (N, K, has_m, has_b, x2.dtype, w.dtype, prec), _mn_grid(M, N),
-            x2, w, bias if has_b else w, mask2 if has_m else x2, y, M, N, K,
-            mask2.shape[0] if has_m else 1, x2.stride(0), shift, offset,
-            HAS_BIAS=has_b, HAS_MASK=has_m, PRECISION=prec)
+            (x2, w, bias if has_b else w, mask if has_m else x2, y, M, N, K, mask_rows, stride_xm, shift, offset),
+            dict(HAS_BIAS=has_b, HAS_MASK=has_m, PRECISION=prec))
 
 
-def backward(g, x2, w, mask2, shift, offset, need_dx: bool, need_dw: bool, bias_dtype=None):
-    """g (M, N) contiguous in w's dtype. Returns (dx (M, K) in x's dtype or None, dW in w's dtype
-    or None, db (N,) in bias_dtype or None); db is computed (inside the dW pass when there is one)
-    when bias_dtype is given."""
-    M, K = x2.shape
+def backward(g, x2, M: int, K: int, stride_xm: int, w, mask, mask_rows: int, shift, offset, dx, dw, db) -> None:
+    """g: M rows of N, contiguous, in w's dtype; x2 / mask as in forward. Writes each of dx (M rows
+    of K, contiguous), dW (w's shape) and db (N,) that is not None, each in its own dtype; db is
+    computed inside the dW pass when there is one."""
     N = w.shape[0]
     prec = dot_precision(w.dtype)
-    has_m = mask2 is not None
-    mask_arg = mask2 if has_m else x2
-    mask_rows = mask2.shape[0] if has_m else 1
-    dx = dw = db = None
-    if need_dx:
-        dx = torch.empty((M, K), dtype=x2.dtype, device=x2.device)
+    has_m = mask is not None
+    mask_arg = mask if has_m else x2
+    if dx is not None:
         _launch(act_linear_dx_kernel, (N, K, has_m, x2.dtype, w.dtype, prec), _mn_grid(M, K),
-                g, w, x2, mask_arg, dx, M, N, K, mask_rows, x2.stride(0), shift, HAS_MASK=has_m, PRECISION=prec)
-    has_db = bias_dtype is not None
-    if need_dw:
+                (g, w, x2, mask_arg, dx, M, N, K, mask_rows, stride_xm, shift), dict(HAS_MASK=has_m, PRECISION=prec))
+    has_db = db is not None
+    if dw is not None:
         tiles = cdiv(N, 64) * cdiv(K, 64)
-        split = max(1, min(reduction_programs(M, x2.device, min_rows=256) // max(1, tiles // 4), cdiv(M, 256)))
+        split = max(1, min(reduction_programs(M, x2, min_rows=256) // max(1, tiles // 4), cdiv(M, 256)))
         if INTERPRET:
             split = min(2, cdiv(M, 64))
-        part = torch.empty((split, N * K + (N if has_db else 0)), dtype=torch.float32, device=x2.device)
-        grid = lambda meta: (cdiv(N, meta["BLOCK_N"]), cdiv(K, meta["BLOCK_K"]), split)
+        part = x2.new_empty((split, N * K + (N if has_db else 0)), dtype=torch.float32)
+        grid = lambda meta: (cdiv(N, meta["BLOCK_N"]), cdiv(K, meta["BLOCK_K"]), split)  # noqa: E731
         _launch(act_linear_dw_kernel, (N, K, has_m, has_db, x2.dtype, g.dtype, prec, split), grid,
-                g, x2, mask_arg, part, M, N, K, mask_rows, x2.stride(0), cdiv(M, split), shift, offset,
-                HAS_MASK=has_m, HAS_DB=has_db, PRECISION=prec)
-        dw = torch.empty((N, K), dtype=w.dtype, device=x2.device)
-        db = torch.empty((N,), dtype=bias_dtype, device=x2.device) if has_db else None
+                (g, x2, mask_arg, part, M, N, K, mask_rows, stride_xm, cdiv(M, split), shift, offset),
+                dict(HAS_MASK=has_m, HAS_DB=has_db, PRECISION=prec))
         fold_rows(part, dw, db)
     elif has_db:
-        db = g.float().sum(0).to(bias_dtype)
-    return dx, dw, db
+        db.copy_(g.reshape(-1, N).float().sum(0))
 
 
-def linear_act_forward(x2, w, bias, y, shift, offset) -> None:
-    M, K = x2.shape
+def linear_act_forward(x2, M: int, K: int, stride_xm: int, w, bias, y, shift, offset) -> None:
     N = w.shape[0]
     has_b, prec = bias is not None, dot_precision(w.dtype)
     _launch(linear_act_fwd_kernel, (N, K, has_b, x2.dtype, w.dtype, prec), _mn_grid(M, N),
-            x2, w, bias if has_b else w, y, M, N, K, x2.stride(0), shift, offset, HAS_BIAS=has_b, PRECISION=prec)
+            (x2, w, bias if has_b else w, y, M, N, K, stride_xm, shift, offset), dict(HAS_BIAS=has_b, PRECISION=prec))
 
 
 def aot_specs(spec, dtypes):

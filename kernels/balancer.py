@@ -147,7 +147,7 @@ def gradient(x, g, out, outer: int, C: int, inner: int, min_mean: float, max_mea
     channel_last = inner == 1
     n_rows = outer * inner
     if channel_last:
-        progs = reduction_programs(n_rows, x.device, min_rows=64)
+        progs = reduction_programs(n_rows, x, min_rows=64)
         rows_per = cdiv(n_rows, progs)
     else:
         progs, rows_per = outer, 0

@@ -120,18 +120,11 @@ def upsample_bypass_bwd_kernel(g_ptr, xo_ptr, y_ptr, c_ptr, dxo_ptr, dy_ptr, dc_
     tl.store(dc_part_ptr + pid.to(tl.int64) * (B * C) + n, acc, mask=nmask)
 
 
-def _reduction_progs(rows: int, n_blocks: int, device, min_rows: int) -> int:
+def _reduction_progs(rows: int, n_blocks: int, t, min_rows: int) -> int:
     """Programs along T for a backward with n_blocks column blocks: ~PROGRAMS_PER_SM per SM in
     total, so the (P, B*C) partial buffer stays O(SMs x B*C / n_blocks) whatever T is."""
-    budget = cdiv(PROGRAMS_PER_SM * num_sms(device), n_blocks)
-    return max(1, min(reduction_programs(rows, device, min_rows=min_rows), budget))
-
-
-def _fold_scale(dc_part, B, C, L, scale_dtype):
-    """(P, B*C) partials -> the scale's flattened (L,) gradient in scale_dtype (one launch)."""
-    out = torch.empty((L,), dtype=scale_dtype, device=dc_part.device)
-    fold_rows(dc_part, out)  # rows of length L: for L == C, the B sequences fold as well
-    return out
+    budget = cdiv(PROGRAMS_PER_SM * num_sms(t), n_blocks)
+    return max(1, min(reduction_programs(rows, t, min_rows=min_rows), budget))
 
 
 def forward(x_orig, y, scale_flat, out) -> None:
@@ -142,16 +135,17 @@ def forward(x_orig, y, scale_flat, out) -> None:
         BLOCK_T=FWD_T, BLOCK_N=FWD_N, num_warps=FWD_WARPS)
 
 
-def backward(grad, x_orig, y, scale_flat, dxo, dy, scale_dtype):
+def backward(grad, x_orig, y, scale_flat, dxo, dy, dscale) -> None:
+    """grad, dxo and dy contiguous; writes them and dscale (scale_flat's entries, in its dtype)."""
     T, B, C = x_orig.shape
     n_blocks = cdiv(B * C, BWD_N)
-    progs = _reduction_progs(T, n_blocks, x_orig.device, min_rows=4)
-    dc_part = torch.empty((progs, B * C), dtype=torch.float32, device=x_orig.device)
+    progs = _reduction_progs(T, n_blocks, x_orig, min_rows=4)
+    dc_part = x_orig.new_empty((progs, B * C), dtype=torch.float32)
     L = scale_flat.numel()
     bypass_bwd_kernel[(progs, n_blocks)](grad, x_orig, y, scale_flat, dxo, dy, dc_part, T, B, C, L, cdiv(T, progs),
                                          x_orig.stride(0), x_orig.stride(1), y.stride(0), y.stride(1),
                                          BLOCK_T=BWD_T, BLOCK_N=BWD_N, num_warps=BWD_WARPS)
-    return _fold_scale(dc_part, B, C, L, scale_dtype)
+    fold_rows(dc_part, dscale)  # rows of length L: for L == C, the B sequences fold as well
 
 
 def upsample_forward(x_orig, y_down, scale_flat, out, ds: int) -> None:
@@ -163,18 +157,18 @@ def upsample_forward(x_orig, y_down, scale_flat, out, ds: int) -> None:
         BLOCK_G=UP_G, BLOCK_N=UP_N, num_warps=UP_WARPS)
 
 
-def upsample_backward(grad, x_orig, y_down, scale_flat, dxo, dy, ds: int, scale_dtype):
+def upsample_backward(grad, x_orig, y_down, scale_flat, dxo, dy, ds: int, dscale) -> None:
     T, B, C = x_orig.shape
     Tg = y_down.shape[0]
     n_blocks = cdiv(B * C, UP_BWD_N)
-    progs = _reduction_progs(Tg, n_blocks, x_orig.device, min_rows=2)
-    dc_part = torch.empty((progs, B * C), dtype=torch.float32, device=x_orig.device)
+    progs = _reduction_progs(Tg, n_blocks, x_orig, min_rows=2)
+    dc_part = x_orig.new_empty((progs, B * C), dtype=torch.float32)
     L = scale_flat.numel()
     upsample_bypass_bwd_kernel[(progs, n_blocks)](
         grad, x_orig, y_down, scale_flat, dxo, dy, dc_part, T, Tg, B, C, L, cdiv(Tg, progs),
         x_orig.stride(0), x_orig.stride(1), y_down.stride(0), y_down.stride(1), DS=ds,
         BLOCK_G=UP_BWD_G, BLOCK_N=UP_BWD_N, num_warps=4)
-    return _fold_scale(dc_part, B, C, L, scale_dtype)
+    fold_rows(dc_part, dscale)
 
 
 def aot_specs(spec, dtypes):

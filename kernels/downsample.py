@@ -115,26 +115,24 @@ def forward(x, bias, out, ds: int) -> None:
                                                                  DS=ds, BLOCK_G=FWD_G, BLOCK_N=FWD_N, num_warps=FWD_WARPS)
 
 
-def backward(grad, x, bias, dx):
-    """Writes dx (T, B, C) contiguous; returns dbias (ds,) in bias's dtype."""
+def backward(grad, x, bias, dx, dbias) -> None:
+    """Writes dx (T, B, C) contiguous and dbias (ds,) in its own dtype."""
     T, B, C = x.shape
     ds = bias.shape[0]
     Tg = grad.shape[0]
     # Fixed (not tuned) column block: the partial buffer's size depends on it.
-    block_n = max(64, 2048 // ds) if x.device.type == "cuda" else 256
+    block_n = max(64, 2048 // ds) if x.is_cuda else 256
     block_n = min(block_n, next_pow2(B * C))
     n_blocks = cdiv(B * C, block_n)
-    progs = reduction_programs(Tg, x.device, min_rows=max(2, 16 // max(1, n_blocks)))
+    progs = reduction_programs(Tg, x, min_rows=max(2, 16 // max(1, n_blocks)))
     # ~PROGRAMS_PER_SM programs per SM in total (progs x column blocks): the partial buffer is
     # O(SMs x ds), whatever T.
-    progs = max(1, min(progs, cdiv(PROGRAMS_PER_SM * num_sms(x.device), n_blocks)))
-    dw_part = torch.empty((progs, n_blocks, ds), dtype=torch.float32, device=x.device)
+    progs = max(1, min(progs, cdiv(PROGRAMS_PER_SM * num_sms(x), n_blocks)))
+    dw_part = x.new_empty((progs, n_blocks, ds), dtype=torch.float32)
     downsample_bwd_kernel[(progs, n_blocks)](grad, x, bias, dx, dw_part, T, Tg, B, C, cdiv(Tg, progs),
                                              x.stride(0), x.stride(1), DS=ds, BLOCK_G=BWD_G, BLOCK_N=block_n,
                                              num_warps=4 if block_n * BWD_G * ds <= 2048 else 8)
-    dbias = torch.empty((ds,), dtype=bias.dtype, device=x.device)
     downsample_dbias_kernel[(1,)](dw_part, bias, dbias, progs * n_blocks, DS=ds, BLOCK_R=64, num_warps=4)
-    return dbias
 
 
 def aot_specs(spec, dtypes):

@@ -61,8 +61,8 @@ def forward(x2, w, bias, pad, u, B: int, T: int) -> None:
     D = w.shape[0] // 2
     has_b, has_p, prec = bias is not None, pad is not None, dot_precision(w.dtype)
     _launch(linear_glu_fwd_kernel, (D, K, has_b, has_p, x2.dtype, w.dtype, prec), _mn_grid(M, D),
-            x2, w, bias if has_b else w, pad if has_p else x2, u, M, D, K, B, T, x2.stride(0),
-            HAS_BIAS=has_b, HAS_PAD=has_p, PRECISION=prec)
+            (x2, w, bias if has_b else w, pad if has_p else x2, u, M, D, K, B, T, x2.stride(0)),
+            dict(HAS_BIAS=has_b, HAS_PAD=has_p, PRECISION=prec))
 
 
 def aot_specs(spec, dtypes):

@@ -64,9 +64,9 @@ def forward(x, x_inner: int, sx_outer: int, sx_inner: int, mul2, w, bias, residu
     K = w.shape[1]
     has_b, has_m, prec = bias is not None, mul2 is not None, dot_precision(w.dtype)
     _launch(residual_linear_fwd_kernel, (N, K, act, has_m, has_b, x.dtype, w.dtype, residual2.dtype, y.dtype, prec),
-            _mn_grid(M, N), x, mul2 if has_m else x, w, bias if has_b else w, residual2, y, M, N, K,
-            x_inner, sx_outer, sx_inner, mul2.shape[0] if has_m else 1, mul2.stride(0) if has_m else 0,
-            shift, offset, ACT=act, HAS_MUL=has_m, HAS_BIAS=has_b, PRECISION=prec)
+            _mn_grid(M, N), (x, mul2 if has_m else x, w, bias if has_b else w, residual2, y, M, N, K,
+                             x_inner, sx_outer, sx_inner, mul2.shape[0] if has_m else 1, mul2.stride(0) if has_m else 0,
+                             shift, offset), dict(ACT=act, HAS_MUL=has_m, HAS_BIAS=has_b, PRECISION=prec))
 
 
 def aot_specs(spec, dtypes):

@@ -76,18 +76,18 @@ def swoosh_bwd_kernel(g_ptr, s_ptr, dx_ptr, n, tiles_per_prog, shift,
         tl.store(dx_ptr + offs, (dy * d).to(dx_ptr.dtype.element_ty), mask=mask)
 
 
-def _launch(n: int, element_size: int, device):
+def _launch(n: int, element_size: int, t):
     """(grid, BLOCK, tiles per program) of the grid-stride loop."""
     block = BLOCK if INTERPRET or element_size >= 4 else 2 * BLOCK
     tiles = cdiv(n, block)
-    progs = min(tiles, PROGRAMS_PER_SM * num_sms(device)) if not INTERPRET else tiles
+    progs = min(tiles, PROGRAMS_PER_SM * num_sms(t)) if not INTERPRET else tiles
     return (progs,), block, cdiv(tiles, progs)
 
 
 def forward(x, y, code, seed: int, shift: float, offset: float) -> None:
     """x, y contiguous, same numel; code: uint8 buffer or None."""
     n = x.numel()
-    grid, block, per = _launch(n, x.element_size(), x.device)
+    grid, block, per = _launch(n, x.element_size(), x)
     save = SAVE_UINT8 if code is not None else SAVE_NONE
     swoosh_fwd_kernel[grid](x, y, code if code is not None else y, n, per, seed, shift, offset,
                             SAVE=save, BLOCK=block, num_warps=NUM_WARPS)
@@ -95,7 +95,7 @@ def forward(x, y, code, seed: int, shift: float, offset: float) -> None:
 
 def backward(grad, saved, dx, shift: float, compact: bool) -> None:
     n = dx.numel()
-    grid, block, per = _launch(n, dx.element_size(), dx.device)
+    grid, block, per = _launch(n, dx.element_size(), dx)
     swoosh_bwd_kernel[grid](grad, saved, dx, n, per, shift, SAVE=SAVE_UINT8 if compact else SAVE_NONE,
                             BLOCK=block, num_warps=NUM_WARPS)
 

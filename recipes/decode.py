@@ -65,6 +65,11 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--compile", type=str2bool, default=False,
                    help="torch.compile the encoder (fullgraph, dynamic shapes; input checks stay eager)")
+    p.add_argument("--cuda-graphs", type=str2bool, default=False,
+                   help="offline decoding on CUDA: pad batches to (power-of-two batch, multiple of "
+                        "--graph-frame-step frames) buckets and replay one captured CUDA graph of the encoder "
+                        "per bucket (zipformer_fast.asr.graphed_encoder)")
+    p.add_argument("--graph-frame-step", type=int, default=200, help="with --cuda-graphs: frame bucket size")
     p.add_argument("--res-dir", default=None, help="default: <exp-dir>/<decoding-method>[-chunk/streaming suffix]")
     g = p.add_argument_group("causal models (trained with --causal 1)")
     g.add_argument("--chunk-size", type=int, default=None,
@@ -165,9 +170,13 @@ def decode_split_all(model, cuts, tokenizer, args, device) -> Dict[str, List[Dic
     from zipformer_fast.data import AsrDataModule, DataConfig, batch_inputs
     dl = AsrDataModule(DataConfig(max_duration=args.max_duration, num_workers=0)).eval_dataloader(cuts)
     rows: Dict[str, List[Dict]] = {name: [] for name in result_names(args)}
+    encoder = model.forward_encoder
+    if args.cuda_graphs:
+        from zipformer_fast.asr.graphed_encoder import GraphedEncoder
+        encoder = GraphedEncoder(model, frame_step=args.graph_frame_step)
     for batch in dl:
         feats, lens, texts, ids = batch_inputs(batch, device)
-        enc, enc_lens = model.forward_encoder(feats, lens)
+        enc, enc_lens = encoder(feats, lens)
         for name, hyps in decode_batch(model, enc, enc_lens, args).items():
             for uid, ref, hyp in zip(ids, texts, hyps):
                 rows[name].append({"id": uid, "ref": ref, "hyp": tokenizer.decode(hyp)})
@@ -267,6 +276,8 @@ def main(argv=None) -> Dict[str, dict]:
         suffix = configure_chunking(model, args)
         if args.compile:
             model.compile_encoder()
+        if args.cuda_graphs and (device.type != "cuda" or args.streaming):
+            raise ValueError("--cuda-graphs needs a CUDA device and offline decoding (not --streaming)")
         if args.streaming and args.decoding_method not in ("greedy_search", "modified_beam_search"):
             raise ValueError("--streaming decodes with the transducer (greedy_search or modified_beam_search)")
         res_dir = Path(args.res_dir) if args.res_dir else Path(args.exp_dir) / (args.decoding_method + suffix)

@@ -286,8 +286,8 @@ def test_cuda_graph_capture_of_eval_encoder(backend):
 def test_fused_training_compiles_with_dynamic_shapes():
     """The fused backend in training under torch.compile(dynamic=True) (what automatic-dynamic
     recompiles reach on the second input length): the ops that wrap several launches in one
-    autograd.Function (conv_chain in Conv2dSubsampling, bias_norm_bypass, the gated convolution,
-    the Balancer's fused gradient) trace as compositions of single custom ops; two lengths, no
+    autograd.Function (conv_chain in Conv2dSubsampling, the gated convolution, the Balancer's
+    fused gradient) trace as compositions of single custom ops; two lengths, no
     recompilation, eager's output and input gradient."""
     pytest.importorskip("triton")
     from torch._dynamo.testing import CompileCounterWithBackend

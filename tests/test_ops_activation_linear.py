@@ -30,6 +30,12 @@ def _make(T, B, K, N, dtype, bias=True, mask="shared", seed=0):
         m = ((torch.rand(1, B, K, generator=g) > 0.3).to(dtype) / 0.7).to(dtype)
     elif mask == "batch":
         m = ((torch.rand(T, 1, K, generator=g) > 0.3).to(dtype) / 0.7).to(dtype)
+    elif mask == "full":
+        m = ((torch.rand(T, B, K, generator=g) > 0.3).to(dtype) / 0.7).to(dtype)
+    elif mask == "2d":  # (B, K), broadcast over T without a leading 1
+        m = ((torch.rand(B, K, generator=g) > 0.3).to(dtype) / 0.7).to(dtype)
+    elif mask == "strided":  # (1, B, K) that is not contiguous
+        m = ((torch.rand(1, K, B, generator=g) > 0.3).to(dtype) / 0.7).to(dtype).transpose(1, 2)
     else:
         m = None
     return x, w, b, m
@@ -62,7 +68,7 @@ def test_matches_reference(dtype, act, shape):
     _check(*_make(*shape, dtype), act, dtype)
 
 
-@pytest.mark.parametrize("mask", ["none", "batch"])
+@pytest.mark.parametrize("mask", ["none", "batch", "full", "2d", "strided"])
 def test_mask_layouts_and_no_bias(mask):
     _check(*_make(6, 3, 40, 24, torch.float32, bias=False, mask=mask), "SwooshL", torch.float32)
 

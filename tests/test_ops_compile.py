@@ -91,3 +91,31 @@ def test_compiled_graph_holds_the_custom_ops_and_eager_does_not():
             CustomOpDef.__call__, InterpretedFunction.run = call, run
         assert custom_calls == []  # eager: the launchers ran without the custom-op dispatcher
         assert len(launches) >= 6, launches  # ... and they did launch the kernels
+
+
+def test_layer_end_traces_as_one_custom_op_with_dynamic_shapes():
+    """bias_norm_bypass (per-sequence scale, as in training) under torch.compile(dynamic=True):
+    one opaque node each way, two lengths without recompiling, eager's output and gradients."""
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    from zipformer_fast.ops.bias_norm_bypass import bias_norm_bypass
+
+    torch.manual_seed(0)
+    B, D = 2, 20
+    params = [torch.tensor(0.4).requires_grad_(), torch.randn(D).requires_grad_(), torch.rand(B, D).requires_grad_()]
+    counter = CompileCounterWithBackend("aot_eager")
+    torch._dynamo.reset()
+    with use_backend("triton"):
+        compiled = torch.compile(bias_norm_bypass, fullgraph=True, dynamic=True, backend=counter)
+        for T in (9, 14):
+            xo, x = torch.randn(T, B, D, requires_grad=True), torch.randn(T, B, D, requires_grad=True)
+            out = compiled(xo, x, *params)
+            got = torch.autograd.grad(out.sum(), [xo, x, *params])
+            eager = bias_norm_bypass(xo, x, *params)
+            want = torch.autograd.grad(eager.sum(), [xo, x, *params])
+            assert_close(out, eager, torch.float32, f"T={T} output")
+            for i, (a, e) in enumerate(zip(got, want)):
+                assert_close(a, e, torch.float32, f"T={T} grad {i}")
+    assert counter.frame_count == 1
+    targets = {str(n.target) for g in counter.graphs for n in g.graph.nodes if n.op == "call_function"}
+    assert "zipformer_fast.bias_norm_bypass_fwd.default" in targets, targets

@@ -18,7 +18,7 @@ import random
 import pytest
 import torch
 
-from zipformer_fast.ops.bypass import bias_norm_bypass
+from zipformer_fast.ops.bias_norm_bypass import bias_norm_bypass
 from zipformer_fast.ops.conv_chain import conv_chain
 from zipformer_fast.ops.gated_conv import gated_depthwise_conv1d
 from zipformer_fast.ops.gating import mul_linear, tanh_gate
@@ -261,22 +261,38 @@ def test_gates_save_only_their_inputs():
 
 # ------------------------------------------------------------------------- bias_norm_bypass
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-@pytest.mark.parametrize("per_batch", [False, True])
-@pytest.mark.parametrize("shape", [(1, 1, 5), (13, 3, 37)])
-def test_bias_norm_bypass_matches_reference(dtype, per_batch, shape):
+@pytest.mark.parametrize("scale_shape", ["D", "BD", "1BD"])
+@pytest.mark.parametrize("shape", [(1, 1, 5), (13, 3, 37), (6, 2, 70)])
+def test_bias_norm_bypass_matches_reference(dtype, scale_shape, shape):
     g = torch.Generator().manual_seed(7)
     T, B, D = shape
     xo, x = _rand(*shape, gen=g, dtype=dtype), _rand(*shape, gen=g, scale=3.0, dtype=dtype)
     ls = torch.tensor(0.7).requires_grad_()
     bias = _rand(D, gen=g, scale=0.5)
-    c = torch.rand((B, D) if per_batch else (D,), generator=g)
-    if per_batch and B > 1:
-        c[0] = 0.0  # a skipped sequence
+    c = torch.rand({"D": (D,), "BD": (B, D), "1BD": (1, B, D)}[scale_shape], generator=g)
+    if scale_shape != "D" and B > 1:
+        c[..., 0, :] = 0.0  # a skipped sequence
     c.requires_grad_()
-    with kernel_calls("bias_norm") as bn, kernel_calls("bypass") as bp:
+    with kernel_calls("bias_norm_bypass") as fused, kernel_calls("bias_norm") as bn, kernel_calls("bypass") as bp:
         # fp32 scale: the output is promoted to fp32, as the reference's
         _check(bias_norm_bypass, bias_norm_bypass, [xo, x, ls, bias, c], dtype, out_dtype=torch.float32)
-    assert bn == {"forward": 2, "backward": 1} and bp == {"forward": 1, "backward": 1}, (bn, bp)
+    assert fused == {"forward": 1, "backward": 1}, fused  # one pass each way, no recomputing launch
+    assert bn == {"forward": 0, "backward": 0} and bp == {"forward": 0, "backward": 0}, (bn, bp)
+
+
+def test_bias_norm_bypass_strided_inputs_and_half_scale():
+    """x a channel-truncation view, x_orig (B, T, D)-major (transposed), scale in fp16: the kernels
+    read the strides in place and the output stays fp16."""
+    g = torch.Generator().manual_seed(11)
+    T, B, D = 9, 3, 21
+    x = _rand(T, B, D + 5, gen=g, scale=2.0, dtype=torch.float16).detach()[..., :D].requires_grad_()
+    xo = _rand(B, T, D, gen=g, dtype=torch.float16).detach().transpose(0, 1).requires_grad_()
+    ls = torch.tensor(-0.3).requires_grad_()
+    bias = _rand(D, gen=g, scale=0.5)
+    c = torch.rand(B, D, generator=g).half().requires_grad_()
+    with kernel_calls("bias_norm_bypass") as fused:
+        _check(bias_norm_bypass, bias_norm_bypass, [xo, x, ls, bias, c], torch.float16)
+    assert fused == {"forward": 1, "backward": 1}, fused
 
 
 def test_bias_norm_bypass_saves_only_its_inputs():

@@ -127,6 +127,10 @@ def test_own_lhotse_cuts_without_features_train_and_decode(corpus, tmp_path):
     wer = json.loads((exp / "greedy_search" / "wer-my_test-greedy_search.json").read_text())
     assert wer["utterances"] == 3 and wer["words"] > 0
     assert "my_test greedy_search: WER" in proc.stdout
+    graphs = subprocess.run([sys.executable, "-m", "recipes.decode", "--exp-dir", str(exp), "--bpe-model",
+                             f"{bpe}.model", "--test-cuts", str(paths["my_test"]), "--cuda-graphs", "1", *CPU],
+                            cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+    assert graphs.returncode != 0 and "--cuda-graphs needs a CUDA device" in graphs.stderr, graphs.stderr[-2000:]
 
 
 def test_prepare_without_stored_fbank_trains_on_the_fly(corpus, tmp_path):

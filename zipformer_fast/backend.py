@@ -22,6 +22,7 @@ def use_triton_for(*tensors: torch.Tensor) -> bool:
         if name == "triton":
             raise RuntimeError("backend 'triton' requested but triton is not importable: pip install triton")
         return False
-    if all(t.is_cuda for t in tensors if t is not None):
-        return True
-    return triton_interpret()
+    for t in tensors:  # a loop, not all(<generator>): ~0.4 us less per fused call
+        if t is not None and not t.is_cuda:
+            return triton_interpret()
+    return True

@@ -13,7 +13,8 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from ..ops.bypass import bias_norm_bypass, bypass
+from ..ops.bias_norm_bypass import bias_norm_bypass
+from ..ops.bypass import bypass
 from .grad_shapers import limit_param_value
 from .randomness import device_side, keep_mask
 from .scheduled_float import FloatLike, ScheduledFloat, value

@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from ..backend import use_triton_for
-from ._registry import FusedOp, apply, contiguous_rows, gemm_weight, kernels, needs_grad, register_autograd, use_op
+from ._registry import FusedOp, apply, empty_out, gemm_weight, kernels, needs_grad, register_autograd, row_layout, use_op
 from .swoosh import (SWOOSH_L_OFFSET, SWOOSH_L_SHIFT, SWOOSH_R_OFFSET, SWOOSH_R_SHIFT, swoosh_l_reference,
                      swoosh_r_reference)
 
@@ -88,18 +88,40 @@ def _mask_rows(mask: Tensor, x: Tensor) -> Tensor:
     return m.reshape(-1, K).contiguous()
 
 
+def _mask_arg(mask: Optional[Tensor], x: Tensor) -> Tuple[Optional[Tensor], int]:
+    """(mask as the kernels read it, its row count R): row m of x uses mask row m % R. A
+    contiguous mask shaped (1, ..., 1, x.shape[j:]) (icefall's shared-dim masks, (1, B, K)) is
+    passed as is; others go through _mask_rows (views and a copy: host time)."""
+    if mask is None:
+        return None, 1
+    ms, xs = mask.shape, x.shape
+    if mask.is_contiguous() and len(ms) == len(xs):
+        j = 0
+        while j < len(ms) - 1 and ms[j] == 1:
+            j += 1
+        if all(ms[i] == xs[i] for i in range(j, len(ms))):
+            return mask, mask.numel() // xs[-1]
+    m2 = _mask_rows(mask, x)
+    return m2, m2.shape[0]
+
+
+def _out_shape(x: Tensor, n: int):
+    return x.shape[:-1] + (n,)
+
+
 def _fwd_fake(x: Tensor, weight: Tensor, bias: Optional[Tensor], mask: Optional[Tensor], shift: float,
               offset: float) -> Tensor:
-    return torch.empty(tuple(x.shape[:-1]) + (weight.shape[0],), dtype=weight.dtype, device=x.device)
+    return torch.empty(_out_shape(x, weight.shape[0]), dtype=weight.dtype, device=x.device)
 
 
 def _act_linear_fwd_impl(x: Tensor, weight: Tensor, bias: Optional[Tensor], mask: Optional[Tensor], shift: float,
                          offset: float) -> Tensor:
-    x2 = contiguous_rows(x)
-    y = torch.empty((x2.shape[0], weight.shape[0]), dtype=weight.dtype, device=x.device)
-    mask2 = _mask_rows(mask, x) if mask is not None else None
-    kernels("activation_linear").forward(x2, _contiguous(weight), bias, mask2, y, shift, offset)
-    return y.view(tuple(x.shape[:-1]) + (weight.shape[0],))
+    x2, M, stride = row_layout(x)
+    y = x.new_empty(_out_shape(x, weight.shape[0]), dtype=weight.dtype)
+    mask2, mask_rows = _mask_arg(mask, x)
+    kernels("activation_linear").forward(x2, M, x.shape[-1], stride, _contiguous(weight), bias, mask2, mask_rows,
+                                         y, shift, offset)
+    return y
 
 
 def _contiguous(t: Tensor) -> Tensor:
@@ -117,15 +139,15 @@ def _bwd_fake(grad: Tensor, x: Tensor, weight: Tensor, mask: Optional[Tensor], s
 def _act_linear_grads(grad: Tensor, x: Tensor, weight: Tensor, mask: Optional[Tensor], shift: float, offset: float,
                       need_dx: bool, need_dw: bool, db_dtype: Optional[torch.dtype]):
     """(dx or None, dW in weight's dtype or None, db in db_dtype or None)."""
-    x2 = contiguous_rows(x)
-    N = weight.shape[0]
-    g = grad.reshape(-1, N)
-    if g.dtype != weight.dtype:
-        g = g.to(weight.dtype)
-    mask2 = _mask_rows(mask, x) if mask is not None else None
-    dx, dw, db = kernels("activation_linear").backward(_contiguous(g), x2, _contiguous(weight), mask2, shift, offset,
-                                                       need_dx, need_dw, db_dtype)
-    return (dx.view(x.shape) if need_dx else None), dw, db
+    x2, M, stride = row_layout(x)
+    g = grad if grad.dtype == weight.dtype else grad.to(weight.dtype)
+    mask2, mask_rows = _mask_arg(mask, x)
+    dx = empty_out(x) if need_dx else None
+    dw = torch.empty_like(weight, memory_format=torch.contiguous_format) if need_dw else None
+    db = weight.new_empty((weight.shape[0],), dtype=db_dtype) if db_dtype is not None else None
+    kernels("activation_linear").backward(_contiguous(g), x2, M, x.shape[-1], stride, _contiguous(weight), mask2,
+                                          mask_rows, shift, offset, dx, dw, db)
+    return dx, dw, db
 
 
 def _act_linear_bwd_impl(grad: Tensor, x: Tensor, weight: Tensor, mask: Optional[Tensor], shift: float, offset: float,
@@ -182,14 +204,15 @@ class _ActLinearFused(torch.autograd.Function):
 
 
 def _linear_act_fake(x: Tensor, weight: Tensor, bias: Optional[Tensor], shift: float, offset: float) -> Tensor:
-    return torch.empty(tuple(x.shape[:-1]) + (weight.shape[0],), dtype=weight.dtype, device=x.device)
+    return torch.empty(_out_shape(x, weight.shape[0]), dtype=weight.dtype, device=x.device)
 
 
 def _linear_act_fwd_impl(x: Tensor, weight: Tensor, bias: Optional[Tensor], shift: float, offset: float) -> Tensor:
-    x2 = contiguous_rows(x)
-    y = torch.empty((x2.shape[0], weight.shape[0]), dtype=weight.dtype, device=x.device)
-    kernels("activation_linear").linear_act_forward(x2, _contiguous(weight), bias, y, shift, offset)
-    return y.view(tuple(x.shape[:-1]) + (weight.shape[0],))
+    x2, M, stride = row_layout(x)
+    y = x.new_empty(_out_shape(x, weight.shape[0]), dtype=weight.dtype)
+    kernels("activation_linear").linear_act_forward(x2, M, x.shape[-1], stride, _contiguous(weight), bias, y,
+                                                    shift, offset)
+    return y
 
 
 _linear_act_fwd = FusedOp("linear_act_fwd", _linear_act_fwd_impl, _linear_act_fake)

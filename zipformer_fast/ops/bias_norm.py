@@ -12,9 +12,9 @@ Paths:
   difference and more).
 - fused (kernels/bias_norm.py; an autograd.Function in eager mode, the custom op
   zipformer_fast::bias_norm_fwd under torch.compile): one pass per row in fp32.
-  Saved for backward: x itself (as icefall, store_output_for_backprop=False), the per-row
-  r = rsqrt(mean((x-b)^2)) in fp32 (4 bytes/row), and the parameters. Backward recomputes the rest
-  in one pass; bias and log_scale gradients come from per-program partial sums (no atomics),
+  Saved for backward: x itself (as icefall, store_output_for_backprop=False) and the
+  parameters. Backward recomputes r = rsqrt(mean((x-b)^2)) and the rest in one pass over each
+  row; bias and log_scale gradients come from per-program partial sums (no atomics),
   folded by a second small kernel into the parameters' dtypes.
   x needs a unit channel stride (other layouts are copied); rows may be strided.
 """
@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from ..backend import use_triton_for
-from ._registry import FusedOp, apply, contiguous_rows, kernels, needs_grad, register_autograd, use_op
+from ._registry import FusedOp, apply, empty_out, kernels, needs_grad, register_autograd, row_layout, use_op
 
 MAX_FUSED_DIM = 16384  # one row must fit a program's registers; wider rows use the reference
 
@@ -35,32 +35,30 @@ def bias_norm_reference(x: Tensor, log_scale: Tensor, bias: Tensor) -> Tensor:
     return (xf * scales).to(x.dtype)
 
 
-def _fwd_fake(x: Tensor, log_scale: Tensor, bias: Tensor) -> Tuple[Tensor, Tensor]:
-    n = x.numel() // x.shape[-1]
-    return torch.empty(x.shape, dtype=x.dtype, device=x.device), x.new_empty((n,), dtype=torch.float32)
+def _fwd_fake(x: Tensor, log_scale: Tensor, bias: Tensor) -> Tensor:
+    return torch.empty(x.shape, dtype=x.dtype, device=x.device)
 
 
-def _bias_norm_fwd_impl(x: Tensor, log_scale: Tensor, bias: Tensor) -> Tuple[Tensor, Tensor]:
-    x2 = contiguous_rows(x)
-    y2 = torch.empty(x2.shape, dtype=x.dtype, device=x.device)
-    rstd = torch.empty((x2.shape[0],), dtype=torch.float32, device=x.device)
-    kernels("bias_norm").forward(x2, bias if bias.is_contiguous() else bias.contiguous(), log_scale, y2, rstd)
-    return y2.view(x.shape), rstd
+def _bias_norm_fwd_impl(x: Tensor, log_scale: Tensor, bias: Tensor) -> Tensor:
+    x2, n, stride = row_layout(x)
+    y = empty_out(x)
+    kernels("bias_norm").forward(x2, n, x.shape[-1], stride, bias if bias.is_contiguous() else bias.contiguous(),
+                                 log_scale, y)
+    return y
 
 
-def _bwd_fake(grad: Tensor, x: Tensor, log_scale: Tensor, bias: Tensor, rstd: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+def _bwd_fake(grad: Tensor, x: Tensor, log_scale: Tensor, bias: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
     return torch.empty_like(x, memory_format=torch.contiguous_format), torch.empty_like(log_scale), torch.empty_like(bias)
 
 
-def _bias_norm_bwd_impl(grad: Tensor, x: Tensor, log_scale: Tensor, bias: Tensor, rstd: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
-    x2 = contiguous_rows(x)
-    g2 = grad.reshape(x2.shape)
-    if not g2.is_contiguous():
-        g2 = g2.contiguous()
-    dx2 = torch.empty(x2.shape, dtype=x.dtype, device=x.device)
-    dbias, dls = kernels("bias_norm").backward(g2, x2, bias if bias.is_contiguous() else bias.contiguous(),
-                                               log_scale, rstd, dx2, bias.dtype, log_scale.dtype)
-    return dx2.view(x.shape), dls.view(log_scale.shape), dbias
+def _bias_norm_bwd_impl(grad: Tensor, x: Tensor, log_scale: Tensor, bias: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    x2, n, stride = row_layout(x)
+    dx = empty_out(x)
+    dbias = torch.empty_like(bias, memory_format=torch.contiguous_format)
+    dls = torch.empty_like(log_scale, memory_format=torch.contiguous_format)
+    kernels("bias_norm").backward(grad if grad.is_contiguous() else grad.contiguous(), x2, n, x.shape[-1], stride,
+                                  bias if bias.is_contiguous() else bias.contiguous(), log_scale, dx, dbias, dls)
+    return dx, dls, dbias
 
 
 _bias_norm_fwd = FusedOp("bias_norm_fwd", _bias_norm_fwd_impl, _fwd_fake)
@@ -68,14 +66,11 @@ _bias_norm_bwd = FusedOp("bias_norm_bwd", _bias_norm_bwd_impl, _bwd_fake)
 
 
 def _setup(ctx, inputs, output):
-    x, log_scale, bias = inputs
-    ctx.save_for_backward(x, log_scale, bias, output[1])
+    ctx.save_for_backward(*inputs)
 
 
-def _backward(ctx, grad_y, _grad_rstd):
-    x, log_scale, bias, rstd = ctx.saved_tensors
-    dx, dls, db = _bias_norm_bwd.op(grad_y, x, log_scale, bias, rstd)
-    return dx, dls, db
+def _backward(ctx, grad_y):
+    return _bias_norm_bwd.op(grad_y, *ctx.saved_tensors)
 
 
 register_autograd(_bias_norm_fwd.op, _backward, _setup)
@@ -86,9 +81,8 @@ class _BiasNormFused(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, log_scale, bias):
-        y, rstd = _bias_norm_fwd_impl(x, log_scale, bias)
-        ctx.save_for_backward(x, log_scale, bias, rstd)
-        return y
+        ctx.save_for_backward(x, log_scale, bias)
+        return _bias_norm_fwd_impl(x, log_scale, bias)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -103,8 +97,8 @@ def fused_ok(x: Tensor, log_scale: Tensor, bias: Tensor) -> bool:
 def bias_norm(x: Tensor, log_scale: Tensor, bias: Tensor) -> Tensor:
     if fused_ok(x, log_scale, bias):
         if use_op(x):
-            return _bias_norm_fwd.op(x, log_scale, bias)[0]
+            return _bias_norm_fwd.op(x, log_scale, bias)
         if needs_grad(x, log_scale, bias):
             return apply(_BiasNormFused, x, log_scale, bias)
-        return _bias_norm_fwd_impl(x, log_scale, bias)[0]
+        return _bias_norm_fwd_impl(x, log_scale, bias)
     return bias_norm_reference(x, log_scale, bias)

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from ..backend import use_triton_for
-from ._registry import FusedOp, apply, as_tbc, kernels, needs_grad, register_autograd, use_op
+from ._registry import FusedOp, apply, as_tbc, empty_out, kernels, needs_grad, register_autograd, use_op
 
 
 def simple_downsample_reference(x: Tensor, bias: Tensor) -> Tensor:
@@ -66,8 +66,9 @@ def _fwd_fake(x: Tensor, bias: Tensor) -> Tensor:
 def _downsample_fwd_impl(x: Tensor, bias: Tensor) -> Tensor:
     ds = bias.shape[0]
     xx = as_tbc(x)
-    out = torch.empty(((x.shape[0] + ds - 1) // ds,) + tuple(x.shape[1:]),
-                      dtype=torch.promote_types(x.dtype, bias.dtype), device=x.device)
+    T, B, C = x.shape
+    dt = x.dtype if bias.dtype == x.dtype else torch.promote_types(x.dtype, bias.dtype)
+    out = x.new_empty(((T + ds - 1) // ds, B, C), dtype=dt)
     kernels("downsample").forward(xx, bias, out, ds)
     return out
 
@@ -78,8 +79,9 @@ def _bwd_fake(grad: Tensor, x: Tensor, bias: Tensor) -> Tuple[Tensor, Tensor]:
 
 def _downsample_bwd_impl(grad: Tensor, x: Tensor, bias: Tensor) -> Tuple[Tensor, Tensor]:
     xx = as_tbc(x)
-    dx = torch.empty(xx.shape, dtype=x.dtype, device=x.device)
-    dbias = kernels("downsample").backward(grad if grad.is_contiguous() else grad.contiguous(), xx, bias, dx)
+    dx = empty_out(x)
+    dbias = torch.empty_like(bias, memory_format=torch.contiguous_format)
+    kernels("downsample").backward(grad if grad.is_contiguous() else grad.contiguous(), xx, bias, dx, dbias)
     return dx, dbias
 
 

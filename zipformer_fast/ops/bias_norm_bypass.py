@@ -1,0 +1,105 @@
+"""The end of a Zipformer layer (icefall Zipformer2EncoderLayer: `src = self.norm(src)`, then
+`src = self.bypass(src_orig, src)`) as one op:
+
+    bias_norm_bypass(x_orig, x, log_scale, bias, scale) == bypass(x_orig, bias_norm(x, log_scale, bias), scale)
+
+x_orig and x are (T, B, D); scale is (D,) or (B, D) (per-sequence layer skipping, every training
+step), as for `bypass`. Output dtype: torch promotion of (x_orig, x, scale), with the normalised
+tensor rounded to x's dtype first, as the two ops store it.
+
+Fused path (kernels/bias_norm_bypass.py; an autograd.Function in eager mode, the custom ops
+zipformer_fast::bias_norm_bypass_fwd/bwd under torch.compile): forward reads x and x_orig once and
+writes the output, the normalised tensor is never stored; backward recomputes it in registers and
+writes dx and dx_orig in one pass (plus two small folds of the parameter-gradient partials).
+Saved for backward: the inputs and parameters only (the two-op composition would save the
+normalised tensor or write and read it again). Inputs need a unit channel stride (T and B strides
+are free; others are copied). Other shapes, or rows wider than BiasNorm's fused limit, run the two
+ops.
+"""
+from typing import Tuple
+
+import torch
+from torch import Tensor
+
+from ._registry import FusedOp, apply, as_tbc, empty_out, kernels, needs_grad, register_autograd, use_op
+from .bias_norm import bias_norm, bias_norm_reference, fused_ok as bias_norm_fused_ok
+from .bypass import _dense, _fused_ok as bypass_fused_ok, _out_dtype, bypass, bypass_reference
+
+
+def bias_norm_bypass_reference(x_orig: Tensor, x: Tensor, log_scale: Tensor, bias: Tensor, scale: Tensor) -> Tensor:
+    return bypass_reference(x_orig, bias_norm_reference(x, log_scale, bias), scale)
+
+
+def _c_sb(scale: Tensor, D: int) -> int:
+    """Stride between the scale's per-sequence rows as the kernels read it (0: one row for all)."""
+    return 0 if scale.numel() == D else D
+
+
+def _fwd_fake(x_orig: Tensor, x: Tensor, log_scale: Tensor, bias: Tensor, scale: Tensor) -> Tensor:
+    return torch.empty(x_orig.shape, dtype=_out_dtype(x_orig, x, scale), device=x_orig.device)
+
+
+def _fwd_impl(x_orig: Tensor, x: Tensor, log_scale: Tensor, bias: Tensor, scale: Tensor) -> Tensor:
+    out = empty_out(x_orig, _out_dtype(x_orig, x, scale))
+    kernels("bias_norm_bypass").forward(as_tbc(x_orig), as_tbc(x), _dense(bias), log_scale, _dense(scale),
+                                        _c_sb(scale, x.shape[2]), out)
+    return out
+
+
+def _bwd_fake(grad: Tensor, x_orig: Tensor, x: Tensor, log_scale: Tensor, bias: Tensor,
+              scale: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    return (torch.empty(x_orig.shape, dtype=x_orig.dtype, device=x_orig.device),
+            torch.empty(x.shape, dtype=x.dtype, device=x.device), torch.empty_like(log_scale),
+            torch.empty_like(bias), torch.empty_like(scale))
+
+
+def _bwd_impl(grad: Tensor, x_orig: Tensor, x: Tensor, log_scale: Tensor, bias: Tensor,
+              scale: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    dxo, dx = empty_out(x_orig), empty_out(x)
+    dls = torch.empty_like(log_scale, memory_format=torch.contiguous_format)
+    dbias = torch.empty_like(bias, memory_format=torch.contiguous_format)
+    dscale = torch.empty_like(scale, memory_format=torch.contiguous_format)
+    kernels("bias_norm_bypass").backward(grad if grad.is_contiguous() else grad.contiguous(), as_tbc(x_orig),
+                                         as_tbc(x), _dense(bias), log_scale, _dense(scale), _c_sb(scale, x.shape[2]),
+                                         dxo, dx, dscale, dbias, dls)
+    return dxo, dx, dls, dbias, dscale
+
+
+_bias_norm_bypass_fwd = FusedOp("bias_norm_bypass_fwd", _fwd_impl, _fwd_fake)
+_bias_norm_bypass_bwd = FusedOp("bias_norm_bypass_bwd", _bwd_impl, _bwd_fake)
+
+
+def _setup(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+def _backward(ctx, grad):
+    return _bias_norm_bypass_bwd.op(grad, *ctx.saved_tensors)
+
+
+register_autograd(_bias_norm_bypass_fwd.op, _backward, _setup)
+
+
+class _BiasNormBypassFused(torch.autograd.Function):
+    """Eager twin of the op's registered autograd: same launchers, same saved tensors."""
+
+    @staticmethod
+    def forward(ctx, x_orig, x, log_scale, bias, scale):
+        ctx.save_for_backward(x_orig, x, log_scale, bias, scale)
+        return _fwd_impl(x_orig, x, log_scale, bias, scale)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        return _bwd_impl(grad, *ctx.saved_tensors)
+
+
+def bias_norm_bypass(x_orig: Tensor, x: Tensor, log_scale: Tensor, bias: Tensor, scale: Tensor) -> Tensor:
+    """x_orig + (bias_norm(x, log_scale, bias) - x_orig) * scale; see the module docstring."""
+    if x_orig.shape == x.shape and bias_norm_fused_ok(x, log_scale, bias) and bypass_fused_ok(x_orig, x, scale):
+        if use_op(x_orig):
+            return _bias_norm_bypass_fwd.op(x_orig, x, log_scale, bias, scale)
+        if needs_grad(x_orig, x, log_scale, bias, scale):
+            return apply(_BiasNormBypassFused, x_orig, x, log_scale, bias, scale)
+        return _fwd_impl(x_orig, x, log_scale, bias, scale)
+    return bypass(x_orig, bias_norm(x, log_scale, bias), scale)

@@ -218,6 +218,7 @@ def main(argv=None) -> dict:
     for name, row in results.items():
         print(f"{name:22s} " + "  ".join(f"{k}={v}" for k, v in row.items()), flush=True)
     entry = {"results_us": results, "calibration_us": calib, "iters": a.iters,
+             "timing": f"smallest of {ROUNDS} per-round medians, ops timed round-robin (Timings)",
              "cpu_affinity": sorted(os.sched_getaffinity(0)), **provenance(__file__, argv)}
     if not a.no_write:
         write_labelled_entry(results_dir("cpu", a.out_dir) / "host_overhead.json", a.label,

@@ -172,7 +172,7 @@ def decode_split_all(model, cuts, tokenizer, args, device) -> Dict[str, List[Dic
     rows: Dict[str, List[Dict]] = {name: [] for name in result_names(args)}
     encoder = model.forward_encoder
     if args.cuda_graphs:
-        from zipformer_fast.asr.graphed_encoder import GraphedEncoder
+        from zipformer_fast.asr import GraphedEncoder
         encoder = GraphedEncoder(model, frame_step=args.graph_frame_step)
     for batch in dl:
         feats, lens, texts, ids = batch_inputs(batch, device)

@@ -115,6 +115,31 @@ def test_whole_model_traces_as_one_graph_and_computes_eagers_function(backend, m
     torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
 
 
+def test_compile_encoder_compiles_each_region_once_for_all_lengths_with_static_channels():
+    """AsrModel.compile_encoder (the recipes' --compile): Conv-Embed and the encoder stacks, each
+    compiled once for two batch sizes and lengths, give eager's outputs; batch and time are
+    symbolic, the channel dims static (see compile_encoder for the inductor failures this avoids)."""
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    model = build_xs().eval()
+    counter = CompileCounterWithBackend("eager")
+    torch._dynamo.reset()
+    model.compile_encoder(backend=counter)
+    with torch.no_grad():
+        for B, T in ((2, 60), (3, 75)):
+            x, lens = xs_inputs(B, T)
+            got, got_lens = model.encode(x, lens)
+            want, want_lens = AsrModel.encode(model, x, lens)
+            assert torch.equal(got_lens, want_lens)
+            torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+    assert counter.frame_count == 2  # one graph per region, none recompiled
+    for graph in counter.graphs:
+        inputs = [n.meta["example_value"] for n in graph.graph.nodes if n.op == "placeholder"]
+        size = [t for t in inputs if isinstance(t, torch.Tensor)][0].shape  # the (B, T, C) input
+        assert not isinstance(size[2], torch.SymInt), size  # channels: 80 fbank, then D0
+        assert isinstance(size[0], torch.SymInt) and isinstance(size[1], torch.SymInt), size
+
+
 # ------------------------------------------------------------------------ compiled training
 def _small_stack():
     """One downsampled stack of one layer at XS's smallest widths: every kind of step-to-step

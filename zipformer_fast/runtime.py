@@ -59,34 +59,36 @@ def _from_environment() -> Settings:
                     k2=_flag("ZIPFORMER_FAST_USE_K2"))
 
 
-_environment: Optional[Settings] = None   # what the environment said, read once
+_environment: Optional[Settings] = None   # what the environment said
 _overrides: dict = {}                     # what configure() set, on top of it
-_current: Optional[Settings] = None       # the two merged; every fused op asks, so it is cached
+# The two merged; every fused op asks. Always a Settings, never None: a lazily filled cache would
+# make torch.compile guard on "still None" in the first compiled call and recompile on the second.
+_current: Optional[Settings] = None
+
+
+def _merge() -> None:
+    global _current
+    _current = dataclasses.replace(_environment, **_overrides) if _overrides else _environment
 
 
 def read_environment() -> Settings:
     """Re-read the environment variables (after changing os.environ in a running process)."""
-    global _environment, _current, _interpret
+    global _environment, _interpret
     _environment = _from_environment()
-    _current = None
-    _interpret = None
+    _interpret = _flag("TRITON_INTERPRET")
+    _merge()
     return _environment
 
 
 def settings() -> Settings:
     """The settings in force now."""
-    global _current
-    if _current is None:
-        env = _environment if _environment is not None else read_environment()
-        _current = dataclasses.replace(env, **_overrides) if _overrides else env
     return _current
 
 
 def _set_overrides(overrides: dict) -> None:
-    global _current
     _overrides.clear()
     _overrides.update(overrides)
-    _current = None
+    _merge()
 
 
 def get_backend() -> str:
@@ -110,16 +112,15 @@ def verbose_build() -> bool:
     return _flag("ZIPFORMER_FAST_VERBOSE_BUILD")
 
 
-_interpret: Optional[bool] = None  # every fused call on CPU tensors asks: read the environment once
+_interpret: bool = False  # every fused call on CPU tensors asks; set by read_environment()
 
 
 def triton_interpret() -> bool:
     """TRITON_INTERPRET=1: Triton runs kernels on CPU tensors in its interpreter (how CI tests them).
-    Read once (and again after read_environment()): Triton itself decides interpreter-or-not when
-    a kernel is decorated, so a later change of the variable would not reach the kernels anyway."""
-    global _interpret
-    if _interpret is None:
-        _interpret = _flag("TRITON_INTERPRET")
+    Read at import (and again by read_environment()): Triton itself decides interpreter-or-not
+    when a kernel is decorated, so a later change of the variable would not reach the kernels
+    anyway. Never a lazily filled cache: torch.compile would guard on "not read yet" in its first
+    compiled call and recompile on the second."""
     return _interpret
 
 
@@ -178,3 +179,6 @@ def _k2_importable() -> bool:
     except Exception:
         return False
     return True
+
+
+read_environment()

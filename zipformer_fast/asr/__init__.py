@@ -6,7 +6,8 @@ public namespace:
 - losses: the pruned transducer loss and its k2-compatible parts, CTC, CR-CTC, the attention
   decoder's label-smoothed loss, icefall's loss weights (`LossWeights`).
 - searches: transducer greedy and modified beam search, CTC greedy and prefix beam search,
-  attention-decoder rescoring, `decode` by method name; `StreamingRecognizer` for causal models.
+  attention-decoder rescoring, `decode` by method name; `StreamingRecognizer` for causal models;
+  `GraphedEncoder` (offline encoding replayed from one CUDA graph per batch-shape bucket).
 - WER: `error_rate` and friends.
 
 Names are imported on first use (torch only, transducer_loss at once; lhotse is needed only by CrCtcAugment / time_warp).
@@ -40,7 +41,7 @@ _EXPORTS = {
     "ctc_prefix_beam_search": "ctc_prefix_search", "ctc_prefix_beam_search_nbest": "ctc_prefix_search",
     "attention_rescore": "ctc_prefix_search",
     # streaming
-    "StreamingRecognizer": "streaming", "Stream": "streaming",
+    "StreamingRecognizer": "streaming", "Stream": "streaming", "GraphedEncoder": "graphed_encoder",
     "LOOKAHEAD_FRAMES": "streaming_encoder", "stack_states": "streaming_encoder",
     "unstack_states": "streaming_encoder",
     # WER

@@ -34,6 +34,7 @@ from ..nn.linear import ScaledLinear
 from ..nn.scheduled_float import ScheduledFloat
 from ..nn.subsampling import Conv2dSubsampling
 from ..nn.zipformer import Zipformer2
+from ..runtime import triton_available
 from . import streaming_encoder
 from .attention_decoder import AttentionDecoderConfig, AttentionDecoderModel
 from .decoder import Decoder
@@ -132,6 +133,10 @@ class AsrModel(nn.Module):
     def encode(self, features: Tensor, feature_lens: Tensor) -> Tuple[Tensor, Tensor]:
         """forward_encoder without the input checks: no host synchronisation (compile / CUDA-graph this)."""
         x, x_lens = self.encoder_embed(features, feature_lens)
+        return self._encode_embedded(x, x_lens)
+
+    def _encode_embedded(self, x: Tensor, x_lens: Tensor) -> Tuple[Tensor, Tensor]:
+        """The encoder stacks on Conv-Embed's output (B, T1, D0)."""
         T1 = x.shape[1]
         src_key_padding_mask = torch.arange(T1, device=x.device).unsqueeze(0) >= x_lens.unsqueeze(1)
         x = x.permute(1, 0, 2)  # (T1, B, D0)
@@ -139,12 +144,29 @@ class AsrModel(nn.Module):
         return out.permute(1, 0, 2), out_lens
 
     def compile_encoder(self, **compile_kwargs) -> None:
-        """Replace `encode` (not the input checks) by torch.compile(encode, fullgraph=True, dynamic=True,
-        **compile_kwargs). The model must not be deep-copied afterwards (the compiled function is an
-        instance attribute); state_dict() is unaffected."""
+        """Replace `encode` (not the input checks) by two torch.compile'd regions, Conv-Embed and
+        the encoder stacks, each fullgraph=True, dynamic=True (**compile_kwargs override). Two
+        regions, not one: with Conv-Embed's output length as an expression of the input's
+        ((T - 7) // 2), inductor's (torch 2.13) symbolic-shape reasoning fails on the training
+        graph of the stacks ("Invalid ranges" in a view of the non-linear attention), while a
+        fresh size symbol compiles. The channel dims are compiled static (they are the model's):
+        a symbolic one makes inductor fail to order the strides of the first convolution's saved
+        input ("cannot determine truth value of Relational"). The whole model still traces as one
+        graph (tests/test_compile.py). The model must not be deep-copied afterwards (the compiled
+        functions are instance attributes); state_dict() is unaffected."""
         kwargs = dict(fullgraph=True, dynamic=True)
         kwargs.update(compile_kwargs)
-        self.encode = torch.compile(self.encode, **kwargs)
+        triton_available()  # fill its cache now, or the first compiled call guards on it being empty
+        embed = torch.compile(self.encoder_embed, **kwargs)
+        stacks = torch.compile(self._encode_embedded, **kwargs)
+
+        def encode(features: Tensor, feature_lens: Tensor) -> Tuple[Tensor, Tensor]:
+            torch._dynamo.mark_static(features, 2)
+            x, x_lens = embed(features, feature_lens)
+            torch._dynamo.mark_static(x, 2)
+            return stacks(x, x_lens)
+
+        self.encode = encode
 
     def forward(self, x: Tensor, x_lens: Tensor, y, prune_range: int = 5, am_scale: float = 0.0,
                 lm_scale: float = 0.0, use_cr_ctc: bool = False, use_spec_aug: bool = False,

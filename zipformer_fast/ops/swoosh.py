@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from ..backend import use_triton_for
-from ._registry import FusedOp, apply, kernels, register_autograd, use_op
+from ._registry import FusedOp, apply, empty_out, kernels, register_autograd, use_op
 
 SWOOSH_L_SHIFT, SWOOSH_L_OFFSET = 4.0, 0.035
 SWOOSH_R_SHIFT, SWOOSH_R_OFFSET = 1.0, 0.313261687
@@ -88,10 +88,10 @@ def _fwd_fake(x: Tensor, shift: float, offset: float, compact: bool) -> Tuple[Te
 def _swoosh_fwd_impl(x: Tensor, shift: float, offset: float, compact: bool) -> Tuple[Tensor, Optional[Tensor]]:
     """(y, uint8 code or None)."""
     xc = x if x.is_contiguous() else x.contiguous()
-    y = torch.empty_like(xc)
+    y = empty_out(xc)
     code, seed = None, 0
     if compact:
-        code = torch.empty(xc.shape, dtype=torch.uint8, device=x.device)
+        code = empty_out(xc, torch.uint8)
         # The seed comes from torch's CPU generator, so torch.manual_seed makes runs repeatable.
         seed = int(torch.randint(0, 2**31 - 1, (1,)).item())
     kernels("swoosh").forward(xc, y, code, seed, shift, offset)
@@ -106,7 +106,7 @@ def _swoosh_fwd_op_impl(x: Tensor, shift: float, offset: float, compact: bool) -
 def _swoosh_bwd_impl(grad: Tensor, saved: Tensor, shift: float, compact: bool) -> Tensor:
     g = grad if grad.is_contiguous() else grad.contiguous()
     s = saved if saved.is_contiguous() else saved.contiguous()
-    dx = torch.empty_like(g)
+    dx = empty_out(g)
     kernels("swoosh").backward(g, s, dx, shift, compact)
     return dx
 

@@ -63,6 +63,14 @@ def reduction_programs(n_rows: int, t: torch.Tensor, min_rows: int = 16, per_sm:
     return max(1, min(progs, -(-n_rows // min_rows)))
 
 
+def programs_along_rows(rows: int, column_programs: int, t: torch.Tensor, min_rows: int, per_sm: int = 4) -> int:
+    """Programs along the rows of a 2-D reduction grid (rows x column_programs), each reducing its
+    rows into one partial: ~per_sm programs per SM over the whole grid, so the partial buffer is
+    O(SMs x columns) whatever the row count, and at least min_rows rows per program."""
+    budget = cdiv(per_sm * num_sms(t), column_programs)
+    return max(1, min(reduction_programs(rows, t, min_rows=min_rows), budget))
+
+
 def row_tile(block_d: int, tile: int, max_rows: int, warps_from: int, interpreter_rows: int):
     """(BLOCK_M, num_warps) for a kernel that holds whole rows of BLOCK_D: ~`tile` elements per
     tile (at most max_rows rows), 8 warps once a tile reaches `warps_from` elements, else 4. The

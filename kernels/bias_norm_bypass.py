@@ -24,10 +24,7 @@ import triton
 import triton.language as tl
 
 from .bias_norm import row_backward, row_rsqrt
-from ._common import cdiv, fold_rows, next_pow2, num_sms, reduction_programs, row_kernel_specs, row_tile
-
-PROGRAMS_PER_SM = 4
-
+from ._common import cdiv, fold_rows, next_pow2, programs_along_rows, row_kernel_specs, row_tile
 
 def _fwd_config(block_d: int):
     """(BLOCK_M, num_warps) for the forward."""
@@ -120,8 +117,7 @@ def backward(g, x_orig, x, bias, log_scale, scale, c_sb: int, dxo, dx, dscale, d
     T, B, D = x.shape
     block_d = next_pow2(D)
     bm, warps = _bwd_config(block_d)
-    # P x B programs, ~PROGRAMS_PER_SM per SM in all: the partials are O(SMs x D) whatever T is.
-    progs = max(1, min(reduction_programs(T, x, min_rows=4), cdiv(PROGRAMS_PER_SM * num_sms(x), B)))
+    progs = programs_along_rows(T, B, x, min_rows=4)  # a (P, B) grid: partials O(SMs x D)
     part_c = x.new_empty((progs, B, D), dtype=torch.float32)
     part_n = x.new_empty((progs, B, D + 1), dtype=torch.float32)
     bias_norm_bypass_bwd_kernel[(progs, B)](

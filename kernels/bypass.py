@@ -14,7 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import INTERPRET, cdiv, fold_rows, num_sms, reduction_programs
+from ._common import INTERPRET, cdiv, fold_rows, programs_along_rows
 
 # Fixed tiles (frames x flattened columns): 2048 elements over 4 warps = 16 per thread, i.e. four
 # 16-byte vectors per tensor in fp32. The interpreter gets big tiles (it pays per program).
@@ -22,7 +22,6 @@ FWD_T, FWD_N, FWD_WARPS = (32, 256, 4) if INTERPRET else (4, 512, 4)
 BWD_T, BWD_N, BWD_WARPS = (32, 256, 4) if INTERPRET else (4, 256, 4)
 UP_G, UP_N, UP_WARPS = (16, 256, 4) if INTERPRET else (2, 512, 4)
 UP_BWD_G, UP_BWD_N = (16, 256) if INTERPRET else (2, 256)
-PROGRAMS_PER_SM = 4  # reductions: programs along T = ~4 per SM / column blocks
 
 
 @triton.jit
@@ -120,13 +119,6 @@ def upsample_bypass_bwd_kernel(g_ptr, xo_ptr, y_ptr, c_ptr, dxo_ptr, dy_ptr, dc_
     tl.store(dc_part_ptr + pid.to(tl.int64) * (B * C) + n, acc, mask=nmask)
 
 
-def _reduction_progs(rows: int, n_blocks: int, t, min_rows: int) -> int:
-    """Programs along T for a backward with n_blocks column blocks: ~PROGRAMS_PER_SM per SM in
-    total, so the (P, B*C) partial buffer stays O(SMs x B*C / n_blocks) whatever T is."""
-    budget = cdiv(PROGRAMS_PER_SM * num_sms(t), n_blocks)
-    return max(1, min(reduction_programs(rows, t, min_rows=min_rows), budget))
-
-
 def forward(x_orig, y, scale_flat, out) -> None:
     T, B, C = x_orig.shape
     bypass_fwd_kernel[(cdiv(T, FWD_T), cdiv(B * C, FWD_N))](
@@ -139,7 +131,7 @@ def backward(grad, x_orig, y, scale_flat, dxo, dy, dscale) -> None:
     """grad, dxo and dy contiguous; writes them and dscale (scale_flat's entries, in its dtype)."""
     T, B, C = x_orig.shape
     n_blocks = cdiv(B * C, BWD_N)
-    progs = _reduction_progs(T, n_blocks, x_orig, min_rows=4)
+    progs = programs_along_rows(T, n_blocks, x_orig, min_rows=4)
     dc_part = x_orig.new_empty((progs, B * C), dtype=torch.float32)
     L = scale_flat.numel()
     bypass_bwd_kernel[(progs, n_blocks)](grad, x_orig, y, scale_flat, dxo, dy, dc_part, T, B, C, L, cdiv(T, progs),
@@ -161,7 +153,7 @@ def upsample_backward(grad, x_orig, y_down, scale_flat, dxo, dy, ds: int, dscale
     T, B, C = x_orig.shape
     Tg = y_down.shape[0]
     n_blocks = cdiv(B * C, UP_BWD_N)
-    progs = _reduction_progs(Tg, n_blocks, x_orig, min_rows=2)
+    progs = programs_along_rows(Tg, n_blocks, x_orig, min_rows=2)
     dc_part = x_orig.new_empty((progs, B * C), dtype=torch.float32)
     L = scale_flat.numel()
     upsample_bypass_bwd_kernel[(progs, n_blocks)](

@@ -17,13 +17,12 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import INTERPRET, cdiv, next_pow2, num_sms, reduction_programs
+from ._common import INTERPRET, cdiv, next_pow2, programs_along_rows
 
 # Forward tile: BLOCK_G groups x BLOCK_N columns, each group reading DS frames (fixed; 2 x 512 over
 # 4 warps = 8 outputs and 8 x DS inputs per thread).
 FWD_G, FWD_N, FWD_WARPS = (16, 256, 4) if INTERPRET else (2, 512, 4)
 BWD_G = 8 if INTERPRET else 2
-PROGRAMS_PER_SM = 4
 
 
 @triton.jit
@@ -124,10 +123,7 @@ def backward(grad, x, bias, dx, dbias) -> None:
     block_n = max(64, 2048 // ds) if x.is_cuda else 256
     block_n = min(block_n, next_pow2(B * C))
     n_blocks = cdiv(B * C, block_n)
-    progs = reduction_programs(Tg, x, min_rows=max(2, 16 // max(1, n_blocks)))
-    # ~PROGRAMS_PER_SM programs per SM in total (progs x column blocks): the partial buffer is
-    # O(SMs x ds), whatever T.
-    progs = max(1, min(progs, cdiv(PROGRAMS_PER_SM * num_sms(x), n_blocks)))
+    progs = programs_along_rows(Tg, n_blocks, x, min_rows=max(2, 16 // max(1, n_blocks)))
     dw_part = x.new_empty((progs, n_blocks, ds), dtype=torch.float32)
     downsample_bwd_kernel[(progs, n_blocks)](grad, x, bias, dx, dw_part, T, Tg, B, C, cdiv(Tg, progs),
                                              x.stride(0), x.stride(1), DS=ds, BLOCK_G=BWD_G, BLOCK_N=block_n,

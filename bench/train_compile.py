@@ -4,11 +4,18 @@ decoding of each (`recipes/decode.py`, with --compile for the compiled model).
 
 Recorded: each run's wall time, the per-interval training losses of both (the recipe's
 loss_curve, averaged over --log-interval steps), their largest relative difference, validation
-losses and the test WERs. The compiled run's first step includes compilation (inductor by
-default: whole-encoder graph, dynamic shapes), so its wall time is compile + training.
+losses, the test WERs, and how often dynamo compiled (TORCH_LOGS=recompiles: each recompilation
+and the guard that triggered it). The compiled run's first step includes compilation (the
+encoder's two regions, dynamic shapes), so its wall time is compile + training; its first
+validation compiles the eval graphs (grad mode off: a guard, expected once).
 
-    python bench/train_compile.py [--steps 60] [--threads 2] [--backend reference] [--out-dir bench/results/cpu]
-        -> <out-dir>/train_compile.json
+--compile-backend: inductor (the recipes' default) generates code, ~20 CPU-minutes for the
+training graph alone on a 2-core VM; aot_eager runs the same dynamo and AOTAutograd tracing,
+guards and recompilations without code generation (what this script records on CPUs by default).
+
+    python bench/train_compile.py [--steps 60] [--threads 2] [--backend reference]
+                                  [--compile-backend aot_eager] [--out-dir bench/results/cpu]
+        -> <out-dir>/train_compile.json (one entry per compile backend)
 """
 import argparse
 import json
@@ -22,7 +29,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 if __package__ in (None, ""):
     sys.path[0] = str(ROOT)
 
-from bench.harness import add_out_dir_argument, provenance, results_dir  # noqa: E402
+from bench.harness import add_out_dir_argument, provenance, results_dir, write_labelled_entry  # noqa: E402
 
 PREPARE = ["--train-sentences", "60", "--train-repeats", "2", "--dev-sentences", "6", "--test-sentences", "8",
            "--test-repeats", "1", "--speed-perturb", "0", "--vocab-size", "64"]
@@ -46,6 +53,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--backend", default="reference", choices=["reference", "triton", "auto"])
+    ap.add_argument("--compile-backend", default="aot_eager", help="torch.compile backend of the compiled run")
     ap.add_argument("--work-dir", default="exp/train_compile")
     add_out_dir_argument(ap, default_help="bench/results/cpu")
     a = ap.parse_args(argv)
@@ -59,26 +67,41 @@ def main(argv=None) -> dict:
     runs = {}
     for name, flag in (("eager", "0"), ("compiled", "1")):
         exp = work / name
-        _, train_s = _run(["recipes.train", *common, "--exp-dir", str(exp), *TRAIN, "--max-steps", str(a.steps),
-                           "--compile", flag], env)
+        compile_args = ["--compile", flag, "--compile-backend", a.compile_backend]
+        run_env = dict(env, TORCH_LOGS="recompiles") if flag == "1" else env
+        proc, train_s = _run(["recipes.train", *common, "--exp-dir", str(exp), *TRAIN, "--max-steps", str(a.steps),
+                              "--resume", "none", *compile_args], run_env)
         summary = json.loads((exp / "train_summary.json").read_text())
         _, decode_s = _run(["recipes.decode", *common, "--exp-dir", str(exp), "--decoding-method", "greedy_search",
-                            "--avg", "1", "--device", "cpu", "--splits", "test", "--compile", flag], env)
+                            "--avg", "1", "--device", "cpu", "--splits", "test", *compile_args], env)
         wer = json.loads((exp / "greedy_search" / "wer-test-greedy_search.json").read_text())
         runs[name] = {"train_wall_s": train_s, "train_seconds": summary["train_seconds"],
                       "steps": summary["batch_idx_train"], "loss_curve": summary["loss_curve"],
                       "valid": summary["valid"], "decode_wall_s": decode_s, "test_wer": wer["wer"]}
+        if flag == "1":
+            runs[name]["training_recompilations"] = recompilations(proc.stderr + proc.stdout)
         print(name, {k: v for k, v in runs[name].items() if k not in ("loss_curve", "valid")}, flush=True)
     pairs = zip(runs["eager"]["loss_curve"], runs["compiled"]["loss_curve"])
     rel = [abs(c - e) / abs(e) for (_, e), (_, c) in pairs]
-    entry = {"steps": a.steps, "backend": a.backend, "threads": a.threads, "runs": runs,
-             "max_rel_loss_curve_diff": max(rel), "rel_loss_curve_diff": rel,
-             **provenance(__file__, argv)}
+    entry = {"steps": a.steps, "backend": a.backend, "compile_backend": a.compile_backend, "threads": a.threads,
+             "compiled_regions": ["encoder_embed", "_encode_embedded"], "runs": runs,
+             "max_rel_loss_curve_diff": max(rel), "rel_loss_curve_diff": rel, **provenance(__file__, argv)}
     out = results_dir("cpu", a.out_dir) / "train_compile.json"
-    out.write_text(json.dumps(entry, indent=1))
+    write_labelled_entry(out, a.compile_backend, "recipes/train.py with --compile 0 and 1 on the synthetic quick "
+                         "corpus, same seed; then recipes/decode.py (see bench/train_compile.py)", entry)
     print(f"max relative loss-curve difference {max(rel):.2e} -> {out}")
     return entry
 
+
+def recompilations(log: str) -> list:
+    """[(function, guard that failed)] from dynamo's TORCH_LOGS=recompiles output, in order."""
+    found, lines = [], log.splitlines()
+    for i, line in enumerate(lines):
+        if "Recompiling function" in line:
+            function = line.split("Recompiling function", 1)[1].strip().replace(f"{ROOT}/", "")
+            guard = next((g.split("]     - ", 1)[1].strip() for g in lines[i + 1:i + 4] if "]     - " in g), "")
+            found.append([function, guard])
+    return found
 
 if __name__ == "__main__":
     main()

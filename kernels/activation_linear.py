@@ -22,11 +22,10 @@ chosen on the device), but only the first call of a key goes through the autotun
 caches the chosen config per key and launches the kernel directly afterwards, so the hot path
 pays no autotuner bookkeeping.
 """
-import torch
 import triton
 import triton.language as tl
 
-from ._common import INTERPRET, cdiv, configs, dot_precision, fold_rows, reduction_programs
+from ._common import INTERPRET, cdiv, configs, dot_precision, fold_rows, reduction_programs, scratch_fp32
 from .swoosh import swoosh_deriv, swoosh_value
 
 
@@ -175,20 +174,22 @@ def linear_act_fwd_kernel(x_ptr, w_ptr, b_ptr, y_ptr, M, N, K, stride_xm, shift,
 
 
 # --------------------------------------------------------------------------------- launchers
-_CHOSEN = {}  # (kernel, key) -> (meta, num_warps, num_stages): the autotuner's pick for that key
+_CHOSEN = {}  # (kernel, key) -> (constexprs, launch keyword arguments): the autotuner's pick for that key
 
 
 def _launch(kernel, key, grid, args, constexprs):
     """kernel[grid(meta)](*args, **meta), through the autotuner only on a key's first call; later
-    calls reuse the chosen config's meta dict (the key fixes every constexpr)."""
+    calls launch the kernel itself with the chosen config's keyword arguments (the key fixes every
+    constexpr)."""
     chosen = _CHOSEN.get((kernel, key))
     if chosen is None:
         kernel[grid](*args, **constexprs)
         cfg = kernel.best_config
-        _CHOSEN[(kernel, key)] = (dict(cfg.kwargs, **constexprs), cfg.num_warps, cfg.num_stages)
+        meta = dict(cfg.kwargs, **constexprs)
+        _CHOSEN[(kernel, key)] = (meta, dict(meta, num_warps=cfg.num_warps, num_stages=cfg.num_stages))
         return
-    meta, warps, stages = chosen
-    kernel.fn[grid(meta)](*args, **meta, num_warps=warps, num_stages=stages)
+    meta, launch_kwargs = chosen
+    kernel.fn.run(*args, grid=grid(meta), warmup=False, **launch_kwargs)
 
 
 def _mn_grid(M, N):
@@ -223,12 +224,12 @@ def backward(g, x2, M: int, K: int, stride_xm: int, w, mask, mask_rows: int, shi
         split = max(1, min(reduction_programs(M, x2, min_rows=256) // max(1, tiles // 4), cdiv(M, 256)))
         if INTERPRET:
             split = min(2, cdiv(M, 64))
-        part = x2.new_empty((split, N * K + (N if has_db else 0)), dtype=torch.float32)
+        part = scratch_fp32(x2, split * (N * K + (N if has_db else 0)))
         grid = lambda meta: (cdiv(N, meta["BLOCK_N"]), cdiv(K, meta["BLOCK_K"]), split)  # noqa: E731
         _launch(act_linear_dw_kernel, (N, K, has_m, has_db, x2.dtype, g.dtype, prec, split), grid,
                 (g, x2, mask_arg, part, M, N, K, mask_rows, stride_xm, cdiv(M, split), shift, offset),
                 dict(HAS_MASK=has_m, HAS_DB=has_db, PRECISION=prec))
-        fold_rows(part, dw, db)
+        fold_rows(part, split, dw, db)
     elif has_db:
         db.copy_(g.reshape(-1, N).float().sum(0))
 

@@ -96,7 +96,7 @@ def row_dot(a, b):
     out = torch.empty(a.shape[:-1], device=a.device, dtype=torch.float32)
     BC = min(128, triton.next_power_of_2(C))
     BR = 32 if INTERPRET else max(16, 4096 // BC)
-    _row_dot_kernel[(triton.cdiv(R, BR),)](a, b, out, R, C, BR=BR, BC=BC)
+    _row_dot_kernel.run(a, b, out, R, C, grid=(triton.cdiv(R, BR),), warmup=False, BR=BR, BC=BC)
     return out
 
 
@@ -266,7 +266,7 @@ def attention_bwd(q, k, p, pos_t, kpm, am, mask_flags, stats, *, h0: int, hsel: 
     walks = [(need_qk, False), (False, need_v)] if split else [(need_qk, need_v)]
     dummy = stats
     for compute_ds, compute_dv in walks:
-        _bwd_kernel[grid](
+        _bwd_kernel.run(
             q, k, p, pos_t if has_pos else q, kpm, am, stats,
             delta if delta is not None else dummy, cnt if cnt is not None else dummy, dov,
             vv if vv is not None else q, dw if load_dp else q,
@@ -274,7 +274,7 @@ def attention_bwd(q, k, p, pos_t, kpm, am, mask_flags, stats, *, h0: int, hsel: 
             dp32 if dp32 is not None else dummy, dpos32 if dpos32 is not None else dummy,
             dv if dv is not None else q,
             T, B, H, h0, hsel, *_fwd.qkp_strides(q, k, p), *_fwd.value_strides(vv), am.stride(0),
-            LOAD_DP=load_dp, PENALIZE=penalize, CONST=const, COMPUTE_DS=compute_ds,
+            grid=grid, warmup=False, LOAD_DP=load_dp, PENALIZE=penalize, CONST=const, COMPUTE_DS=compute_ds,
             COMPUTE_DV=compute_dv, DV=dv_dim, BDV=bdv, BDP=pow2_at_least_16(p.shape[-1]),
             NW=offset_piece(blocks), DPC=dp_chunk(bdv), **mask_flags, **_fwd.common_meta(q, p, pos_t), **blocks)
     dq = dq32.to(q.dtype) if dq32 is not None else None

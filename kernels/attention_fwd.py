@@ -157,10 +157,10 @@ def _launch_fwd(q, k, p, pos_t, kpm, am, mask_flags, stats, *, h0, hsel, v=None,
     bdv = pow2_at_least_16(dv) if v is not None else 16
     blocks = fwd_blocks(bdv if v is not None else 0)
     grid = (triton.cdiv(T, blocks["BM"]), B * hsel)
-    _fwd_kernel[grid](
+    _fwd_kernel.run(
         q, k, p, pos_t if pos_t is not None else q, kpm, am, stats, v if v is not None else q,
         out if out is not None else q, cnt if cnt is not None else stats, w if w is not None else q,
-        T, B, H, h0, hsel, *qkp_strides(q, k, p), *value_strides(v), am.stride(0),
+        T, B, H, h0, hsel, *qkp_strides(q, k, p), *value_strides(v), am.stride(0), grid=grid, warmup=False,
         ONLINE=online, HAS_V=v is not None, CONST=const, WRITE_W=w is not None, DV=dv, BDV=bdv,
         **mask_flags, **common_meta(q, p, pos_t), **blocks)
 

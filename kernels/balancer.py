@@ -23,7 +23,7 @@ of length `inner`, row r holding channel r % C (the convolution module's (B, D, 
 import triton
 import triton.language as tl
 
-from ._common import INTERPRET, cdiv, reduction_programs
+from ._common import INTERPRET, cdiv, reduction_programs, scratch_fp32
 
 EPS = tl.constexpr(1.0e-20)
 
@@ -141,9 +141,8 @@ if INTERPRET:
 
 def gradient(x, g, out, outer: int, C: int, inner: int, min_mean: float, max_mean: float, min_rms: float,
              max_rms: float, grad_scale: float) -> None:
-    """x, g, out contiguous with the same (outer, C, inner) layout; out gets the edited gradient."""
-    import torch
-
+    """x, g, out contiguous with the same (outer, C, inner) layout; out gets the edited gradient.
+    Per-program statistics and the per-channel coefficients live in scratch (_common.scratch_fp32)."""
     channel_last = inner == 1
     n_rows = outer * inner
     if channel_last:
@@ -151,16 +150,16 @@ def gradient(x, g, out, outer: int, C: int, inner: int, min_mean: float, max_mea
         rows_per = cdiv(n_rows, progs)
     else:
         progs, rows_per = outer, 0
-    part = torch.empty((progs, 2, C), dtype=torch.float32, device=x.device)
-    coef = torch.empty((3, C), dtype=torch.float32, device=x.device)
+    part = scratch_fp32(x, progs * 2 * C)
+    coef = scratch_fp32(x, 3 * C, slot=1)
     c_blocks = cdiv(C, STATS_C)
-    balancer_stats_kernel[(progs, c_blocks)](x, part, n_rows, C, inner, rows_per, CHANNEL_LAST=channel_last,
-                                             BLOCK_R=STATS_ROWS, BLOCK_C=STATS_C)
-    balancer_coef_kernel[(cdiv(C, COEF_C),)](x, part, coef, progs, C, inner, float(n_rows), min_mean, max_mean,
-                                              min_rms, max_rms, grad_scale, BLOCK_P=COEF_P, BLOCK_C=COEF_C)
+    balancer_stats_kernel.run(x, part, n_rows, C, inner, rows_per, grid=(progs, c_blocks), warmup=False,
+                              CHANNEL_LAST=channel_last, BLOCK_R=STATS_ROWS, BLOCK_C=STATS_C)
+    balancer_coef_kernel.run(x, part, coef, progs, C, inner, float(n_rows), min_mean, max_mean, min_rms, max_rms,
+                             grad_scale, grid=(cdiv(C, COEF_C),), warmup=False, BLOCK_P=COEF_P, BLOCK_C=COEF_C)
     grid0 = cdiv(n_rows, APPLY_R) if channel_last else outer * cdiv(inner, APPLY_R)
-    balancer_apply_kernel[(grid0, cdiv(C, APPLY_C))](x, g, coef, out, n_rows, C, inner, CHANNEL_LAST=channel_last,
-                                                     BLOCK_R=APPLY_R, BLOCK_C=APPLY_C)
+    balancer_apply_kernel.run(x, g, coef, out, n_rows, C, inner, grid=(grid0, cdiv(C, APPLY_C)), warmup=False,
+                              CHANNEL_LAST=channel_last, BLOCK_R=APPLY_R, BLOCK_C=APPLY_C)
 
 
 def aot_specs(spec, dtypes):

@@ -17,11 +17,10 @@ backward: r again from x (the row is loaded whole anyway: one more in-register s
 Launch configs are fixed per row width: a forward tile holds ~4096 elements (16 per thread with
 8 warps: four 16-byte vectors in fp32), a backward tile ~2048 (it holds g, x and dx).
 """
-import torch
 import triton
 import triton.language as tl
 
-from ._common import cdiv, fold_rows, next_pow2, reduction_programs, row_kernel_specs, row_tile
+from ._common import cdiv, fold_rows, next_pow2, reduction_programs, row_kernel_specs, row_tile, scratch_fp32
 
 
 def _fwd_config(block_d: int):
@@ -105,8 +104,8 @@ def forward(x2, n: int, d: int, stride_x: int, bias, log_scale, y) -> None:
     Shapes come in as ints: the launcher takes no views (host time)."""
     block_d = next_pow2(d)
     bm, warps = _fwd_config(block_d)
-    bias_norm_fwd_kernel[(cdiv(n, bm),)](x2, bias, log_scale, y, n, d, stride_x,
-                                         BLOCK_M=bm, BLOCK_D=block_d, num_warps=warps)
+    bias_norm_fwd_kernel.run(x2, bias, log_scale, y, n, d, stride_x, grid=(cdiv(n, bm),), warmup=False,
+                             BLOCK_M=bm, BLOCK_D=block_d, num_warps=warps)
 
 
 def backward(g, x2, n: int, d: int, stride_x: int, bias, log_scale, dx, dbias, dls) -> None:
@@ -115,10 +114,10 @@ def backward(g, x2, n: int, d: int, stride_x: int, bias, log_scale, dx, dbias, d
     progs = reduction_programs(n, x2)
     block_d = next_pow2(d)
     bm, warps = _bwd_config(block_d)
-    part = x2.new_empty((progs, d + 1), dtype=torch.float32)
-    bias_norm_bwd_kernel[(progs,)](g, x2, bias, log_scale, dx, part, n, d, cdiv(n, progs), stride_x,
-                                   BLOCK_M=bm, BLOCK_D=block_d, num_warps=warps)
-    fold_rows(part, dbias, dls)
+    part = scratch_fp32(x2, progs * (d + 1))
+    bias_norm_bwd_kernel.run(g, x2, bias, log_scale, dx, part, n, d, cdiv(n, progs), stride_x, grid=(progs,),
+                             warmup=False, BLOCK_M=bm, BLOCK_D=block_d, num_warps=warps)
+    fold_rows(part, progs, dbias, dls)
 
 
 def aot_specs(spec, dtypes):

@@ -12,19 +12,20 @@ backward: y again from x; dx_orig = g (1 - c); dy = round_x(g c); dc += g (y - x
           BiasNorm's backward of dy with k = r^2 sum(dy x) / D: dx = s r (dy - k (x - bias)),
           dbias += s r k (x - bias), dlog_scale += s r sum(dy x).
   Programs form a (P, B) grid: program (p, b) walks its range of frames of sequence b, so the
-  scale's partial gradient is one row of D whichever shape c has. Partials: (P, B, D) for c and
-  (P, B, D + 1) for bias / log_scale, each folded by one _common.fold_rows launch (for a
-  per-channel c the fold also sums over B). Three launches in all, against five for the two ops.
+  scale's partial gradient is one row of D whichever shape c has. Partials (fp32 scratch): for a
+  per-channel c one row [dc | dbias | dlog_scale] per program, folded (over P and B) by one
+  _common.fold_rows launch; for a per-sequence c a (P, B, D) block for c, folded over P only,
+  and a (P, B, D + 1) block for bias / log_scale, both folded by one fold_two_blocks launch.
+  Two launches in all, against five for the two ops.
 
 Launch configs are fixed per row width (no autotuning): ~2048 elements per forward tile, ~1024
 per backward tile over 8 warps (it holds g, x, x_orig and their products).
 """
-import torch
 import triton
 import triton.language as tl
 
 from .bias_norm import row_backward, row_rsqrt
-from ._common import cdiv, fold_rows, next_pow2, programs_along_rows, row_kernel_specs, row_tile
+from ._common import cdiv, fold_rows, fold_two_blocks, next_pow2, programs_along_rows, row_kernel_specs, row_tile, scratch_fp32
 
 def _fwd_config(block_d: int):
     """(BLOCK_M, num_warps) for the forward."""
@@ -59,8 +60,8 @@ def bias_norm_bypass_fwd_kernel(xo_ptr, x_ptr, b_ptr, ls_ptr, c_ptr, out_ptr, n_
 
 
 @triton.jit
-def bias_norm_bypass_bwd_kernel(g_ptr, xo_ptr, x_ptr, b_ptr, ls_ptr, c_ptr, dxo_ptr, dx_ptr, part_c_ptr, part_n_ptr,
-                                T, B, D, t_per_prog, sxo_t, sxo_b, sx_t, sx_b, c_sb,
+def bias_norm_bypass_bwd_kernel(g_ptr, xo_ptr, x_ptr, b_ptr, ls_ptr, c_ptr, dxo_ptr, dx_ptr, part_ptr,
+                                T, B, D, t_per_prog, sxo_t, sxo_b, sx_t, sx_b, c_sb, c_stride, n_off, n_stride,
                                 BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
     pid = tl.program_id(0)
     bb = tl.program_id(1)
@@ -95,39 +96,46 @@ def bias_norm_bypass_bwd_kernel(g_ptr, xo_ptr, x_ptr, b_ptr, ls_ptr, c_ptr, dxo_
         db_acc += db_rows
         dls_acc += dls_rows
     prow = pid.to(tl.int64) * B + bb
-    tl.store(part_c_ptr + prow * D + cols, dc_acc, mask=cmask)
-    tl.store(part_n_ptr + prow * (D + 1) + cols, db_acc, mask=cmask)
-    tl.store(part_n_ptr + prow * (D + 1) + D, tl.sum(dls_acc, axis=0))
+    tl.store(part_ptr + prow * c_stride + cols, dc_acc, mask=cmask)
+    tl.store(part_ptr + n_off + prow * n_stride + cols, db_acc, mask=cmask)
+    tl.store(part_ptr + n_off + prow * n_stride + D, tl.sum(dls_acc, axis=0))
 
 
-def forward(x_orig, x, bias, log_scale, scale, c_sb: int, out) -> None:
-    """x_orig, x (T, B, D) with unit channel strides; bias (D,), scale D or B*D entries in order
-    (c_sb 0 or D), out (T, B, D) contiguous."""
-    T, B, D = x.shape
+def forward(x_orig, x, bias, log_scale, scale, c_sb: int, out, T: int, B: int, D: int, sxo, sx) -> None:
+    """x_orig, x (T, B, D) with unit channel strides (strides sxo, sx); bias (D,), scale D or B*D
+    entries in order (c_sb 0 or D), out (T, B, D) contiguous."""
     block_d = next_pow2(D)
     bm, warps = _fwd_config(block_d)
-    bias_norm_bypass_fwd_kernel[(cdiv(T * B, bm),)](
-        x_orig, x, bias, log_scale, scale, out, T * B, B, D,
-        x_orig.stride(0), x_orig.stride(1), x.stride(0), x.stride(1), c_sb,
-        BLOCK_M=bm, BLOCK_D=block_d, num_warps=warps)
+    bias_norm_bypass_fwd_kernel.run(x_orig, x, bias, log_scale, scale, out, T * B, B, D, sxo[0], sxo[1], sx[0], sx[1],
+                                    c_sb, grid=(cdiv(T * B, bm),), warmup=False,
+                                    BLOCK_M=bm, BLOCK_D=block_d, num_warps=warps)
 
 
-def backward(g, x_orig, x, bias, log_scale, scale, c_sb: int, dxo, dx, dscale, dbias, dls) -> None:
-    """g, dxo, dx (T, B, D) contiguous; writes them and dscale / dbias / dls (each in its dtype)."""
-    T, B, D = x.shape
+def backward(g, x_orig, x, bias, log_scale, scale, c_sb: int, dxo, dx, dscale, dbias, dls,
+             T: int, B: int, D: int, sxo, sx) -> None:
+    """g, dxo, dx (T, B, D) contiguous; writes them and dscale / dbias / dls (each in its dtype).
+    Partials in scratch, one row per program (p, b): for a per-channel scale [dc | dbias | dls]
+    (2D + 1), all three folded by one launch (B folds with the programs); for a per-sequence
+    scale the (P, B, D) dc block, folded over P only, then the (P, B, D + 1) bias / log_scale
+    block (one launch)."""
     block_d = next_pow2(D)
     bm, warps = _bwd_config(block_d)
     progs = programs_along_rows(T, B, x, min_rows=4)  # a (P, B) grid: partials O(SMs x D)
-    part_c = x.new_empty((progs, B, D), dtype=torch.float32)
-    part_n = x.new_empty((progs, B, D + 1), dtype=torch.float32)
-    bias_norm_bypass_bwd_kernel[(progs, B)](
-        g, x_orig, x, bias, log_scale, scale, dxo, dx, part_c, part_n, T, B, D, cdiv(T, progs),
-        x_orig.stride(0), x_orig.stride(1), x.stride(0), x.stride(1), c_sb,
-        BLOCK_M=bm, BLOCK_D=block_d, num_warps=warps)
-    fold_rows(part_c, dscale)  # rows of dscale.numel(): for a per-channel scale, B folds as well
-    fold_rows(part_n, dbias, dls)
+    rows = progs * B
+    if c_sb == 0:
+        c_stride, n_off, n_stride = 2 * D + 1, D, 2 * D + 1
+    else:
+        c_stride, n_off, n_stride = D, rows * D, D + 1
+    part = scratch_fp32(x, rows * (2 * D + 1))
+    bias_norm_bypass_bwd_kernel.run(g, x_orig, x, bias, log_scale, scale, dxo, dx, part, T, B, D, cdiv(T, progs),
+                                    sxo[0], sxo[1], sx[0], sx[1], c_sb, c_stride, n_off, n_stride,
+                                    grid=(progs, B), warmup=False, BLOCK_M=bm, BLOCK_D=block_d, num_warps=warps)
+    if c_sb == 0:
+        fold_rows(part, rows, dscale, dbias, dls)
+    else:
+        fold_two_blocks(part, progs, dscale, n_off, rows, dbias, dls)
 
 
 def aot_specs(spec, dtypes):
     return row_kernel_specs(spec, dtypes, [(bias_norm_bypass_fwd_kernel, _fwd_config), (bias_norm_bypass_bwd_kernel, _bwd_config)],
-                            {"b_ptr": "fp32", "ls_ptr": "fp32", "c_ptr": "fp32", "part_c_ptr": "fp32", "part_n_ptr": "fp32"})
+                            {"b_ptr": "fp32", "ls_ptr": "fp32", "c_ptr": "fp32", "part_ptr": "fp32"})

@@ -7,14 +7,13 @@ truncation view is read in place). A tile is BLOCK_T frames x BLOCK_N columns of
 The scale has L = C entries (per channel) or L = B*C (per sequence and channel): index n % L.
 
 Backward writes dx, dx_orig and a per-program partial of dscale over its frames, (P, B*C) fp32
-with P x column blocks ~ 4 programs per SM; one fold launch sums it into the scale's shape. Upsample variant: y is (ceil(T/ds), B, C) and frame t
+(scratch) with P x column blocks ~ 4 programs per SM; one fold launch sums it into the scale's shape. Upsample variant: y is (ceil(T/ds), B, C) and frame t
 reads y[t // ds]; dy[t'] sums g * c over the ds frames of group t' (inside one program).
 """
-import torch
 import triton
 import triton.language as tl
 
-from ._common import INTERPRET, cdiv, fold_rows, programs_along_rows
+from ._common import INTERPRET, cdiv, fold_rows, programs_along_rows, scratch_fp32
 
 # Fixed tiles (frames x flattened columns): 2048 elements over 4 warps = 16 per thread, i.e. four
 # 16-byte vectors per tensor in fp32. The interpreter gets big tiles (it pays per program).
@@ -119,48 +118,46 @@ def upsample_bypass_bwd_kernel(g_ptr, xo_ptr, y_ptr, c_ptr, dxo_ptr, dy_ptr, dc_
     tl.store(dc_part_ptr + pid.to(tl.int64) * (B * C) + n, acc, mask=nmask)
 
 
-def forward(x_orig, y, scale_flat, out) -> None:
-    T, B, C = x_orig.shape
-    bypass_fwd_kernel[(cdiv(T, FWD_T), cdiv(B * C, FWD_N))](
-        x_orig, y, scale_flat, out, T, B, C, scale_flat.numel(),
-        x_orig.stride(0), x_orig.stride(1), y.stride(0), y.stride(1),
-        BLOCK_T=FWD_T, BLOCK_N=FWD_N, num_warps=FWD_WARPS)
+def forward(x_orig, y, scale_flat, out, T: int, B: int, C: int, sxo, sy) -> None:
+    """sxo / sy: x_orig's and y's strides (T, B, 1)."""
+    BC = B * C
+    bypass_fwd_kernel.run(x_orig, y, scale_flat, out, T, B, C, scale_flat.numel(), sxo[0], sxo[1], sy[0], sy[1],
+                          grid=(cdiv(T, FWD_T), cdiv(BC, FWD_N)), warmup=False,
+                          BLOCK_T=FWD_T, BLOCK_N=FWD_N, num_warps=FWD_WARPS)
 
 
-def backward(grad, x_orig, y, scale_flat, dxo, dy, dscale) -> None:
+def backward(grad, x_orig, y, scale_flat, dxo, dy, dscale, T: int, B: int, C: int, sxo, sy) -> None:
     """grad, dxo and dy contiguous; writes them and dscale (scale_flat's entries, in its dtype)."""
-    T, B, C = x_orig.shape
-    n_blocks = cdiv(B * C, BWD_N)
+    BC = B * C
+    n_blocks = cdiv(BC, BWD_N)
     progs = programs_along_rows(T, n_blocks, x_orig, min_rows=4)
-    dc_part = x_orig.new_empty((progs, B * C), dtype=torch.float32)
+    dc_part = scratch_fp32(x_orig, progs * BC)
     L = scale_flat.numel()
-    bypass_bwd_kernel[(progs, n_blocks)](grad, x_orig, y, scale_flat, dxo, dy, dc_part, T, B, C, L, cdiv(T, progs),
-                                         x_orig.stride(0), x_orig.stride(1), y.stride(0), y.stride(1),
-                                         BLOCK_T=BWD_T, BLOCK_N=BWD_N, num_warps=BWD_WARPS)
-    fold_rows(dc_part, dscale)  # rows of length L: for L == C, the B sequences fold as well
+    bypass_bwd_kernel.run(grad, x_orig, y, scale_flat, dxo, dy, dc_part, T, B, C, L, cdiv(T, progs),
+                          sxo[0], sxo[1], sy[0], sy[1], grid=(progs, n_blocks), warmup=False,
+                          BLOCK_T=BWD_T, BLOCK_N=BWD_N, num_warps=BWD_WARPS)
+    fold_rows(dc_part, progs * BC // L, dscale)  # rows of length L: for L == C, the B sequences fold as well
 
 
-def upsample_forward(x_orig, y_down, scale_flat, out, ds: int) -> None:
-    T, B, C = x_orig.shape
+def upsample_forward(x_orig, y_down, scale_flat, out, ds: int, T: int, B: int, C: int, sxo, sy) -> None:
     Tg = y_down.shape[0]
-    upsample_bypass_fwd_kernel[(cdiv(Tg, UP_G), cdiv(B * C, UP_N))](
-        x_orig, y_down, scale_flat, out, T, Tg, B, C, scale_flat.numel(),
-        x_orig.stride(0), x_orig.stride(1), y_down.stride(0), y_down.stride(1), DS=ds,
-        BLOCK_G=UP_G, BLOCK_N=UP_N, num_warps=UP_WARPS)
+    upsample_bypass_fwd_kernel.run(x_orig, y_down, scale_flat, out, T, Tg, B, C, scale_flat.numel(),
+                                   sxo[0], sxo[1], sy[0], sy[1], grid=(cdiv(Tg, UP_G), cdiv(B * C, UP_N)),
+                                   warmup=False, DS=ds, BLOCK_G=UP_G, BLOCK_N=UP_N, num_warps=UP_WARPS)
 
 
-def upsample_backward(grad, x_orig, y_down, scale_flat, dxo, dy, ds: int, dscale) -> None:
-    T, B, C = x_orig.shape
+def upsample_backward(grad, x_orig, y_down, scale_flat, dxo, dy, ds: int, dscale, T: int, B: int, C: int,
+                      sxo, sy) -> None:
     Tg = y_down.shape[0]
-    n_blocks = cdiv(B * C, UP_BWD_N)
+    BC = B * C
+    n_blocks = cdiv(BC, UP_BWD_N)
     progs = programs_along_rows(Tg, n_blocks, x_orig, min_rows=2)
-    dc_part = x_orig.new_empty((progs, B * C), dtype=torch.float32)
+    dc_part = scratch_fp32(x_orig, progs * BC)
     L = scale_flat.numel()
-    upsample_bypass_bwd_kernel[(progs, n_blocks)](
-        grad, x_orig, y_down, scale_flat, dxo, dy, dc_part, T, Tg, B, C, L, cdiv(Tg, progs),
-        x_orig.stride(0), x_orig.stride(1), y_down.stride(0), y_down.stride(1), DS=ds,
-        BLOCK_G=UP_BWD_G, BLOCK_N=UP_BWD_N, num_warps=4)
-    fold_rows(dc_part, dscale)
+    upsample_bypass_bwd_kernel.run(grad, x_orig, y_down, scale_flat, dxo, dy, dc_part, T, Tg, B, C, L,
+                                   cdiv(Tg, progs), sxo[0], sxo[1], sy[0], sy[1], grid=(progs, n_blocks),
+                                   warmup=False, DS=ds, BLOCK_G=UP_BWD_G, BLOCK_N=UP_BWD_N, num_warps=4)
+    fold_rows(dc_part, progs * BC // L, dscale)
 
 
 def aot_specs(spec, dtypes):

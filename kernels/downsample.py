@@ -13,11 +13,10 @@ backward: dx[t] = g[t // ds] * w[t % ds], except the last frame T-1, which also 
           ~4 programs per SM in total); a second launch sums them and applies the softmax Jacobian,
           dbias = w * (dw - sum_j w_j dw_j), writing dbias in the bias dtype.
 """
-import torch
 import triton
 import triton.language as tl
 
-from ._common import INTERPRET, cdiv, next_pow2, programs_along_rows
+from ._common import INTERPRET, cdiv, next_pow2, programs_along_rows, scratch_fp32
 
 # Forward tile: BLOCK_G groups x BLOCK_N columns, each group reading DS frames (fixed; 2 x 512 over
 # 4 warps = 8 outputs and 8 x DS inputs per thread).
@@ -107,28 +106,25 @@ def downsample_dbias_kernel(part_ptr, b_ptr, out_ptr, R, DS: tl.constexpr, BLOCK
     tl.store(out_ptr + kk, (w * (dw - tl.sum(w * dw, axis=0))).to(out_ptr.dtype.element_ty))
 
 
-def forward(x, bias, out, ds: int) -> None:
-    T, B, C = x.shape
-    Tg = out.shape[0]
-    downsample_fwd_kernel[(cdiv(Tg, FWD_G), cdiv(B * C, FWD_N))](x, bias, out, T, Tg, B, C, x.stride(0), x.stride(1),
-                                                                 DS=ds, BLOCK_G=FWD_G, BLOCK_N=FWD_N, num_warps=FWD_WARPS)
+def forward(x, bias, out, ds: int, T: int, Tg: int, B: int, C: int, sx) -> None:
+    """x (T, B, C) with strides sx (unit channel stride), out (Tg, B, C) contiguous."""
+    downsample_fwd_kernel.run(x, bias, out, T, Tg, B, C, sx[0], sx[1], grid=(cdiv(Tg, FWD_G), cdiv(B * C, FWD_N)),
+                              warmup=False, DS=ds, BLOCK_G=FWD_G, BLOCK_N=FWD_N, num_warps=FWD_WARPS)
 
 
-def backward(grad, x, bias, dx, dbias) -> None:
+def backward(grad, x, bias, dx, dbias, ds: int, T: int, Tg: int, B: int, C: int, sx) -> None:
     """Writes dx (T, B, C) contiguous and dbias (ds,) in its own dtype."""
-    T, B, C = x.shape
-    ds = bias.shape[0]
-    Tg = grad.shape[0]
     # Fixed (not tuned) column block: the partial buffer's size depends on it.
     block_n = max(64, 2048 // ds) if x.is_cuda else 256
     block_n = min(block_n, next_pow2(B * C))
     n_blocks = cdiv(B * C, block_n)
     progs = programs_along_rows(Tg, n_blocks, x, min_rows=max(2, 16 // max(1, n_blocks)))
-    dw_part = x.new_empty((progs, n_blocks, ds), dtype=torch.float32)
-    downsample_bwd_kernel[(progs, n_blocks)](grad, x, bias, dx, dw_part, T, Tg, B, C, cdiv(Tg, progs),
-                                             x.stride(0), x.stride(1), DS=ds, BLOCK_G=BWD_G, BLOCK_N=block_n,
-                                             num_warps=4 if block_n * BWD_G * ds <= 2048 else 8)
-    downsample_dbias_kernel[(1,)](dw_part, bias, dbias, progs * n_blocks, DS=ds, BLOCK_R=64, num_warps=4)
+    dw_part = scratch_fp32(x, progs * n_blocks * ds)
+    downsample_bwd_kernel.run(grad, x, bias, dx, dw_part, T, Tg, B, C, cdiv(Tg, progs), sx[0], sx[1],
+                              grid=(progs, n_blocks), warmup=False, DS=ds, BLOCK_G=BWD_G, BLOCK_N=block_n,
+                              num_warps=4 if block_n * BWD_G * ds <= 2048 else 8)
+    downsample_dbias_kernel.run(dw_part, bias, dbias, progs * n_blocks, grid=(1,), warmup=False, DS=ds, BLOCK_R=64,
+                                num_warps=4)
 
 
 def aot_specs(spec, dtypes):

@@ -26,7 +26,7 @@ def limit_param_bwd_kernel(x_ptr, g_ptr, out_ptr, n, lo, hi, BLOCK: tl.constexpr
 def backward(x, g, out, lo: float, hi: float) -> None:
     """x, g, out contiguous with the same number of elements."""
     n = g.numel()
-    limit_param_bwd_kernel[(cdiv(n, BLOCK),)](x, g, out, n, lo, hi, BLOCK=BLOCK)
+    limit_param_bwd_kernel.run(x, g, out, n, lo, hi, grid=(cdiv(n, BLOCK),), warmup=False, BLOCK=BLOCK)
 
 
 def aot_specs(spec, dtypes):

@@ -129,8 +129,8 @@ def forward_and_grads(px, py, boundary, need_grads: bool):
     boundary = boundary.contiguous()
     block, warps = _launch_params(S + 1)
     p = torch.empty((B, S + 1, T + 1), dtype=px.dtype, device=px.device)
-    mi_forward_kernel[(B,)](px, py, p, boundary, S, T, TX, K, MODIFIED=modified,
-                            BLOCK_S=block, num_warps=warps)
+    mi_forward_kernel.run(px, py, p, boundary, S, T, TX, K, grid=(B,), warmup=False, MODIFIED=modified,
+                          BLOCK_S=block, num_warps=warps)
     b_idx = torch.arange(B, device=px.device)
     total = p[b_idx, boundary[:, 2], boundary[:, 3]]
     if not need_grads:
@@ -139,8 +139,8 @@ def forward_and_grads(px, py, boundary, need_grads: bool):
     px_grad = torch.zeros_like(px)
     py_grad = torch.zeros_like(py)
     safe_total = torch.where(torch.isfinite(total), total, torch.full_like(total, float("inf")))
-    mi_backward_kernel[(B,)](px, py, p, beta, safe_total, px_grad, py_grad, boundary,
-                             S, T, TX, K, MODIFIED=modified, BLOCK_S=block, num_warps=warps)
+    mi_backward_kernel.run(px, py, p, beta, safe_total, px_grad, py_grad, boundary, S, T, TX, K, grid=(B,),
+                           warmup=False, MODIFIED=modified, BLOCK_S=block, num_warps=warps)
     return total, px_grad, py_grad
 
 

@@ -89,15 +89,15 @@ def forward(x, y, code, seed: int, shift: float, offset: float) -> None:
     n = x.numel()
     grid, block, per = _launch(n, x.element_size(), x)
     save = SAVE_UINT8 if code is not None else SAVE_NONE
-    swoosh_fwd_kernel[grid](x, y, code if code is not None else y, n, per, seed, shift, offset,
-                            SAVE=save, BLOCK=block, num_warps=NUM_WARPS)
+    swoosh_fwd_kernel.run(x, y, code if code is not None else y, n, per, seed, shift, offset, grid=grid,
+                          warmup=False, SAVE=save, BLOCK=block, num_warps=NUM_WARPS)
 
 
 def backward(grad, saved, dx, shift: float, compact: bool) -> None:
     n = dx.numel()
     grid, block, per = _launch(n, dx.element_size(), dx)
-    swoosh_bwd_kernel[grid](grad, saved, dx, n, per, shift, SAVE=SAVE_UINT8 if compact else SAVE_NONE,
-                            BLOCK=block, num_warps=NUM_WARPS)
+    swoosh_bwd_kernel.run(grad, saved, dx, n, per, shift, grid=grid, warmup=False,
+                          SAVE=SAVE_UINT8 if compact else SAVE_NONE, BLOCK=block, num_warps=NUM_WARPS)
 
 
 def aot_specs(spec, dtypes):

@@ -65,6 +65,7 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--compile", type=str2bool, default=False,
                    help="torch.compile the encoder (fullgraph, dynamic shapes; input checks stay eager)")
+    p.add_argument("--compile-backend", default="inductor", help="with --compile: torch.compile backend")
     p.add_argument("--cuda-graphs", type=str2bool, default=False,
                    help="offline decoding on CUDA: pad batches to (power-of-two batch, multiple of "
                         "--graph-frame-step frames) buckets and replay one captured CUDA graph of the encoder "
@@ -275,7 +276,7 @@ def main(argv=None) -> Dict[str, dict]:
         model.to(device)
         suffix = configure_chunking(model, args)
         if args.compile:
-            model.compile_encoder()
+            model.compile_encoder(backend=args.compile_backend)
         if args.cuda_graphs and (device.type != "cuda" or args.streaming):
             raise ValueError("--cuda-graphs needs a CUDA device and offline decoding (not --streaming)")
         if args.streaming and args.decoding_method not in ("greedy_search", "modified_beam_search"):

@@ -117,7 +117,7 @@ class Trainer:
                            max_duration=args.max_duration, args=vars(args))
         self.model_avg = make_averaged_copy(self.model) if info.is_main else None
         if args.compile:  # after the copy: the compiled encoder is an instance attribute
-            self.model.compile_encoder()
+            self.model.compile_encoder(backend=args.compile_backend)
         self.resume_rng = None
         self._maybe_resume()
 

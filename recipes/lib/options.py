@@ -102,6 +102,9 @@ def get_parser() -> argparse.ArgumentParser:
     g.add_argument("--threads", type=int, default=0, help="torch CPU threads per process (0: torch default)")
     g.add_argument("--compile", type=str2bool, default=False,
                    help="torch.compile the encoder (fullgraph, dynamic shapes; input checks stay eager)")
+    g.add_argument("--compile-backend", default="inductor",
+                   help="with --compile: torch.compile backend (inductor; aot_eager traces the same graphs "
+                        "without code generation)")
     g.add_argument("--resume", default="auto",
                    help="auto: latest checkpoint in --exp-dir if any; none: start over; or a checkpoint path")
     g.add_argument("--save-every-n", type=int, default=4000)

@@ -157,11 +157,15 @@ def row_layout(x: torch.Tensor):
     return x2, x2.shape[0], x2.stride(0)
 
 
-def as_tbc(x: torch.Tensor) -> torch.Tensor:
-    """x (T, B, C) with a unit channel stride (a channel-truncation view stays a view)."""
-    if x.dim() != 3:
-        raise ValueError(f"expected a (T, B, C) tensor, got shape {tuple(x.shape)}")
-    return x if x.stride(2) == 1 else x.contiguous()
+def unit_channel_stride(x: torch.Tensor):
+    """(x, x.stride()) for a (T, B, C) tensor with a unit channel stride: x itself (a channel-
+    truncation view stays a view), else a contiguous copy. The strides come back with it: the
+    launchers take them as ints (one stride() call, not one per dim: host time)."""
+    st = x.stride()
+    if st[2] == 1:
+        return x, st
+    x = x.contiguous()
+    return x, x.stride()
 
 
 def _device_type(x: torch.Tensor) -> str:

@@ -21,9 +21,10 @@ from typing import Tuple
 import torch
 from torch import Tensor
 
-from ._registry import FusedOp, apply, as_tbc, empty_out, kernels, needs_grad, register_autograd, use_op
-from .bias_norm import bias_norm, bias_norm_reference, fused_ok as bias_norm_fused_ok
-from .bypass import _dense, _fused_ok as bypass_fused_ok, _out_dtype, bypass, bypass_reference
+from ..backend import use_triton_for
+from ._registry import FusedOp, apply, empty_out, kernels, needs_grad, register_autograd, unit_channel_stride, use_op
+from .bias_norm import MAX_FUSED_DIM, bias_norm, bias_norm_reference
+from .bypass import _dense, shapes_ok as bypass_shapes_ok, _out_dtype, bypass, bypass_reference
 
 
 def bias_norm_bypass_reference(x_orig: Tensor, x: Tensor, log_scale: Tensor, bias: Tensor, scale: Tensor) -> Tensor:
@@ -40,9 +41,12 @@ def _fwd_fake(x_orig: Tensor, x: Tensor, log_scale: Tensor, bias: Tensor, scale:
 
 
 def _fwd_impl(x_orig: Tensor, x: Tensor, log_scale: Tensor, bias: Tensor, scale: Tensor) -> Tensor:
+    T, B, D = x.shape
+    xo, sxo = unit_channel_stride(x_orig)
+    xx, sx = unit_channel_stride(x)
     out = empty_out(x_orig, _out_dtype(x_orig, x, scale))
-    kernels("bias_norm_bypass").forward(as_tbc(x_orig), as_tbc(x), _dense(bias), log_scale, _dense(scale),
-                                        _c_sb(scale, x.shape[2]), out)
+    kernels("bias_norm_bypass").forward(xo, xx, _dense(bias), log_scale, _dense(scale), _c_sb(scale, D), out,
+                                        T, B, D, sxo, sx)
     return out
 
 
@@ -55,13 +59,16 @@ def _bwd_fake(grad: Tensor, x_orig: Tensor, x: Tensor, log_scale: Tensor, bias: 
 
 def _bwd_impl(grad: Tensor, x_orig: Tensor, x: Tensor, log_scale: Tensor, bias: Tensor,
               scale: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    T, B, D = x.shape
+    xo, sxo = unit_channel_stride(x_orig)
+    xx, sx = unit_channel_stride(x)
     dxo, dx = empty_out(x_orig), empty_out(x)
     dls = torch.empty_like(log_scale, memory_format=torch.contiguous_format)
     dbias = torch.empty_like(bias, memory_format=torch.contiguous_format)
     dscale = torch.empty_like(scale, memory_format=torch.contiguous_format)
-    kernels("bias_norm_bypass").backward(grad if grad.is_contiguous() else grad.contiguous(), as_tbc(x_orig),
-                                         as_tbc(x), _dense(bias), log_scale, _dense(scale), _c_sb(scale, x.shape[2]),
-                                         dxo, dx, dscale, dbias, dls)
+    kernels("bias_norm_bypass").backward(grad if grad.is_contiguous() else grad.contiguous(), xo, xx, _dense(bias),
+                                         log_scale, _dense(scale), _c_sb(scale, D), dxo, dx, dscale, dbias, dls,
+                                         T, B, D, sxo, sx)
     return dxo, dx, dls, dbias, dscale
 
 
@@ -96,7 +103,10 @@ class _BiasNormBypassFused(torch.autograd.Function):
 
 def bias_norm_bypass(x_orig: Tensor, x: Tensor, log_scale: Tensor, bias: Tensor, scale: Tensor) -> Tensor:
     """x_orig + (bias_norm(x, log_scale, bias) - x_orig) * scale; see the module docstring."""
-    if x_orig.shape == x.shape and bias_norm_fused_ok(x, log_scale, bias) and bypass_fused_ok(x_orig, x, scale):
+    shape = x_orig.shape
+    x_shape = x.shape
+    if (x_shape == shape and len(shape) == 3 and shape[2] <= MAX_FUSED_DIM
+            and bypass_shapes_ok(shape, x_shape, scale) and use_triton_for(x_orig, x, log_scale, bias, scale)):
         if use_op(x_orig):
             return _bias_norm_bypass_fwd.op(x_orig, x, log_scale, bias, scale)
         if needs_grad(x_orig, x, log_scale, bias, scale):

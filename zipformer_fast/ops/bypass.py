@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from ..backend import use_triton_for
-from ._registry import FusedOp, apply, as_tbc, empty_out, kernels, needs_grad, register_autograd, use_op
+from ._registry import FusedOp, apply, empty_out, kernels, needs_grad, register_autograd, use_op, unit_channel_stride
 from .downsample import simple_upsample_reference
 
 
@@ -57,12 +57,13 @@ def _scale_len(scale: Tensor, B: int, C: int) -> Optional[int]:
     return None
 
 
-def _fused_ok(x_orig: Tensor, y: Tensor, scale: Tensor) -> bool:
-    if x_orig.dim() != 3 or y.dim() != 3 or x_orig.numel() == 0:
+def shapes_ok(shape, y_shape, scale: Tensor) -> bool:
+    """x_orig's shape (T, B, C) with T * B * C > 0, y (any frames, B, C) and a scale the kernels
+    index. Shapes are passed in, not re-read (host time)."""
+    if len(shape) != 3 or len(y_shape) != 3:
         return False
-    _, B, C = x_orig.shape
-    _, yb, yc = y.shape
-    return yb == B and yc == C and _scale_len(scale, B, C) is not None and use_triton_for(x_orig, y, scale)
+    T, B, C = shape
+    return T * B * C > 0 and y_shape[1] == B and y_shape[2] == C and _scale_len(scale, B, C) is not None
 
 
 def _fake(x_orig: Tensor, y: Tensor, scale: Tensor, ds: int) -> Tensor:
@@ -76,13 +77,14 @@ def _dense(scale: Tensor) -> Tensor:
 
 def _bypass_fwd_impl(x_orig: Tensor, y: Tensor, scale: Tensor, ds: int) -> Tensor:
     """ds == 0: plain bypass (y is (T, B, D)); ds >= 1: y is (ceil(T/ds), B, D), upsampled."""
-    xo, yy = as_tbc(x_orig), as_tbc(y)
+    T, B, C = x_orig.shape
+    xo, sxo = unit_channel_stride(x_orig)
+    yy, sy = unit_channel_stride(y)
     out = empty_out(x_orig, _out_dtype(x_orig, y, scale))
-    k = kernels("bypass")
     if ds == 0:
-        k.forward(xo, yy, _dense(scale), out)
+        kernels("bypass").forward(xo, yy, _dense(scale), out, T, B, C, sxo, sy)
     else:
-        k.upsample_forward(xo, yy, _dense(scale), out, ds)
+        kernels("bypass").upsample_forward(xo, yy, _dense(scale), out, ds, T, B, C, sxo, sy)
     return out
 
 
@@ -92,15 +94,16 @@ def _bwd_fake(grad: Tensor, x_orig: Tensor, y: Tensor, scale: Tensor, ds: int) -
 
 
 def _bypass_bwd_impl(grad: Tensor, x_orig: Tensor, y: Tensor, scale: Tensor, ds: int) -> Tuple[Tensor, Tensor, Tensor]:
-    xo, yy = as_tbc(x_orig), as_tbc(y)
+    T, B, C = x_orig.shape
+    xo, sxo = unit_channel_stride(x_orig)
+    yy, sy = unit_channel_stride(y)
     g = grad if grad.is_contiguous() else grad.contiguous()
     dxo, dy = empty_out(x_orig), empty_out(y)
     dc = torch.empty_like(scale, memory_format=torch.contiguous_format)
-    k = kernels("bypass")
     if ds == 0:
-        k.backward(g, xo, yy, _dense(scale), dxo, dy, dc)
+        kernels("bypass").backward(g, xo, yy, _dense(scale), dxo, dy, dc, T, B, C, sxo, sy)
     else:
-        k.upsample_backward(g, xo, yy, _dense(scale), dxo, dy, ds, dc)
+        kernels("bypass").upsample_backward(g, xo, yy, _dense(scale), dxo, dy, ds, dc, T, B, C, sxo, sy)
     return dxo, dy, dc
 
 
@@ -148,16 +151,19 @@ def _bypass_call(x_orig: Tensor, y: Tensor, scale: Tensor, ds: int) -> Tensor:
 
 
 def bypass(x_orig: Tensor, x: Tensor, scale: Tensor) -> Tensor:
-    if x_orig.shape == x.shape and _fused_ok(x_orig, x, scale):
+    shape = x_orig.shape
+    x_shape = x.shape
+    if x_shape == shape and shapes_ok(shape, x_shape, scale) and use_triton_for(x_orig, x, scale):
         return _bypass_call(x_orig, x, scale, 0)
     return bypass_reference(x_orig, x, scale)
 
 
 def upsample_bypass(x_orig: Tensor, y_down: Tensor, ds: int, scale: Tensor) -> Tensor:
     """out_combiner(x_orig, simple_upsample(y_down, ds, T)) with T = x_orig.shape[0]."""
-    T = x_orig.shape[0]
-    if y_down.shape[0] * ds < T:
-        raise ValueError(f"upsample_bypass: {y_down.shape[0]} frames x ds={ds} cannot cover T={T}")
-    if ds >= 1 and _fused_ok(x_orig, y_down, scale):
+    shape = x_orig.shape
+    y_shape = y_down.shape
+    if y_shape[0] * ds < shape[0]:
+        raise ValueError(f"upsample_bypass: {y_shape[0]} frames x ds={ds} cannot cover T={shape[0]}")
+    if ds >= 1 and shapes_ok(shape, y_shape, scale) and use_triton_for(x_orig, y_down, scale):
         return _bypass_call(x_orig, y_down, scale, int(ds))
     return upsample_bypass_reference(x_orig, y_down, ds, scale)

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from ..backend import use_triton_for
-from ._registry import FusedOp, apply, as_tbc, empty_out, kernels, needs_grad, register_autograd, use_op
+from ._registry import FusedOp, apply, empty_out, kernels, needs_grad, register_autograd, use_op, unit_channel_stride
 
 
 def simple_downsample_reference(x: Tensor, bias: Tensor) -> Tensor:
@@ -65,11 +65,12 @@ def _fwd_fake(x: Tensor, bias: Tensor) -> Tensor:
 
 def _downsample_fwd_impl(x: Tensor, bias: Tensor) -> Tensor:
     ds = bias.shape[0]
-    xx = as_tbc(x)
     T, B, C = x.shape
+    xx, sx = unit_channel_stride(x)
     dt = x.dtype if bias.dtype == x.dtype else torch.promote_types(x.dtype, bias.dtype)
-    out = x.new_empty(((T + ds - 1) // ds, B, C), dtype=dt)
-    kernels("downsample").forward(xx, bias, out, ds)
+    Tg = (T + ds - 1) // ds
+    out = x.new_empty((Tg, B, C), dtype=dt)
+    kernels("downsample").forward(xx, bias, out, ds, T, Tg, B, C, sx)
     return out
 
 
@@ -78,10 +79,13 @@ def _bwd_fake(grad: Tensor, x: Tensor, bias: Tensor) -> Tuple[Tensor, Tensor]:
 
 
 def _downsample_bwd_impl(grad: Tensor, x: Tensor, bias: Tensor) -> Tuple[Tensor, Tensor]:
-    xx = as_tbc(x)
+    ds = bias.shape[0]
+    T, B, C = x.shape
+    xx, sx = unit_channel_stride(x)
     dx = empty_out(x)
     dbias = torch.empty_like(bias, memory_format=torch.contiguous_format)
-    kernels("downsample").backward(grad if grad.is_contiguous() else grad.contiguous(), xx, bias, dx, dbias)
+    kernels("downsample").backward(grad if grad.is_contiguous() else grad.contiguous(), xx, bias, dx, dbias,
+                                   ds, T, grad.shape[0], B, C, sx)
     return dx, dbias
 
 
@@ -117,7 +121,8 @@ class _DownsampleFused(torch.autograd.Function):
 
 def simple_downsample(x: Tensor, bias: Tensor) -> Tensor:
     ds = bias.shape[0]
-    if x.dim() == 3 and x.numel() > 0 and ds & (ds - 1) == 0 and use_triton_for(x, bias):
+    shape = x.shape
+    if len(shape) == 3 and shape[0] * shape[1] * shape[2] > 0 and ds & (ds - 1) == 0 and use_triton_for(x, bias):
         if use_op(x):
             return _downsample_fwd.op(x, bias)
         if needs_grad(x, bias):

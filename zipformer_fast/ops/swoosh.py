@@ -19,6 +19,7 @@ mode, a small autograd.Function doing the same quantisation in torch. Fused = ke
 mode, the custom op zipformer_fast::swoosh_fwd while torch.compile traces (ops/_registry.py);
 non-contiguous inputs are copied to contiguous first.
 """
+import threading
 from typing import Optional, Tuple
 
 import torch
@@ -80,6 +81,19 @@ class _SwooshCompactReference(torch.autograd.Function):
 
 
 # -------------------------------------------------------------------------------- fused (op)
+_seed_cell = threading.local()
+
+
+def _draw_seed() -> int:
+    """A kernel RNG seed from torch's CPU generator (so torch.manual_seed makes runs repeatable):
+    random_ on a per-thread 0-d tensor, ~1.3 us of host time against ~3.5 us for
+    torch.randint(..., (1,)).item()."""
+    cell = getattr(_seed_cell, "t", None)
+    if cell is None:
+        cell = _seed_cell.t = torch.empty((), dtype=torch.int64)
+    return cell.random_(2**31 - 1).item()
+
+
 def _fwd_fake(x: Tensor, shift: float, offset: float, compact: bool) -> Tuple[Tensor, Tensor]:
     code_shape = x.shape if compact else (0,)
     return torch.empty(x.shape, dtype=x.dtype, device=x.device), x.new_empty(code_shape, dtype=torch.uint8)
@@ -92,8 +106,7 @@ def _swoosh_fwd_impl(x: Tensor, shift: float, offset: float, compact: bool) -> T
     code, seed = None, 0
     if compact:
         code = empty_out(xc, torch.uint8)
-        # The seed comes from torch's CPU generator, so torch.manual_seed makes runs repeatable.
-        seed = int(torch.randint(0, 2**31 - 1, (1,)).item())
+        seed = _draw_seed()
     kernels("swoosh").forward(xc, y, code, seed, shift, offset)
     return y, code
 

@@ -8,7 +8,8 @@
    varies: batch count (every ScheduledFloat) advancing each step, Balancer/Whiten firing, layer and
    module skips, dropout, feature masks, T (40..89 frames) and B (2..4; a batch of 1 would cost one
    more compilation: dynamic shapes specialise sizes 0 and 1). Counted: compilations (dynamo frames
-   compiled). Runs first.
+   compiled) and, for each recompilation, the guard that failed (dynamo's "recompiles" log). Runs
+   first.
 3. The same loop in eager mode with device-side randomness (what the compiled graph computes) from
    the same seeds and initial weights: per-step losses, largest relative difference, the number
    of leading steps whose losses are bitwise equal, and the steps whose random decisions (every
@@ -23,12 +24,15 @@ writes <out-dir>/compile_check.json, rewritten after every stage.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
+import logging
 import os
 import pathlib
 import sys
 import time
 
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 if __package__ in (None, ""):  # run as `python bench/compile_check.py`: import bench.* from the repo root
     sys.path[0] = str(pathlib.Path(__file__).resolve().parents[1])
 
@@ -134,6 +138,27 @@ def eager_losses_from_states(model: AsrModel, snapshots: list, data, backend: st
     return losses
 
 
+@contextlib.contextmanager
+def recompile_log():
+    """Yields the list of dynamo's recompilation messages (function, and the guards that failed)
+    logged inside the block."""
+    messages = []
+
+    class Collect(logging.Handler):
+        def emit(self, record):
+            messages.append(record.getMessage().replace(f"{ROOT}/", ""))
+
+    torch._logging.set_logs(recompiles=True)
+    logger = logging.getLogger("torch._dynamo.guards.__recompiles")
+    handler = Collect()
+    logger.addHandler(handler)
+    try:
+        yield messages
+    finally:
+        logger.removeHandler(handler)
+        torch._logging.set_logs()
+
+
 def compiled_vs_eager(steps: int, dynamo_backend: str, backend: str) -> dict:
     from torch._dynamo.testing import CompileCounterWithBackend
     base = xs_model()
@@ -144,8 +169,9 @@ def compiled_vs_eager(steps: int, dynamo_backend: str, backend: str) -> dict:
     t0 = time.time()
     compiled_fired, eager_fired, snapshots = [], [], []
     stepwise_model = copy.deepcopy(base)
-    compiled = train_loop(compiled_model, encode, batches(steps), backend, decisions=compiled_fired,
-                          snapshots=snapshots)
+    with recompile_log() as recompilations:
+        compiled = train_loop(compiled_model, encode, batches(steps), backend, decisions=compiled_fired,
+                              snapshots=snapshots)
     t_compiled = time.time() - t0
     t0 = time.time()
     with use_device_side_randomness():
@@ -156,7 +182,7 @@ def compiled_vs_eager(steps: int, dynamo_backend: str, backend: str) -> dict:
     step_diffs = [abs(a - b) / max(abs(b), 1e-30) for a, b in zip(compiled, stepwise)]
     exact = next((i for i, (a, b) in enumerate(zip(compiled, eager)) if a != b), len(compiled))
     return {"steps": steps, "dynamo_backend": dynamo_backend, "ops_backend": backend,
-            "compilations": counter.frame_count, "losses_compiled": compiled, "losses_eager": eager,
+            "compilations": counter.frame_count, "recompilations": recompilations, "losses_compiled": compiled, "losses_eager": eager,
             "max_rel_loss_diff": max(diffs), "first_step_rel_loss_diff": diffs[0],
             "losses_bitwise_equal": compiled == eager, "steps_bitwise_equal": exact,
             "losses_eager_from_compiled_states": stepwise, "max_rel_loss_diff_per_step": max(step_diffs),

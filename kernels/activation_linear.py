@@ -196,15 +196,27 @@ def _mn_grid(M, N):
     return lambda meta: (cdiv(M, meta["BLOCK_M"]) * cdiv(N, meta["BLOCK_N"]),)
 
 
+def _launch_mn(kernel, key, M: int, N: int, args, constexprs) -> None:
+    """_launch for the kernels whose grid is one program per (BLOCK_M x BLOCK_N) output tile:
+    after a key's first call, the tile sizes come with the chosen config and the grid is computed
+    here (no closure, no constexpr dict per call)."""
+    chosen = _CHOSEN.get((kernel, key))
+    if chosen is None:
+        _launch(kernel, key, _mn_grid(M, N), args, constexprs())
+        return
+    meta, launch_kwargs = chosen
+    kernel.fn.run(*args, grid=(cdiv(M, meta["BLOCK_M"]) * cdiv(N, meta["BLOCK_N"]),), warmup=False, **launch_kwargs)
+
+
 def forward(x2, M: int, K: int, stride_xm: int, w, bias, mask, mask_rows: int, y, shift, offset) -> None:
     """x2: M rows of K with unit column stride and row stride stride_xm; w (N, K) contiguous in the
     GEMM dtype; mask: None or contiguous rows of K, row m of x using mask row m % mask_rows; y
     contiguous (M rows of N). Shapes come in as ints: the launcher takes no views (host time)."""
     N = w.shape[0]
     has_b, has_m, prec = bias is not None, mask is not None, dot_precision(w.dtype)
-    _launch(act_linear_fwd_kernel, (N, K, has_m, has_b, x2.dtype, w.dtype, prec), _mn_grid(M, N),
-            (x2, w, bias if has_b else w, mask if has_m else x2, y, M, N, K, mask_rows, stride_xm, shift, offset),
-            dict(HAS_BIAS=has_b, HAS_MASK=has_m, PRECISION=prec))
+    _launch_mn(act_linear_fwd_kernel, (N, K, has_m, has_b, x2.dtype, w.dtype, prec), M, N,
+               (x2, w, bias if has_b else w, mask if has_m else x2, y, M, N, K, mask_rows, stride_xm, shift, offset),
+               lambda: dict(HAS_BIAS=has_b, HAS_MASK=has_m, PRECISION=prec))
 
 
 def backward(g, x2, M: int, K: int, stride_xm: int, w, mask, mask_rows: int, shift, offset, dx, dw, db) -> None:
@@ -216,8 +228,9 @@ def backward(g, x2, M: int, K: int, stride_xm: int, w, mask, mask_rows: int, shi
     has_m = mask is not None
     mask_arg = mask if has_m else x2
     if dx is not None:
-        _launch(act_linear_dx_kernel, (N, K, has_m, x2.dtype, w.dtype, prec), _mn_grid(M, K),
-                (g, w, x2, mask_arg, dx, M, N, K, mask_rows, stride_xm, shift), dict(HAS_MASK=has_m, PRECISION=prec))
+        _launch_mn(act_linear_dx_kernel, (N, K, has_m, x2.dtype, w.dtype, prec), M, K,
+                   (g, w, x2, mask_arg, dx, M, N, K, mask_rows, stride_xm, shift),
+                   lambda: dict(HAS_MASK=has_m, PRECISION=prec))
     has_db = db is not None
     if dw is not None:
         tiles = cdiv(N, 64) * cdiv(K, 64)
@@ -237,8 +250,9 @@ def backward(g, x2, M: int, K: int, stride_xm: int, w, mask, mask_rows: int, shi
 def linear_act_forward(x2, M: int, K: int, stride_xm: int, w, bias, y, shift, offset) -> None:
     N = w.shape[0]
     has_b, prec = bias is not None, dot_precision(w.dtype)
-    _launch(linear_act_fwd_kernel, (N, K, has_b, x2.dtype, w.dtype, prec), _mn_grid(M, N),
-            (x2, w, bias if has_b else w, y, M, N, K, stride_xm, shift, offset), dict(HAS_BIAS=has_b, PRECISION=prec))
+    _launch_mn(linear_act_fwd_kernel, (N, K, has_b, x2.dtype, w.dtype, prec), M, N,
+               (x2, w, bias if has_b else w, y, M, N, K, stride_xm, shift, offset),
+               lambda: dict(HAS_BIAS=has_b, PRECISION=prec))
 
 
 def aot_specs(spec, dtypes):

@@ -393,27 +393,42 @@ def saver(site: str) -> str:
     return f"{Path(where.split(':')[0]).stem}.{func}"
 
 
-def host_overhead(doc: Doc) -> None:
-    path, d = recorded("cpu/host_overhead.json")
+def labelled_entries(doc: Doc, file: str, title: str, intro: str = ""):
+    """(path, [(label, entry)] sorted by label) of a results file holding one entry per label
+    (bench.harness.write_labelled_entry), after adding the section's title, intro and the file's
+    recorded method to doc; (None, []) when the file is absent."""
+    path, d = recorded(file)
     if d is None:
-        return
-    doc.add("## Host overhead per fused-op call (CPU, kernels stubbed)\n")
-    doc.add("Microseconds of Python/dispatch per call with the Triton launches replaced by a counter: what a "
-            "GPU run pays on the host before any kernel runs. `before` and `after` are two code versions run "
-            "back to back on the same loaded machine.\n")
+        return None, []
+    doc.add(title)
+    if intro:
+        doc.add(intro)
     doc.caveats(d, ("method",))
-    for label in sorted(k for k in d if isinstance(d[k], dict)):
-        e = d[label]
+    return path, [(label, d[label]) for label in sorted(k for k in d if isinstance(d[k], dict))]
+
+
+def host_overhead(doc: Doc) -> None:
+    path, entries = labelled_entries(
+        doc, "cpu/host_overhead.json", "## Host overhead per fused-op call (CPU, kernels stubbed)\n",
+        "Microseconds of Python/dispatch per call with the Triton launches replaced by a counter: what a GPU run "
+        "pays on the host before any kernel runs. Each label is one code version's run.\n")
+    if path is None:
+        return
+    for label, e in entries:
         doc.add(f"### {label} (commit {e.get('git_commit', '?')}, torch {e.get('torch', '?')}, "
                 f"threads: {e.get('threads', '?')})\n")
         doc.commands([e.get("command", "")])
         doc.caveats(e, ("note",))
         res = e.get("results_us", {})
+        def verdict(r):
+            return {True: "yes", False: "no"}.get(r.get("within_targets"), "")
+
         doc.add(table(["op", "forward µs", "launches", "forward, no grad µs", "backward node µs", "launches",
-                       "autograd.grad µs"],
+                       "autograd.grad µs", "within 10 / 15 µs"],
                       [(op, fmt(r.get("forward_us")), fmt(r.get("launches_forward")), fmt(r.get("forward_nograd_us")),
-                        fmt(r.get("backward_us")), fmt(r.get("launches_backward")), fmt(r.get("backward_engine_us")))
-                       for op, r in res.items()], [False] + [True] * 6))
+                        fmt(r.get("backward_us")), fmt(r.get("launches_backward")), fmt(r.get("backward_engine_us")),
+                        verdict(r))
+                       for op, r in res.items()], [False] + [True] * 6 + [False]))
         cal = e.get("calibration_us", {})
         if cal:
             doc.add("Calibration (the floor any autograd-recorded op pays here): "
@@ -422,13 +437,10 @@ def host_overhead(doc: Doc) -> None:
 
 
 def launch_count(doc: Doc) -> None:
-    path, d = recorded("cpu/launch_count.json")
-    if d is None:
+    path, entries = labelled_entries(doc, "cpu/launch_count.json", "## Launches per encoder step (CPU interpreter)\n")
+    if path is None:
         return
-    doc.add("## Launches per encoder step (CPU interpreter)\n")
-    doc.caveats(d, ("method",))
-    for label in sorted(k for k in d if isinstance(d[k], dict)):
-        e = d[label]
+    for label, e in entries:
         doc.add(f"### {label}: Zipformer-{e['preset']}, batch {e['batch']} × {fmt(e['seconds'])} s "
                 f"(commit {e.get('git_commit', '?')}, {e.get('device', '?')})\n")
         doc.commands([e.get("command", "")])
@@ -474,8 +486,35 @@ def compile_check(doc: Doc) -> None:
                     f"equal for the first {loop['steps_bitwise_equal']} steps; each step's loss recomputed by eager "
                     f"from the compiled loop's state at that step: largest relative difference "
                     f"{fmt(loop['max_rel_loss_diff_per_step'])}.\n")
+        for message in loop.get("recompilations", []):
+            doc.add("Recompilation: " + " ".join(line.strip() for line in message.splitlines()) + "\n")
     if d.get("note"):
         doc.add(f"Note: {d['note']}\n")
+    doc.files([path])
+
+
+def train_compile(doc: Doc) -> None:
+    path, entries = labelled_entries(doc, "cpu/train_compile.json",
+                                     "## recipes/train.py --compile end to end (CPU, synthetic quick corpus)\n")
+    if path is None:
+        return
+    for label, e in entries:
+        doc.add(f"### compile backend {label} (commit {e.get('git_commit', '?')}, torch {e.get('torch', '?')}, "
+                f"{e['threads']} thread(s), ops backend {e['backend']})\n")
+        doc.commands([e.get("command", "")])
+        rows = []
+        for name, r in e["runs"].items():
+            valid = r["valid"][-1][1]["valid_loss_per_frame"] if r["valid"] else None
+            rows.append((name, r["steps"], fmt(r["train_wall_s"]), fmt(r["loss_curve"][-1][1]), fmt(valid),
+                         fmt(r["decode_wall_s"]), fmt(r["test_wer"])))
+        doc.add(table(["run", "steps", "training wall s", "last training loss", "last validation loss",
+                       "decoding wall s", "test WER %"], rows, [False] + [True] * 6))
+        recompiles = e["runs"]["compiled"].get("training_recompilations", [])
+        doc.add(f"Recompilations during training: {len(recompiles)}"
+                + "".join(f"; {fn}: {guard}" for fn, guard in recompiles)
+                + f". Largest relative difference of the per-interval training losses: "
+                  f"{fmt(e['max_rel_loss_curve_diff'])} (the runs draw their random decisions differently: "
+                  "host-side in eager, device-side compiled).\n")
     doc.files([path])
 
 
@@ -616,7 +655,7 @@ def unclaimed(doc: Doc) -> None:
 
 SECTIONS: Sequence[Callable[[Doc], None]] = (
     table2, encoder_latency, gpu_check_logs, optimizer, kernels, saved_bytes, host_overhead, launch_count,
-    compile_check, ptxas, synthetic_recipe, streaming, heads, sherpa, unclaimed)
+    compile_check, train_compile, ptxas, synthetic_recipe, streaming, heads, sherpa, unclaimed)
 
 
 def render() -> str:

@@ -129,3 +129,22 @@ def test_kernel_bench_reports_copy_floor_host_time_and_launches(tmp_path):
         assert metric[("triton", "forward", "launches", shape)] == 1
         assert metric[("triton", "backward", "launches", shape)] == 2  # kernel + partial-sum fold
         assert metric[("reference", "forward", "launches", shape)] > 1
+
+
+def test_host_overhead_counts_each_ops_launches_and_checks_the_targets():
+    # a subprocess: the script stubs Triton's interpreter launcher for the whole process
+    res = subprocess.run([sys.executable, str(ROOT / "bench/host_overhead.py"), "--iters", "40", "--no-write",
+                          "--ops", "bypass,bias_norm_bypass_per_sequence,linear_swoosh"],
+                         capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert res.returncode == 0, res.stderr[-2000:]
+    rows = {line.split()[0]: dict(kv.split("=") for kv in line.split()[1:])
+            for line in res.stdout.splitlines() if "=" in line and not line.startswith("calibration")}
+    assert set(rows) == {"bypass", "bias_norm_bypass_per_sequence", "linear_swoosh"}
+    # launches per call: one forward kernel; backward = the reduction kernel + one fold (per-sequence
+    # scale and per-channel parameters folded by one launch)
+    for name in ("bypass", "bias_norm_bypass_per_sequence"):
+        assert float(rows[name]["launches_forward"]) == 1.0 and float(rows[name]["launches_backward"]) == 2.0
+    assert float(rows["linear_swoosh"]["launches_forward_nograd"]) == 1.0
+    for row in rows.values():
+        forward_ok = all(float(row[k]) <= 10.0 for k in ("forward_us", "forward_nograd_us") if k in row)
+        assert row["within_targets"] == str(forward_ok and float(row.get("backward_us", 0.0)) <= 15.0)

@@ -102,12 +102,12 @@ def _c_apply(fn: type):
 
 
 def apply(fn: type, *args):
-    """fn.apply(*args) for the eager path of a fused op. torch.autograd.Function.apply first runs
-    a Python prologue (binding default arguments for setup_context, unwrapping tensors that
-    escaped a functorch transform) that costs ~3-4 us a call and does nothing for our Functions
-    on plain tensors, so outside dynamo and functorch transforms the C++ apply is called directly
-    (bench/host_overhead.py)."""
-    if is_compiling() or torch._C._are_functorch_transforms_active():
+    """fn.apply(*args) on the eager path of a fused op (its callers have checked use_op(): dynamo
+    is not tracing). torch.autograd.Function.apply first runs a Python prologue (binding default
+    arguments for setup_context, unwrapping tensors that escaped a functorch transform) that costs
+    ~3-4 us a call and does nothing for our Functions on plain tensors, so outside functorch
+    transforms the C++ apply is called directly (bench/host_overhead.py)."""
+    if torch._C._are_functorch_transforms_active():
         return fn.apply(*args)
     return _c_apply(fn)(*args)
 

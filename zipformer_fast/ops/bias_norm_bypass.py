@@ -105,8 +105,8 @@ def bias_norm_bypass(x_orig: Tensor, x: Tensor, log_scale: Tensor, bias: Tensor,
     """x_orig + (bias_norm(x, log_scale, bias) - x_orig) * scale; see the module docstring."""
     shape = x_orig.shape
     x_shape = x.shape
-    if (x_shape == shape and len(shape) == 3 and shape[2] <= MAX_FUSED_DIM
-            and bypass_shapes_ok(shape, x_shape, scale) and use_triton_for(x_orig, x, log_scale, bias, scale)):
+    if (bypass_shapes_ok(shape, x_shape, scale) and x_shape[0] == shape[0] and shape[2] <= MAX_FUSED_DIM
+            and use_triton_for(x_orig, x, log_scale, bias, scale)):
         if use_op(x_orig):
             return _bias_norm_bypass_fwd.op(x_orig, x, log_scale, bias, scale)
         if needs_grad(x_orig, x, log_scale, bias, scale):

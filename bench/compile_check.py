@@ -165,7 +165,21 @@ def compiled_vs_eager(steps: int, dynamo_backend: str, backend: str) -> dict:
     compiled_model, eager_model = copy.deepcopy(base), copy.deepcopy(base)
     torch._dynamo.reset()
     counter = CompileCounterWithBackend(dynamo_backend)
-    encode = torch.compile(compiled_model.forward_encoder, fullgraph=True, dynamic=True, backend=counter)
+    compiles = []  # (dynamo's compile id "frame/recompile", the graph's inputs) per compilation
+
+    def record_compile(gm, example_inputs):
+        inputs = [n.name for n in gm.graph.nodes if n.op == "placeholder"]
+        compiles.append([str(torch._guards.CompileContext.current_compile_id()), inputs[:4], len(inputs)])
+        return counter(gm, example_inputs)
+
+    compiled_encode = torch.compile(compiled_model.forward_encoder, fullgraph=True, dynamic=True, backend=record_compile)
+    count_after_step = []
+
+    def encode(x, lens):
+        out = compiled_encode(x, lens)
+        count_after_step.append(counter.frame_count)
+        return out
+
     t0 = time.time()
     compiled_fired, eager_fired, snapshots = [], [], []
     stepwise_model = copy.deepcopy(base)
@@ -182,7 +196,9 @@ def compiled_vs_eager(steps: int, dynamo_backend: str, backend: str) -> dict:
     step_diffs = [abs(a - b) / max(abs(b), 1e-30) for a, b in zip(compiled, stepwise)]
     exact = next((i for i, (a, b) in enumerate(zip(compiled, eager)) if a != b), len(compiled))
     return {"steps": steps, "dynamo_backend": dynamo_backend, "ops_backend": backend,
-            "compilations": counter.frame_count, "recompilations": recompilations, "losses_compiled": compiled, "losses_eager": eager,
+            "compilations": counter.frame_count, "recompilations": recompilations,
+            "compiled_at_steps": [i for i, n in enumerate(count_after_step) if n > (count_after_step[i - 1] if i else 0)],
+            "compiles": compiles, "losses_compiled": compiled, "losses_eager": eager,
             "max_rel_loss_diff": max(diffs), "first_step_rel_loss_diff": diffs[0],
             "losses_bitwise_equal": compiled == eager, "steps_bitwise_equal": exact,
             "losses_eager_from_compiled_states": stepwise, "max_rel_loss_diff_per_step": max(step_diffs),

@@ -25,7 +25,8 @@ import triton
 import triton.language as tl
 
 from .bias_norm import row_backward, row_rsqrt
-from ._common import cdiv, fold_rows, fold_two_blocks, next_pow2, programs_along_rows, row_kernel_specs, row_tile, scratch_fp32
+from ._common import (cdiv, fold_rows, fold_two_blocks, programs_along_rows, row_kernel_specs, row_plan, row_tile,
+                      scratch_fp32)
 
 def _fwd_config(block_d: int):
     """(BLOCK_M, num_warps) for the forward."""
@@ -104,8 +105,7 @@ def bias_norm_bypass_bwd_kernel(g_ptr, xo_ptr, x_ptr, b_ptr, ls_ptr, c_ptr, dxo_
 def forward(x_orig, x, bias, log_scale, scale, c_sb: int, out, T: int, B: int, D: int, sxo, sx) -> None:
     """x_orig, x (T, B, D) with unit channel strides (strides sxo, sx); bias (D,), scale D or B*D
     entries in order (c_sb 0 or D), out (T, B, D) contiguous."""
-    block_d = next_pow2(D)
-    bm, warps = _fwd_config(block_d)
+    block_d, bm, warps = row_plan(_fwd_config, D)
     bias_norm_bypass_fwd_kernel.run(x_orig, x, bias, log_scale, scale, out, T * B, B, D, sxo[0], sxo[1], sx[0], sx[1],
                                     c_sb, grid=(cdiv(T * B, bm),), warmup=False,
                                     BLOCK_M=bm, BLOCK_D=block_d, num_warps=warps)
@@ -118,8 +118,7 @@ def backward(g, x_orig, x, bias, log_scale, scale, c_sb: int, dxo, dx, dscale, d
     (2D + 1), all three folded by one launch (B folds with the programs); for a per-sequence
     scale the (P, B, D) dc block, folded over P only, then the (P, B, D + 1) bias / log_scale
     block (one launch)."""
-    block_d = next_pow2(D)
-    bm, warps = _bwd_config(block_d)
+    block_d, bm, warps = row_plan(_bwd_config, D)
     progs = programs_along_rows(T, B, x, min_rows=4)  # a (P, B) grid: partials O(SMs x D)
     rows = progs * B
     if c_sb == 0:

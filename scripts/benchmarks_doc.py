@@ -486,6 +486,10 @@ def compile_check(doc: Doc) -> None:
                     f"equal for the first {loop['steps_bitwise_equal']} steps; each step's loss recomputed by eager "
                     f"from the compiled loop's state at that step: largest relative difference "
                     f"{fmt(loop['max_rel_loss_diff_per_step'])}.\n")
+        if "compiled_at_steps" in loop:
+            doc.add(f"Steps that compiled: {loop['compiled_at_steps']}; dynamo compile ids of the backend calls: "
+                    f"{', '.join(c[0] for c in loop.get('compiles', []))}; recompilations (a guard failed): "
+                    f"{len(loop.get('recompilations', []))}.\n")
         for message in loop.get("recompilations", []):
             doc.add("Recompilation: " + " ".join(line.strip() for line in message.splitlines()) + "\n")
     if d.get("note"):

@@ -7,7 +7,8 @@
    dynamo backend --backend, default aot_eager) over --steps steps in which everything icefall varies
    varies: batch count (every ScheduledFloat) advancing each step, Balancer/Whiten firing, layer and
    module skips, dropout, feature masks, T (40..89 frames) and B (2..4; a batch of 1 would cost one
-   more compilation: dynamic shapes specialise sizes 0 and 1). Counted: compilations (dynamo frames
+   more compilation: dynamic shapes specialise sizes 0 and 1), under zipformer_fast's
+   compile_settings() (floats specialised). Counted: compilations (dynamo frames
    compiled) and, for each recompilation, the guard that failed (dynamo's "recompiles" log). Runs
    first.
 3. The same loop in eager mode with device-side randomness (what the compiled graph computes) from
@@ -39,6 +40,8 @@ if __package__ in (None, ""):  # run as `python bench/compile_check.py`: import 
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import torch  # noqa: E402
+
+from zipformer_fast.compile_settings import compile_settings  # noqa: E402
 
 from bench.harness import add_out_dir_argument, provenance, results_dir, write_json  # noqa: E402
 
@@ -176,7 +179,8 @@ def compiled_vs_eager(steps: int, dynamo_backend: str, backend: str) -> dict:
     count_after_step = []
 
     def encode(x, lens):
-        out = compiled_encode(x, lens)
+        with compile_settings():
+            out = compiled_encode(x, lens)
         count_after_step.append(counter.frame_count)
         return out
 

@@ -5,11 +5,12 @@ optional; `configure` (zipformer_fast.runtime) chooses what runs.
 """
 __version__ = "0.1.0"
 
+from .compile_settings import compile_settings
 from .config import BASE_LR, PRESETS, ZipformerConfig
 from .runtime import configure, get_backend, settings, use_backend
 
 __all__ = ["__version__", "ZipformerConfig", "PRESETS", "BASE_LR", "configure", "settings", "use_backend",
-           "get_backend", "AsrModel", "Zipformer2",
+           "get_backend", "compile_settings", "AsrModel", "Zipformer2",
            "accelerate", "revert", "accelerate_classes"]
 
 

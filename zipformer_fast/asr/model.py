@@ -29,6 +29,7 @@ from typing import List, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
+from ..compile_settings import compile_settings
 from ..config import ZipformerConfig
 from ..nn.linear import ScaledLinear
 from ..nn.scheduled_float import ScheduledFloat
@@ -152,8 +153,9 @@ class AsrModel(nn.Module):
         fresh size symbol compiles. The channel dims are compiled static (they are the model's):
         a symbolic one makes inductor fail to order the strides of the first convolution's saved
         input ("cannot determine truth value of Relational"). The whole model still traces as one
-        graph (tests/test_compile.py). The model must not be deep-copied afterwards (the compiled
-        functions are instance attributes); state_dict() is unaffected."""
+        graph (tests/test_compile.py). The calls run under compile_settings() (floats specialised:
+        one trace per compilation instead of two). The model must not be deep-copied afterwards
+        (the compiled functions are instance attributes); state_dict() is unaffected."""
         kwargs = dict(fullgraph=True, dynamic=True)
         kwargs.update(compile_kwargs)
         triton_available()  # fill its cache now, or the first compiled call guards on it being empty
@@ -162,9 +164,10 @@ class AsrModel(nn.Module):
 
         def encode(features: Tensor, feature_lens: Tensor) -> Tuple[Tensor, Tensor]:
             torch._dynamo.mark_static(features, 2)
-            x, x_lens = embed(features, feature_lens)
-            torch._dynamo.mark_static(x, 2)
-            return stacks(x, x_lens)
+            with compile_settings():  # one trace per compilation, not two (see compile_settings)
+                x, x_lens = embed(features, feature_lens)
+                torch._dynamo.mark_static(x, 2)
+                return stacks(x, x_lens)
 
         self.encode = encode
 

@@ -23,14 +23,15 @@ from zipformer_fast.ops import attention as A  # noqa: E402
 
 
 class CountingKernel:
-    """Stands in for a @triton.jit kernel: records grid[1] / (B * H) per launch, then launches."""
+    """Stands in for a @triton.jit kernel as the launchers call it (`kernel.run(*args, grid=...,
+    warmup=False, **meta)`): records grid[1] / (B * H) per launch, then launches."""
 
     def __init__(self, kernel, log, B, H):
         self.kernel, self.log, self.BH = kernel, log, B * H
 
-    def __getitem__(self, grid):
+    def run(self, *args, grid, **kwargs):
         self.log.append(grid[1] / self.BH)
-        return self.kernel[grid]
+        return self.kernel.run(*args, grid=grid, **kwargs)
 
 
 @pytest.mark.parametrize("masked", [False, True])

@@ -10,8 +10,10 @@ is its dispatch overhead, which is what a GPU run would pay on the host too. Eac
 
     forward         inputs require grad, grad mode on (what training pays)
     forward_nograd  under torch.no_grad() (inference)
-    backward        the backward node alone: y.grad_fn.apply(dy) (our backward formula, its
-                    allocations and launches; what the autograd engine calls for the node)
+    backward        the backward node alone: y.grad_fn.apply(dy) under torch.no_grad() (our
+                    backward formula, its allocations and launches: what the autograd engine
+                    calls for the node, with grad mode off as the engine sets it unless
+                    create_graph=True)
     backward_engine torch.autograd.grad(y, inputs, dy) on a fresh forward's graph (adds the
                     engine's own per-graph cost, see the calibration rows; the forward is not timed)
 
@@ -156,7 +158,7 @@ def add_calibration(timings: Timings) -> None:
     y = _Trivial.apply(x)
     timings.add("calibration", "empty_like", lambda: torch.empty_like(x))
     timings.add("calibration", "trivial_function_forward", lambda: _Trivial.apply(x))
-    timings.add("calibration", "trivial_function_backward", lambda: y.grad_fn.apply(g))
+    timings.add("calibration", "trivial_function_backward", lambda: y.grad_fn.apply(g), grad=False)
     timings.add("calibration", "trivial_function_backward_engine", lambda y: torch.autograd.grad(y, [x], g),
                 setup=lambda: _Trivial.apply(x))
 
@@ -191,7 +193,7 @@ def add_op(timings: Timings, name, make, call) -> None:
             grads = (dy,)
         except TypeError:  # a node with a second (non-differentiable) output wants its grad too
             grads = (dy, None)
-        timings.add(name, "backward", lambda: node.apply(*grads))
+        timings.add(name, "backward", lambda: node.apply(*grads), grad=False)
         timings.add(name, "backward_engine", bwd, setup=fresh)
 
 

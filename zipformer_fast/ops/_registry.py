@@ -24,6 +24,8 @@ from typing import Callable, Optional
 
 import torch
 
+from ..backend import use_triton_for
+
 NAMESPACE = "zipformer_fast"
 
 if not hasattr(torch.library, "custom_op"):  # pragma: no cover - torch < 2.4
@@ -110,6 +112,47 @@ def apply(fn: type, *args):
     if torch._C._are_functorch_transforms_active():
         return fn.apply(*args)
     return _c_apply(fn)(*args)
+
+
+# The path one fused-op call takes (route()).
+REFERENCE, CUSTOM_OP, FUNCTION, LAUNCH = 0, 1, 2, 3
+
+
+def route(*tensors) -> int:
+    """The path of one fused-op call on `tensors` (None entries are skipped; the first is the
+    op's main input): REFERENCE when the backend rule says PyTorch (backend.use_triton_for);
+    CUSTOM_OP while tracing or on meta tensors (use_op); FUNCTION when autograd records the call
+    (the op's eager autograd.Function); LAUNCH otherwise (the launcher itself). One call where an
+    op used to ask use_triton_for, use_op and needs_grad in turn (host time: bench/host_overhead.py)."""
+    if not use_triton_for(*tensors):
+        return REFERENCE
+    if tensors[0].is_meta or tracing():
+        return CUSTOM_OP
+    if _grad_enabled():
+        for t in tensors:
+            if t is not None and t.requires_grad:
+                return FUNCTION
+    return LAUNCH
+
+
+_grad_enabled = torch.is_grad_enabled
+
+
+def backward_once(backward: Callable) -> Callable:
+    """Decorator for the backward of the ops' eager autograd.Functions: torch's
+    once_differentiable (a second differentiation raises) without its cost on the path the
+    autograd engine takes. The engine runs a node with grad mode off unless create_graph=True;
+    once_differentiable enters torch.no_grad() on every call (~1 us of host time), so only a
+    create_graph backward goes through it."""
+    checked = torch.autograd.function.once_differentiable(backward)
+
+    @functools.wraps(backward)
+    def run(ctx, *grads):
+        if _grad_enabled():
+            return checked(ctx, *grads)
+        return backward(ctx, *grads)
+
+    return run
 
 
 def needs_grad(*tensors) -> bool:

@@ -31,7 +31,10 @@ import torch
 from torch import Tensor
 
 from ..backend import use_triton_for
-from ._registry import FusedOp, apply, empty_out, gemm_weight, kernels, needs_grad, register_autograd, row_layout, use_op
+from ._registry import (
+    FUNCTION, LAUNCH, REFERENCE, FusedOp, apply, backward_once, empty_out, gemm_weight, kernels, needs_grad,
+    register_autograd, route, row_layout,
+)
 from .swoosh import (SWOOSH_L_OFFSET, SWOOSH_L_SHIFT, SWOOSH_R_OFFSET, SWOOSH_R_SHIFT, swoosh_l_reference,
                      swoosh_r_reference)
 
@@ -201,7 +204,7 @@ class _ActLinearFused(torch.autograd.Function):
         return _act_linear_fwd_impl(x, weight, bias, mask, shift, offset)
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
+    @backward_once
     def backward(ctx, grad):
         x, weight, mask, bias = ctx.saved_tensors
         need = ctx.needs_input_grad
@@ -237,14 +240,15 @@ def activation_dropout_linear(
     x: Tensor, weight: Tensor, bias: Optional[Tensor], activation: str, dropout_mask: Optional[Tensor] = None
 ) -> Tensor:
     shift, offset = _activation_constants(activation)
-    if x.numel() > 0 and use_triton_for(x, weight, bias, dropout_mask):
-        x, w = _gemm_operands(x, weight, "activation_dropout_linear")
-        if use_op(x):
-            return _act_linear_fwd.op(x, w, bias, dropout_mask, shift, offset)
-        if needs_grad(x, w, bias):
-            return apply(_ActLinearFused, x, w, bias, dropout_mask, shift, offset)
+    path = route(x, weight, bias, dropout_mask) if x.numel() > 0 else REFERENCE
+    if path == REFERENCE:
+        return activation_dropout_linear_reference(x, weight, bias, activation, dropout_mask)
+    x, w = _gemm_operands(x, weight, "activation_dropout_linear")
+    if path == FUNCTION:
+        return apply(_ActLinearFused, x, w, bias, dropout_mask, shift, offset)
+    if path == LAUNCH:
         return _act_linear_fwd_impl(x, w, bias, dropout_mask, shift, offset)
-    return activation_dropout_linear_reference(x, weight, bias, activation, dropout_mask)
+    return _act_linear_fwd.op(x, w, bias, dropout_mask, shift, offset)
 
 
 def linear_swoosh(x: Tensor, weight: Tensor, bias: Optional[Tensor], activation: str) -> Tensor:

@@ -23,8 +23,10 @@ from typing import Tuple
 import torch
 from torch import Tensor
 
-from ..backend import use_triton_for
-from ._registry import FusedOp, apply, empty_out, kernels, needs_grad, register_autograd, row_layout, use_op
+from ._registry import (
+    CUSTOM_OP, FUNCTION, LAUNCH, REFERENCE, FusedOp, apply, backward_once, empty_out, kernels, register_autograd,
+    route, row_layout,
+)
 
 MAX_FUSED_DIM = 16384  # one row must fit a program's registers; wider rows use the reference
 
@@ -85,20 +87,17 @@ class _BiasNormFused(torch.autograd.Function):
         return _bias_norm_fwd_impl(x, log_scale, bias)
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
+    @backward_once
     def backward(ctx, grad_y):
         return _bias_norm_bwd_impl(grad_y, *ctx.saved_tensors)
 
 
-def fused_ok(x: Tensor, log_scale: Tensor, bias: Tensor) -> bool:
-    return x.shape[-1] <= MAX_FUSED_DIM and x.numel() > 0 and use_triton_for(x, log_scale, bias)
-
-
 def bias_norm(x: Tensor, log_scale: Tensor, bias: Tensor) -> Tensor:
-    if fused_ok(x, log_scale, bias):
-        if use_op(x):
-            return _bias_norm_fwd.op(x, log_scale, bias)
-        if needs_grad(x, log_scale, bias):
-            return apply(_BiasNormFused, x, log_scale, bias)
+    path = route(x, log_scale, bias) if x.shape[-1] <= MAX_FUSED_DIM and x.numel() > 0 else REFERENCE
+    if path == FUNCTION:
+        return apply(_BiasNormFused, x, log_scale, bias)
+    if path == LAUNCH:
         return _bias_norm_fwd_impl(x, log_scale, bias)
+    if path == CUSTOM_OP:
+        return _bias_norm_fwd.op(x, log_scale, bias)
     return bias_norm_reference(x, log_scale, bias)

@@ -21,8 +21,10 @@ from typing import Tuple
 import torch
 from torch import Tensor
 
-from ..backend import use_triton_for
-from ._registry import FusedOp, apply, empty_out, kernels, needs_grad, register_autograd, unit_channel_stride, use_op
+from ._registry import (
+    CUSTOM_OP, FUNCTION, LAUNCH, REFERENCE, FusedOp, apply, backward_once, empty_out, kernels, register_autograd,
+    route, unit_channel_stride,
+)
 from .bias_norm import MAX_FUSED_DIM, bias_norm, bias_norm_reference
 from .bypass import _dense, shapes_ok as bypass_shapes_ok, _out_dtype, bypass, bypass_reference
 
@@ -96,7 +98,7 @@ class _BiasNormBypassFused(torch.autograd.Function):
         return _fwd_impl(x_orig, x, log_scale, bias, scale)
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
+    @backward_once
     def backward(ctx, grad):
         return _bwd_impl(grad, *ctx.saved_tensors)
 
@@ -105,11 +107,13 @@ def bias_norm_bypass(x_orig: Tensor, x: Tensor, log_scale: Tensor, bias: Tensor,
     """x_orig + (bias_norm(x, log_scale, bias) - x_orig) * scale; see the module docstring."""
     shape = x_orig.shape
     x_shape = x.shape
-    if (bypass_shapes_ok(shape, x_shape, scale) and x_shape[0] == shape[0] and shape[2] <= MAX_FUSED_DIM
-            and use_triton_for(x_orig, x, log_scale, bias, scale)):
-        if use_op(x_orig):
-            return _bias_norm_bypass_fwd.op(x_orig, x, log_scale, bias, scale)
-        if needs_grad(x_orig, x, log_scale, bias, scale):
-            return apply(_BiasNormBypassFused, x_orig, x, log_scale, bias, scale)
+    path = REFERENCE
+    if bypass_shapes_ok(shape, x_shape, scale) and x_shape[0] == shape[0] and shape[2] <= MAX_FUSED_DIM:
+        path = route(x_orig, x, log_scale, bias, scale)
+    if path == FUNCTION:
+        return apply(_BiasNormBypassFused, x_orig, x, log_scale, bias, scale)
+    if path == LAUNCH:
         return _fwd_impl(x_orig, x, log_scale, bias, scale)
+    if path == CUSTOM_OP:
+        return _bias_norm_bypass_fwd.op(x_orig, x, log_scale, bias, scale)
     return bypass(x_orig, bias_norm(x, log_scale, bias), scale)

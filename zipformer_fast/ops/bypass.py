@@ -24,8 +24,10 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from ..backend import use_triton_for
-from ._registry import FusedOp, apply, empty_out, kernels, needs_grad, register_autograd, use_op, unit_channel_stride
+from ._registry import (
+    FUNCTION, LAUNCH, REFERENCE, FusedOp, apply, backward_once, empty_out, kernels, register_autograd, route,
+    unit_channel_stride,
+)
 from .downsample import simple_upsample_reference
 
 
@@ -136,25 +138,27 @@ class _BypassFused(torch.autograd.Function):
         return _bypass_fwd_impl(x_orig, y, scale, ds)
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
+    @backward_once
     def backward(ctx, grad):
         x_orig, y, scale = ctx.saved_tensors
         return (*_bypass_bwd_impl(grad, x_orig, y, scale, ctx.ds), None)
 
 
-def _bypass_call(x_orig: Tensor, y: Tensor, scale: Tensor, ds: int) -> Tensor:
-    if use_op(x_orig):
-        return _bypass_fwd.op(x_orig, y, scale, ds)
-    if needs_grad(x_orig, y, scale):
+def _bypass_call(path: int, x_orig: Tensor, y: Tensor, scale: Tensor, ds: int) -> Tensor:
+    if path == FUNCTION:
         return apply(_BypassFused, x_orig, y, scale, ds)
-    return _bypass_fwd_impl(x_orig, y, scale, ds)
+    if path == LAUNCH:
+        return _bypass_fwd_impl(x_orig, y, scale, ds)
+    return _bypass_fwd.op(x_orig, y, scale, ds)
 
 
 def bypass(x_orig: Tensor, x: Tensor, scale: Tensor) -> Tensor:
     shape = x_orig.shape
     x_shape = x.shape
-    if shapes_ok(shape, x_shape, scale) and x_shape[0] == shape[0] and use_triton_for(x_orig, x, scale):
-        return _bypass_call(x_orig, x, scale, 0)
+    if shapes_ok(shape, x_shape, scale) and x_shape[0] == shape[0]:
+        path = route(x_orig, x, scale)
+        if path != REFERENCE:
+            return _bypass_call(path, x_orig, x, scale, 0)
     return bypass_reference(x_orig, x, scale)
 
 
@@ -164,6 +168,8 @@ def upsample_bypass(x_orig: Tensor, y_down: Tensor, ds: int, scale: Tensor) -> T
     y_shape = y_down.shape
     if y_shape[0] * ds < shape[0]:
         raise ValueError(f"upsample_bypass: {y_shape[0]} frames x ds={ds} cannot cover T={shape[0]}")
-    if ds >= 1 and shapes_ok(shape, y_shape, scale) and use_triton_for(x_orig, y_down, scale):
-        return _bypass_call(x_orig, y_down, scale, int(ds))
+    if ds >= 1 and shapes_ok(shape, y_shape, scale):
+        path = route(x_orig, y_down, scale)
+        if path != REFERENCE:
+            return _bypass_call(path, x_orig, y_down, scale, int(ds))
     return upsample_bypass_reference(x_orig, y_down, ds, scale)

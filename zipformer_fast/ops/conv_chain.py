@@ -30,7 +30,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from ..backend import use_triton_for
-from ._registry import autocast_enabled, compute_dtype, function_may_launch
+from ._registry import autocast_enabled, backward_once, compute_dtype, function_may_launch
 from .balancer import balancer, balancer_gradient
 from .swoosh import SWOOSH_L_OFFSET, SWOOSH_L_SHIFT, SWOOSH_R_OFFSET, SWOOSH_R_SHIFT, swoosh
 
@@ -104,7 +104,7 @@ class _ConvChain(torch.autograd.Function):
         return y if return_after is None else (y, mid)
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
+    @backward_once
     def backward(ctx, grad_y, grad_mid=None):
         x, *params = ctx.saved_tensors
         plan, cdt = ctx.plan, ctx.cdt

@@ -25,8 +25,10 @@ from typing import Tuple
 import torch
 from torch import Tensor
 
-from ..backend import use_triton_for
-from ._registry import FusedOp, apply, empty_out, kernels, needs_grad, register_autograd, use_op, unit_channel_stride
+from ._registry import (
+    CUSTOM_OP, FUNCTION, LAUNCH, REFERENCE, FusedOp, apply, backward_once, empty_out, kernels, register_autograd,
+    route, unit_channel_stride,
+)
 
 
 def simple_downsample_reference(x: Tensor, bias: Tensor) -> Tensor:
@@ -114,7 +116,7 @@ class _DownsampleFused(torch.autograd.Function):
         return _downsample_fwd_impl(x, bias)
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
+    @backward_once
     def backward(ctx, grad):
         return _downsample_bwd_impl(grad, *ctx.saved_tensors)
 
@@ -122,12 +124,15 @@ class _DownsampleFused(torch.autograd.Function):
 def simple_downsample(x: Tensor, bias: Tensor) -> Tensor:
     ds = bias.shape[0]
     shape = x.shape
-    if len(shape) == 3 and shape[0] * shape[1] * shape[2] > 0 and ds & (ds - 1) == 0 and use_triton_for(x, bias):
-        if use_op(x):
-            return _downsample_fwd.op(x, bias)
-        if needs_grad(x, bias):
-            return apply(_DownsampleFused, x, bias)
+    path = REFERENCE
+    if len(shape) == 3 and shape[0] * shape[1] * shape[2] > 0 and ds & (ds - 1) == 0:
+        path = route(x, bias)
+    if path == FUNCTION:
+        return apply(_DownsampleFused, x, bias)
+    if path == LAUNCH:
         return _downsample_fwd_impl(x, bias)
+    if path == CUSTOM_OP:
+        return _downsample_fwd.op(x, bias)
     return simple_downsample_reference(x, bias)
 
 

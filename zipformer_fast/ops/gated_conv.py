@@ -35,7 +35,10 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from ..backend import use_triton_for
-from ._registry import FusedOp, function_may_launch, autocast_enabled, compute_dtype, contiguous_rows, gemm_weight, kernels, linear_grads
+from ._registry import (
+    FusedOp, autocast_enabled, backward_once, compute_dtype, contiguous_rows, function_may_launch, gemm_weight,
+    kernels, linear_grads,
+)
 from .balancer import BalancerConfig, balancer, balancer_gradient
 
 
@@ -68,7 +71,7 @@ class _GatedDepthwiseConv1d(torch.autograd.Function):
         return F.conv1d(u, dw_weight, dw_bias, 1, dw_weight.shape[-1] // 2, 1, dw_weight.shape[0])
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
+    @backward_once
     def backward(ctx, grad):
         src, in_weight, in_bias, padding_mask, dw_weight, dw_bias = ctx.saved_tensors
         need = ctx.needs_input_grad

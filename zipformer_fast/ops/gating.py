@@ -24,7 +24,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from ..backend import use_triton_for
-from ._registry import autocast_enabled, compute_dtype, linear_grads
+from ._registry import autocast_enabled, backward_once, compute_dtype, linear_grads
 
 
 def tanh_gate_reference(x: Tensor, s: Tensor) -> Tensor:
@@ -46,7 +46,7 @@ class _TanhGate(torch.autograd.Function):
         return x * torch.tanh(s)
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
+    @backward_once
     def backward(ctx, grad):
         x, s = ctx.saved_tensors
         t = torch.tanh(s)
@@ -73,7 +73,7 @@ class _MulLinear(torch.autograd.Function):
         return F.linear(p, w, bb)
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
+    @backward_once
     def backward(ctx, grad):
         a, b, weight, bias = ctx.saved_tensors
         need = ctx.needs_input_grad

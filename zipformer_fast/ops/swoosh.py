@@ -25,8 +25,9 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from ..backend import use_triton_for
-from ._registry import FusedOp, apply, empty_out, kernels, register_autograd, use_op
+from ._registry import (
+    CUSTOM_OP, FUNCTION, LAUNCH, FusedOp, apply, backward_once, empty_out, kernels, register_autograd, route,
+)
 
 SWOOSH_L_SHIFT, SWOOSH_L_OFFSET = 4.0, 0.035
 SWOOSH_R_SHIFT, SWOOSH_R_OFFSET = 1.0, 0.313261687
@@ -154,7 +155,7 @@ class _SwooshFused(torch.autograd.Function):
         return y
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
+    @backward_once
     def backward(ctx, grad_y):
         (saved,) = ctx.saved_tensors
         return _swoosh_bwd_impl(grad_y, saved, ctx.shift, ctx.compact), None, None, None
@@ -162,14 +163,14 @@ class _SwooshFused(torch.autograd.Function):
 
 # ---------------------------------------------------------------------------------- dispatch
 def swoosh(x: Tensor, shift: float, offset: float, compact_derivative: bool = False) -> Tensor:
-    grad = x.requires_grad and torch.is_grad_enabled()
-    compact = grad and bool(compact_derivative)
-    if use_triton_for(x):
-        if use_op(x):
-            return _swoosh_fwd.op(x, shift, offset, compact)[0]
-        if grad:
-            return apply(_SwooshFused, x, shift, offset, compact)
+    path = route(x)
+    if path == FUNCTION:
+        return apply(_SwooshFused, x, shift, offset, bool(compact_derivative))
+    if path == LAUNCH:
         return _swoosh_fwd_impl(x, shift, offset, False)[0]
+    compact = compact_derivative and x.requires_grad and torch.is_grad_enabled()
+    if path == CUSTOM_OP:
+        return _swoosh_fwd.op(x, shift, offset, bool(compact))[0]
     if compact:
         return _SwooshCompactReference.apply(x, shift, offset)
     return swoosh_reference(x, shift, offset)

@@ -1,0 +1,67 @@
+"""How a fused-op call chooses its path (ops/_registry.route) and what the eager backward of a
+fused op promises (ops/_registry.backward_once).
+
+route: the PyTorch reference when the backend says so; the registered custom op while a
+TorchDispatchMode is active or on meta tensors; the op's autograd.Function when autograd records
+the call; the launcher itself otherwise. backward_once: the same gradients as without it, and a
+second differentiation (create_graph=True, then grad of the grad) raises as torch's
+once_differentiable does.
+"""
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from zipformer_fast import use_backend
+from zipformer_fast.ops._registry import CUSTOM_OP, FUNCTION, LAUNCH, REFERENCE, backward_once, route
+
+pytest.importorskip("triton")
+from zipformer_fast.ops.bypass import bypass, bypass_reference  # noqa: E402
+
+
+class _Passthrough(TorchDispatchMode):
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        return func(*args, **(kwargs or {}))
+
+
+def test_route_follows_the_backend_then_tracing_then_autograd():
+    x = torch.randn(3, 2, 4, requires_grad=True)
+    frozen = torch.randn(3, 2, 4)
+    with use_backend("reference"):
+        assert route(x, frozen) == REFERENCE
+    with use_backend("triton"):
+        assert route(x, frozen) == FUNCTION
+        assert route(frozen, None, x) == FUNCTION  # any input that requires grad; None entries skipped
+        assert route(frozen, None) == LAUNCH
+        with torch.no_grad():
+            assert route(x, frozen) == LAUNCH
+        with _Passthrough():
+            assert route(x, frozen) == CUSTOM_OP
+        assert route(torch.empty(3, 2, 4, device="meta"), None) == CUSTOM_OP
+
+
+def test_backward_once_gives_the_gradients_and_refuses_a_second_differentiation():
+    torch.manual_seed(0)
+    xo, x = torch.randn(5, 2, 7, requires_grad=True), torch.randn(5, 2, 7, requires_grad=True)
+    c = torch.rand(7, requires_grad=True)
+    dy = torch.randn(5, 2, 7)
+    expected = torch.autograd.grad(bypass_reference(xo, x, c), (xo, x, c), dy)
+    with use_backend("triton"):
+        y = bypass(xo, x, c)
+        assert type(y.grad_fn).__name__ == "_BypassFusedBackward"
+        plain = torch.autograd.grad(y, (xo, x, c), dy)
+        # a second differentiation needs a graph through the incoming gradient too
+        dy_tracked = dy.clone().requires_grad_()
+        with_graph = torch.autograd.grad(bypass(xo, x, c), (xo, x, c), dy_tracked, create_graph=True)
+    for a, b, e in zip(plain, with_graph, expected):
+        torch.testing.assert_close(a, e)
+        torch.testing.assert_close(b, e)
+    assert with_graph[0].requires_grad  # once_differentiable's stand-in node
+    with pytest.raises(RuntimeError, match="differentiate twice"):
+        with_graph[0].sum().backward()
+
+
+def test_backward_once_keeps_the_function_name():
+    def backward(ctx, grad):
+        return grad
+
+    assert backward_once(backward).__name__ == "backward"

@@ -65,7 +65,12 @@ def shapes_ok(shape, y_shape, scale: Tensor) -> bool:
     if len(shape) != 3 or len(y_shape) != 3:
         return False
     T, B, C = shape
-    return T * B * C > 0 and y_shape[1] == B and y_shape[2] == C and _scale_len(scale, B, C) is not None
+    if T * B * C == 0 or y_shape[1] != B or y_shape[2] != C:
+        return False
+    s = scale.shape
+    if len(s) == 1:  # the common (C,) scale, without _scale_len's numel() (host time)
+        return s[0] == C
+    return _scale_len(scale, B, C) is not None
 
 
 def _fake(x_orig: Tensor, y: Tensor, scale: Tensor, ds: int) -> Tensor:

@@ -238,10 +238,16 @@ def backward(g, x2, M: int, K: int, stride_xm: int, w, mask, mask_rows: int, shi
         if INTERPRET:
             split = min(2, cdiv(M, 64))
         part = scratch_fp32(x2, split * (N * K + (N if has_db else 0)))
-        grid = lambda meta: (cdiv(N, meta["BLOCK_N"]), cdiv(K, meta["BLOCK_K"]), split)  # noqa: E731
-        _launch(act_linear_dw_kernel, (N, K, has_m, has_db, x2.dtype, g.dtype, prec, split), grid,
-                (g, x2, mask_arg, part, M, N, K, mask_rows, stride_xm, cdiv(M, split), shift, offset),
-                dict(HAS_MASK=has_m, HAS_DB=has_db, PRECISION=prec))
+        args = (g, x2, mask_arg, part, M, N, K, mask_rows, stride_xm, cdiv(M, split), shift, offset)
+        key = (N, K, has_m, has_db, x2.dtype, g.dtype, prec, split)
+        chosen = _CHOSEN.get((act_linear_dw_kernel, key))
+        if chosen is None:
+            grid = lambda meta: (cdiv(N, meta["BLOCK_N"]), cdiv(K, meta["BLOCK_K"]), split)  # noqa: E731
+            _launch(act_linear_dw_kernel, key, grid, args, dict(HAS_MASK=has_m, HAS_DB=has_db, PRECISION=prec))
+        else:  # the key's tile sizes are known: no grid closure, no constexpr dict (host time)
+            meta, launch_kwargs = chosen
+            act_linear_dw_kernel.fn.run(*args, grid=(cdiv(N, meta["BLOCK_N"]), cdiv(K, meta["BLOCK_K"]), split),
+                                        warmup=False, **launch_kwargs)
         fold_rows(part, split, dw, db)
     elif has_db:
         db.copy_(g.reshape(-1, N).float().sum(0))

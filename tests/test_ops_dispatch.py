@@ -3,9 +3,10 @@ fused op promises (ops/_registry.backward_once).
 
 route: the PyTorch reference when the backend says so; the registered custom op while a
 TorchDispatchMode is active or on meta tensors; the op's autograd.Function when autograd records
-the call; the launcher itself otherwise. backward_once: the same gradients as without it, and a
+the call; the launcher itself otherwise. backward_once: the same gradients as without it, a
 second differentiation (create_graph=True, then grad of the grad) raises as torch's
-once_differentiable does.
+once_differentiable does, and the engine's ordinary backward does not enter torch.no_grad() (the
+host time once_differentiable adds to every backward node).
 """
 import pytest
 import torch
@@ -65,3 +66,20 @@ def test_backward_once_keeps_the_function_name():
         return grad
 
     assert backward_once(backward).__name__ == "backward"
+
+
+def test_the_engine_runs_a_fused_backward_without_entering_no_grad(monkeypatch):
+    entered = []
+    original = torch.no_grad.__enter__
+
+    def counting_enter(self):
+        entered.append(1)
+        return original(self)
+
+    xo, x = torch.randn(4, 2, 3, requires_grad=True), torch.randn(4, 2, 3, requires_grad=True)
+    c = torch.rand(3, requires_grad=True)
+    with use_backend("triton"):
+        y = bypass(xo, x, c)
+        monkeypatch.setattr(torch.no_grad, "__enter__", counting_enter)
+        torch.autograd.grad(y, (xo, x, c), torch.ones_like(y))
+    assert entered == []

@@ -186,6 +186,8 @@ def empty_out(like: torch.Tensor, dtype: Optional[torch.dtype] = None) -> torch.
     memory format is explicit: a contiguous tensor may carry odd strides on size-1 dims, which
     preserve_format would copy and the fake impls (torch.empty(shape)) would not."""
     if like.is_contiguous():
+        if dtype is None:  # no dtype keyword to parse (host time)
+            return torch.empty_like(like, memory_format=torch.contiguous_format)
         return torch.empty_like(like, dtype=dtype, memory_format=torch.contiguous_format)
     return torch.empty(like.shape, dtype=like.dtype if dtype is None else dtype, device=like.device)
 

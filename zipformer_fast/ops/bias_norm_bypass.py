@@ -26,7 +26,7 @@ from ._registry import (
     route, unit_channel_stride,
 )
 from .bias_norm import MAX_FUSED_DIM, bias_norm, bias_norm_reference
-from .bypass import _dense, shapes_ok as bypass_shapes_ok, _out_dtype, bypass, bypass_reference
+from .bypass import _dense, shapes_ok as bypass_shapes_ok, _promoted_dtype, bypass, bypass_reference
 
 
 def bias_norm_bypass_reference(x_orig: Tensor, x: Tensor, log_scale: Tensor, bias: Tensor, scale: Tensor) -> Tensor:
@@ -39,14 +39,14 @@ def _c_sb(scale: Tensor, D: int) -> int:
 
 
 def _fwd_fake(x_orig: Tensor, x: Tensor, log_scale: Tensor, bias: Tensor, scale: Tensor) -> Tensor:
-    return torch.empty(x_orig.shape, dtype=_out_dtype(x_orig, x, scale), device=x_orig.device)
+    return torch.empty(x_orig.shape, dtype=_promoted_dtype(x_orig, x, scale) or x_orig.dtype, device=x_orig.device)
 
 
 def _fwd_impl(x_orig: Tensor, x: Tensor, log_scale: Tensor, bias: Tensor, scale: Tensor) -> Tensor:
     T, B, D = x.shape
     xo, sxo = unit_channel_stride(x_orig)
     xx, sx = unit_channel_stride(x)
-    out = empty_out(x_orig, _out_dtype(x_orig, x, scale))
+    out = empty_out(x_orig, _promoted_dtype(x_orig, x, scale))
     kernels("bias_norm_bypass").forward(xo, xx, _dense(bias), log_scale, _dense(scale), _c_sb(scale, D), out,
                                         T, B, D, sxo, sx)
     return out

@@ -39,10 +39,12 @@ def upsample_bypass_reference(x_orig: Tensor, y_down: Tensor, ds: int, scale: Te
     return bypass_reference(x_orig, simple_upsample_reference(y_down, ds, x_orig.shape[0]), scale)
 
 
-def _out_dtype(a: Tensor, b: Tensor, c: Tensor) -> torch.dtype:
+def _promoted_dtype(a: Tensor, b: Tensor, c: Tensor) -> Optional[torch.dtype]:
+    """The output dtype when it differs from a's (torch promotion of the three), else None: the
+    common case, answered without promote_types and allocated without a dtype keyword."""
     d = a.dtype
-    if b.dtype == d and c.dtype == d:  # the common case, without two promote_types calls
-        return d
+    if b.dtype == d and c.dtype == d:
+        return None
     return torch.promote_types(torch.promote_types(d, b.dtype), c.dtype)
 
 
@@ -74,7 +76,7 @@ def shapes_ok(shape, y_shape, scale: Tensor) -> bool:
 
 
 def _fake(x_orig: Tensor, y: Tensor, scale: Tensor, ds: int) -> Tensor:
-    return torch.empty(x_orig.shape, dtype=_out_dtype(x_orig, y, scale), device=x_orig.device)
+    return torch.empty(x_orig.shape, dtype=_promoted_dtype(x_orig, y, scale) or x_orig.dtype, device=x_orig.device)
 
 
 def _dense(scale: Tensor) -> Tensor:
@@ -87,7 +89,7 @@ def _bypass_fwd_impl(x_orig: Tensor, y: Tensor, scale: Tensor, ds: int) -> Tenso
     T, B, C = x_orig.shape
     xo, sxo = unit_channel_stride(x_orig)
     yy, sy = unit_channel_stride(y)
-    out = empty_out(x_orig, _out_dtype(x_orig, y, scale))
+    out = empty_out(x_orig, _promoted_dtype(x_orig, y, scale))
     if ds == 0:
         kernels("bypass").forward(xo, yy, _dense(scale), out, T, B, C, sxo, sy)
     else:

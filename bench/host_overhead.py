@@ -237,7 +237,10 @@ def main(argv=None) -> dict:
         print(f"{name:30s} " + "  ".join(f"{k}={v}" for k, v in row.items()), flush=True)
     entry = {"results_us": results, "calibration_us": calib, "iters": a.iters,
              "timing": f"smallest of {ROUNDS} per-round medians, ops timed round-robin (Timings)",
-             "cpu_affinity": sorted(os.sched_getaffinity(0)), **provenance(__file__, argv)}
+             "cpu_affinity": sorted(os.sched_getaffinity(0)),
+             "note": "backward node timed with grad mode off, as the autograd engine runs it (entries before "
+                     "after_route_and_backward_once timed it with grad mode on)",
+             **provenance(__file__, argv)}
     if not a.no_write:
         write_labelled_entry(results_dir("cpu", a.out_dir) / "host_overhead.json", a.label,
                              "TRITON_INTERPRET=1 with InterpretedFunction.run replaced by a counter; tiny CPU "

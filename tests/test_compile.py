@@ -141,6 +141,31 @@ def test_compile_encoder_compiles_each_region_once_for_all_lengths_with_static_c
         assert isinstance(size[0], torch.SymInt) and isinstance(size[1], torch.SymInt), size
 
 
+def test_compile_encoder_keeps_conv_embed_eager_under_inductor(monkeypatch):
+    """Under inductor, Conv-Embed is not compiled (its backward compile specialises the time axis,
+    so each new length would recompile until dynamo's limit fails the run; see compile_encoder);
+    the stacks are. Other backends compile both, and compile_embed=True forces Conv-Embed."""
+    compiled = []
+
+    def recording_compile(fn, **kwargs):
+        compiled.append(getattr(fn, "__name__", type(fn).__name__))
+        return fn
+
+    monkeypatch.setattr(torch, "compile", recording_compile)
+    model = build_xs().eval()
+    for kwargs, expected in (({}, ["_encode_embedded"]), ({"backend": "inductor"}, ["_encode_embedded"]),
+                             ({"backend": "aot_eager"}, ["Conv2dSubsampling", "_encode_embedded"]),
+                             ({"compile_embed": True}, ["Conv2dSubsampling", "_encode_embedded"])):
+        compiled.clear()
+        model.compile_encoder(**kwargs)
+        assert compiled == expected, kwargs
+    x, lens = xs_inputs(2, 60)
+    with torch.no_grad():
+        got, got_lens = model.encode(x, lens)
+        want, want_lens = AsrModel.encode(model, x, lens)
+    assert torch.equal(got_lens, want_lens) and torch.equal(got, want)
+
+
 # ------------------------------------------------------------------------ compiled training
 def _small_stack():
     """One downsampled stack of one layer at XS's smallest widths: every kind of step-to-step

@@ -144,7 +144,7 @@ class AsrModel(nn.Module):
         out, out_lens = self.encoder(x, x_lens, src_key_padding_mask)
         return out.permute(1, 0, 2), out_lens
 
-    def compile_encoder(self, **compile_kwargs) -> None:
+    def compile_encoder(self, compile_embed: Optional[bool] = None, **compile_kwargs) -> None:
         """Replace `encode` (not the input checks) by two torch.compile'd regions, Conv-Embed and
         the encoder stacks, each fullgraph=True, dynamic=True (**compile_kwargs override). Two
         regions, not one: with Conv-Embed's output length as an expression of the input's
@@ -155,11 +155,19 @@ class AsrModel(nn.Module):
         input ("cannot determine truth value of Relational"). The whole model still traces as one
         graph (tests/test_compile.py). The calls run under compile_settings() (floats specialised:
         one trace per compilation instead of two). The model must not be deep-copied afterwards
-        (the compiled functions are instance attributes); state_dict() is unaffected."""
+        (the compiled functions are instance attributes); state_dict() is unaffected.
+
+        Under inductor (the default backend) Conv-Embed runs eagerly: inductor's compile of its
+        backward graph (torch 2.13, seen on CPU) specialises the time axis (a guard on a stride,
+        added by a binary op's memory-format check during fake-tensor propagation), so every new
+        input length recompiles it until dynamo's recompile limit fails the run
+        (FailOnRecompileLimitHit after ~10 training steps). compile_embed=True forces it."""
         kwargs = dict(fullgraph=True, dynamic=True)
         kwargs.update(compile_kwargs)
+        if compile_embed is None:
+            compile_embed = kwargs.get("backend", "inductor") != "inductor"
         triton_available()  # fill its cache now, or the first compiled call guards on it being empty
-        embed = torch.compile(self.encoder_embed, **kwargs)
+        embed = torch.compile(self.encoder_embed, **kwargs) if compile_embed else self.encoder_embed
         stacks = torch.compile(self._encode_embedded, **kwargs)
 
         def encode(features: Tensor, feature_lens: Tensor) -> Tuple[Tensor, Tensor]:

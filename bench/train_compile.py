@@ -11,8 +11,9 @@ see AsrModel.compile_encoder), so its wall time is compile + training; its first
 validation compiles the eval graphs (grad mode off: a guard, expected once).
 
 --compile-backend: inductor (the recipes' default) generates code, ~80 minutes for the first
-training step on one core of the 2-core VM (torch 2.13, mostly the stacks' backward graph); aot_eager runs the same dynamo and AOTAutograd tracing,
-guards and recompilations without code generation (what this script records on CPUs by default).
+training step on one core of the 2-core VM (torch 2.13, mostly the stacks' backward graph);
+aot_eager runs the same dynamo and AOTAutograd tracing, guards and recompilations without code
+generation (what this script records on CPUs by default).
 
     python bench/train_compile.py [--steps 60] [--threads 2] [--backend reference]
                                   [--compile-backend aot_eager] [--out-dir bench/results/cpu]

@@ -117,13 +117,15 @@ def apply(fn: type, *args):
 # The path one fused-op call takes (route()).
 REFERENCE, CUSTOM_OP, FUNCTION, LAUNCH = 0, 1, 2, 3
 
+_grad_enabled = torch.is_grad_enabled
+
 
 def route(*tensors) -> int:
     """The path of one fused-op call on `tensors` (None entries are skipped; the first is the
     op's main input): REFERENCE when the backend rule says PyTorch (backend.use_triton_for);
     CUSTOM_OP while tracing or on meta tensors (use_op); FUNCTION when autograd records the call
-    (the op's eager autograd.Function); LAUNCH otherwise (the launcher itself). One call where an
-    op used to ask use_triton_for, use_op and needs_grad in turn (host time: bench/host_overhead.py)."""
+    (the op's eager autograd.Function); LAUNCH otherwise (the launcher itself). One call instead
+    of use_triton_for, use_op and needs_grad in turn (host time: bench/host_overhead.py)."""
     if not use_triton_for(*tensors):
         return REFERENCE
     if tensors[0].is_meta or tracing():
@@ -133,9 +135,6 @@ def route(*tensors) -> int:
             if t is not None and t.requires_grad:
                 return FUNCTION
     return LAUNCH
-
-
-_grad_enabled = torch.is_grad_enabled
 
 
 def backward_once(backward: Callable) -> Callable:

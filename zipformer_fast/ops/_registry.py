@@ -130,11 +130,7 @@ def route(*tensors) -> int:
         return REFERENCE
     if tensors[0].is_meta or tracing():
         return CUSTOM_OP
-    if _grad_enabled():
-        for t in tensors:
-            if t is not None and t.requires_grad:
-                return FUNCTION
-    return LAUNCH
+    return FUNCTION if needs_grad(*tensors) else LAUNCH
 
 
 def backward_once(backward: Callable) -> Callable:

@@ -32,7 +32,7 @@ from torch import Tensor
 
 from ..backend import use_triton_for
 from ._registry import (
-    FUNCTION, LAUNCH, REFERENCE, FusedOp, apply, backward_once, empty_out, gemm_weight, kernels, needs_grad,
+    FUNCTION, LAUNCH, REFERENCE, FusedOp, backward_once, eager_apply, empty_out, gemm_weight, kernels, needs_grad,
     register_autograd, route, row_layout,
 )
 from .swoosh import (SWOOSH_L_OFFSET, SWOOSH_L_SHIFT, SWOOSH_R_OFFSET, SWOOSH_R_SHIFT, swoosh_l_reference,
@@ -99,6 +99,9 @@ def _mask_arg(mask: Optional[Tensor], x: Tensor) -> Tuple[Optional[Tensor], int]
         return None, 1
     ms, xs = mask.shape, x.shape
     n = len(ms)
+    # icefall's (1, B, K) mask on a (T, B, K) input, without the general loop (host time)
+    if n == 3 and len(xs) == 3 and ms[0] == 1 and ms[1] == xs[1] and ms[2] == xs[2] and mask.is_contiguous():
+        return mask, ms[1]
     if n == len(xs) and mask.is_contiguous():
         j = 0
         while j < n - 1 and ms[j] == 1:
@@ -119,6 +122,14 @@ def _out_shape(x: Tensor, n: int):
     return shape
 
 
+def _new_out(x: Tensor, weight: Tensor) -> Tensor:
+    """y for x's rows and weight's outputs, in the GEMM dtype (weight's; x has it too on every
+    eager path, so no dtype keyword to parse: host time)."""
+    if x.dtype == weight.dtype:
+        return x.new_empty(_out_shape(x, weight.shape[0]))
+    return x.new_empty(_out_shape(x, weight.shape[0]), dtype=weight.dtype)
+
+
 def _fwd_fake(x: Tensor, weight: Tensor, bias: Optional[Tensor], mask: Optional[Tensor], shift: float,
               offset: float) -> Tensor:
     return torch.empty(_out_shape(x, weight.shape[0]), dtype=weight.dtype, device=x.device)
@@ -134,7 +145,7 @@ def _layout(x: Tensor, mask: Optional[Tensor]):
 def _act_linear_forward(x: Tensor, weight: Tensor, bias: Optional[Tensor], layout, shift: float,
                         offset: float) -> Tensor:
     x2, M, K, stride, mask2, mask_rows = layout
-    y = x.new_empty(_out_shape(x, weight.shape[0]), dtype=weight.dtype)
+    y = _new_out(x, weight)
     kernels("activation_linear").forward(x2, M, K, stride, _contiguous(weight), bias, mask2, mask_rows, y, shift,
                                          offset)
     return y
@@ -145,7 +156,7 @@ def _act_linear_fwd_impl(x: Tensor, weight: Tensor, bias: Optional[Tensor], mask
     # _layout and _act_linear_forward written out: the no-grad call is the one that must stay cheap
     x2, M, stride = row_layout(x)
     mask2, mask_rows = _mask_arg(mask, x)
-    y = x.new_empty(_out_shape(x, weight.shape[0]), dtype=weight.dtype)
+    y = _new_out(x, weight)
     kernels("activation_linear").forward(x2, M, x.shape[-1], stride, _contiguous(weight), bias, mask2, mask_rows, y,
                                          shift, offset)
     return y
@@ -213,17 +224,18 @@ class _ActLinearFused(torch.autograd.Function):
     bias parameter itself, no copy: db is allocated like it, ~1 us less than a shaped
     allocation); db comes out of the dW pass's fold in the bias dtype. When the kernels read x and
     the mask as they are (the common case), the forward's layout ints are kept for backward (~1 us
-    less per backward node than working them out again); tensors only ever in saved_tensors, which
+    less per backward node than working them out again); the activation's (shift, offset) come as
+    one tuple (one argument and one ctx attribute less); tensors only ever in saved_tensors, which
     the engine releases after this node's backward (a tensor on ctx would live to the end of it)."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, mask, shift, offset):
+    def forward(ctx, x, weight, bias, mask, constants):
         layout = _layout(x, mask)
         x2, M, K, stride, mask2, mask_rows = layout
-        ctx.shift, ctx.offset = shift, offset
+        ctx.constants = constants
         ctx.rows = (M, K, stride, mask_rows) if x2 is x and mask2 is mask else None
         ctx.save_for_backward(x, weight, mask, bias)
-        return _act_linear_forward(x, weight, bias, layout, shift, offset)
+        return _act_linear_forward(x, weight, bias, layout, constants[0], constants[1])
 
     @staticmethod
     @backward_once
@@ -233,8 +245,12 @@ class _ActLinearFused(torch.autograd.Function):
         layout = _layout(x, mask) if rows is None else (x, rows[0], rows[1], rows[2], mask, rows[3])
         need = ctx.needs_input_grad
         db = torch.empty_like(bias, memory_format=torch.contiguous_format) if need[2] else None
-        dx, dw, db = _act_linear_grads(grad, x, weight, layout, ctx.shift, ctx.offset, need[0], need[1], db)
-        return dx, dw, db, None, None, None
+        shift, offset = ctx.constants
+        dx, dw, db = _act_linear_grads(grad, x, weight, layout, shift, offset, need[0], need[1], db)
+        return dx, dw, db, None, None
+
+
+_apply_act_linear = eager_apply(_ActLinearFused)
 
 
 def _linear_act_fake(x: Tensor, weight: Tensor, bias: Optional[Tensor], shift: float, offset: float) -> Tensor:
@@ -263,13 +279,14 @@ def _gemm_operands(x: Tensor, weight: Tensor, name: str) -> Tuple[Tensor, Tensor
 def activation_dropout_linear(
     x: Tensor, weight: Tensor, bias: Optional[Tensor], activation: str, dropout_mask: Optional[Tensor] = None
 ) -> Tensor:
-    shift, offset = _activation_constants(activation)
+    constants = _activation_constants(activation)
     path = route(x, weight, bias, dropout_mask) if x.numel() > 0 else REFERENCE
     if path == REFERENCE:
         return activation_dropout_linear_reference(x, weight, bias, activation, dropout_mask)
     x, w = _gemm_operands(x, weight, "activation_dropout_linear")
-    if path == FUNCTION:
-        return apply(_ActLinearFused, x, w, bias, dropout_mask, shift, offset)
+    if path == FUNCTION:  # (shift, offset) as one argument: host time
+        return _apply_act_linear(x, w, bias, dropout_mask, constants)
+    shift, offset = constants
     if path == LAUNCH:
         return _act_linear_fwd_impl(x, w, bias, dropout_mask, shift, offset)
     return _act_linear_fwd.op(x, w, bias, dropout_mask, shift, offset)

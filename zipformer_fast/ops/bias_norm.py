@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from ._registry import (
-    CUSTOM_OP, FUNCTION, LAUNCH, REFERENCE, FusedOp, apply, backward_once, empty_out, kernels, register_autograd,
+    CUSTOM_OP, FUNCTION, LAUNCH, REFERENCE, FusedOp, backward_once, eager_apply, empty_out, kernels, register_autograd,
     route, row_layout,
 )
 
@@ -92,10 +92,13 @@ class _BiasNormFused(torch.autograd.Function):
         return _bias_norm_bwd_impl(grad_y, *ctx.saved_tensors)
 
 
+_apply_bias_norm = eager_apply(_BiasNormFused)
+
+
 def bias_norm(x: Tensor, log_scale: Tensor, bias: Tensor) -> Tensor:
     path = route(x, log_scale, bias) if x.shape[-1] <= MAX_FUSED_DIM and x.numel() > 0 else REFERENCE
     if path == FUNCTION:
-        return apply(_BiasNormFused, x, log_scale, bias)
+        return _apply_bias_norm(x, log_scale, bias)
     if path == LAUNCH:
         return _bias_norm_fwd_impl(x, log_scale, bias)
     if path == CUSTOM_OP:

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from ._registry import (
-    CUSTOM_OP, FUNCTION, LAUNCH, REFERENCE, FusedOp, apply, backward_once, empty_out, kernels, register_autograd,
+    CUSTOM_OP, FUNCTION, LAUNCH, REFERENCE, FusedOp, backward_once, eager_apply, empty_out, kernels, register_autograd,
     route, unit_channel_stride,
 )
 from .bias_norm import MAX_FUSED_DIM, bias_norm, bias_norm_reference
@@ -35,6 +35,8 @@ def bias_norm_bypass_reference(x_orig: Tensor, x: Tensor, log_scale: Tensor, bia
 
 def _c_sb(scale: Tensor, D: int) -> int:
     """Stride between the scale's per-sequence rows as the kernels read it (0: one row for all)."""
+    if scale.dim() == 1:  # (D,), without numel() (host time)
+        return 0
     return 0 if scale.numel() == D else D
 
 
@@ -103,6 +105,9 @@ class _BiasNormBypassFused(torch.autograd.Function):
         return _bwd_impl(grad, *ctx.saved_tensors)
 
 
+_apply_bias_norm_bypass = eager_apply(_BiasNormBypassFused)
+
+
 def bias_norm_bypass(x_orig: Tensor, x: Tensor, log_scale: Tensor, bias: Tensor, scale: Tensor) -> Tensor:
     """x_orig + (bias_norm(x, log_scale, bias) - x_orig) * scale; see the module docstring."""
     shape = x_orig.shape
@@ -111,7 +116,7 @@ def bias_norm_bypass(x_orig: Tensor, x: Tensor, log_scale: Tensor, bias: Tensor,
     if bypass_shapes_ok(shape, x_shape, scale) and x_shape[0] == shape[0] and shape[2] <= MAX_FUSED_DIM:
         path = route(x_orig, x, log_scale, bias, scale)
     if path == FUNCTION:
-        return apply(_BiasNormBypassFused, x_orig, x, log_scale, bias, scale)
+        return _apply_bias_norm_bypass(x_orig, x, log_scale, bias, scale)
     if path == LAUNCH:
         return _fwd_impl(x_orig, x, log_scale, bias, scale)
     if path == CUSTOM_OP:

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from ._registry import (
-    FUNCTION, LAUNCH, REFERENCE, FusedOp, apply, backward_once, empty_out, kernels, register_autograd, route,
+    FUNCTION, LAUNCH, REFERENCE, FusedOp, backward_once, eager_apply, empty_out, kernels, register_autograd, route,
     unit_channel_stride,
 )
 from .downsample import simple_upsample_reference
@@ -70,8 +70,12 @@ def shapes_ok(shape, y_shape, scale: Tensor) -> bool:
     if T * B * C == 0 or y_shape[1] != B or y_shape[2] != C:
         return False
     s = scale.shape
-    if len(s) == 1:  # the common (C,) scale, without _scale_len's numel() (host time)
+    n = len(s)
+    # the common (C,) and per-sequence (B, C) scales without _scale_len's numel() (host time)
+    if n == 1:
         return s[0] == C
+    if n == 2 and s[0] == B and s[1] == C:
+        return True
     return _scale_len(scale, B, C) is not None
 
 
@@ -151,9 +155,12 @@ class _BypassFused(torch.autograd.Function):
         return (*_bypass_bwd_impl(grad, x_orig, y, scale, ctx.ds), None)
 
 
+_apply_bypass = eager_apply(_BypassFused)
+
+
 def _bypass_call(path: int, x_orig: Tensor, y: Tensor, scale: Tensor, ds: int) -> Tensor:
     if path == FUNCTION:
-        return apply(_BypassFused, x_orig, y, scale, ds)
+        return _apply_bypass(x_orig, y, scale, ds)
     if path == LAUNCH:
         return _bypass_fwd_impl(x_orig, y, scale, ds)
     return _bypass_fwd.op(x_orig, y, scale, ds)

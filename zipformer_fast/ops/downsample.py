@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from ._registry import (
-    CUSTOM_OP, FUNCTION, LAUNCH, REFERENCE, FusedOp, apply, backward_once, empty_out, kernels, register_autograd,
+    CUSTOM_OP, FUNCTION, LAUNCH, REFERENCE, FusedOp, backward_once, eager_apply, empty_out, kernels, register_autograd,
     route, unit_channel_stride,
 )
 
@@ -121,6 +121,9 @@ class _DownsampleFused(torch.autograd.Function):
         return _downsample_bwd_impl(grad, *ctx.saved_tensors)
 
 
+_apply_downsample = eager_apply(_DownsampleFused)
+
+
 def simple_downsample(x: Tensor, bias: Tensor) -> Tensor:
     ds = bias.shape[0]
     shape = x.shape
@@ -128,7 +131,7 @@ def simple_downsample(x: Tensor, bias: Tensor) -> Tensor:
     if len(shape) == 3 and shape[0] * shape[1] * shape[2] > 0 and ds & (ds - 1) == 0:
         path = route(x, bias)
     if path == FUNCTION:
-        return apply(_DownsampleFused, x, bias)
+        return _apply_downsample(x, bias)
     if path == LAUNCH:
         return _downsample_fwd_impl(x, bias)
     if path == CUSTOM_OP:

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from ._registry import (
-    CUSTOM_OP, FUNCTION, LAUNCH, FusedOp, apply, backward_once, empty_out, kernels, register_autograd, route,
+    CUSTOM_OP, FUNCTION, LAUNCH, FusedOp, backward_once, eager_apply, empty_out, kernels, register_autograd, route,
 )
 
 SWOOSH_L_SHIFT, SWOOSH_L_OFFSET = 4.0, 0.035
@@ -103,10 +103,10 @@ def _fwd_fake(x: Tensor, shift: float, offset: float, compact: bool) -> Tuple[Te
 def _swoosh_fwd_impl(x: Tensor, shift: float, offset: float, compact: bool) -> Tuple[Tensor, Optional[Tensor]]:
     """(y, uint8 code or None)."""
     xc = x if x.is_contiguous() else x.contiguous()
-    y = torch.empty_like(xc, memory_format=torch.contiguous_format)  # xc is contiguous: no empty_out check
+    y = torch.empty_like(xc)  # xc is contiguous (see empty_out): no second check
     code, seed = None, 0
     if compact:
-        code = torch.empty_like(xc, dtype=torch.uint8, memory_format=torch.contiguous_format)
+        code = torch.empty_like(xc, dtype=torch.uint8)
         seed = _draw_seed()
     kernels("swoosh").forward(xc, y, code, seed, shift, offset)
     return y, code
@@ -145,12 +145,15 @@ register_autograd(_swoosh_fwd.op, _backward, _setup)
 
 
 class _SwooshFused(torch.autograd.Function):
-    """Eager twin of the op's registered autograd: same launchers, same saved tensor."""
+    """Eager twin of the op's registered autograd: same launchers, same saved tensor. The
+    constants come as one (shift, offset, compact) tuple, built once per activation below: one
+    argument and one ctx attribute instead of three for the C++ apply to process (host time)."""
 
     @staticmethod
-    def forward(ctx, x, shift, offset, compact):
+    def forward(ctx, x, params):
+        shift, offset, compact = params
         y, code = _swoosh_fwd_impl(x, shift, offset, compact)
-        ctx.shift, ctx.compact = shift, compact
+        ctx.params = params
         ctx.save_for_backward(code if compact else x)
         return y
 
@@ -158,27 +161,41 @@ class _SwooshFused(torch.autograd.Function):
     @backward_once
     def backward(ctx, grad_y):
         (saved,) = ctx.saved_tensors
-        return _swoosh_bwd_impl(grad_y, saved, ctx.shift, ctx.compact), None, None, None
+        shift, _, compact = ctx.params
+        return _swoosh_bwd_impl(grad_y, saved, shift, compact), None
+
+
+_apply_swoosh = eager_apply(_SwooshFused)
 
 
 # ---------------------------------------------------------------------------------- dispatch
-def swoosh(x: Tensor, shift: float, offset: float, compact_derivative: bool = False) -> Tensor:
+def _swoosh(x: Tensor, params: Tuple[float, float, bool]) -> Tensor:
+    """params: (shift, offset, compact_derivative as a bool)."""
     path = route(x)
     if path == FUNCTION:
-        return apply(_SwooshFused, x, shift, offset, bool(compact_derivative))
+        return _apply_swoosh(x, params)
+    shift, offset, compact = params
     if path == LAUNCH:
         return _swoosh_fwd_impl(x, shift, offset, False)[0]
-    compact = compact_derivative and x.requires_grad and torch.is_grad_enabled()
+    compact = compact and x.requires_grad and torch.is_grad_enabled()
     if path == CUSTOM_OP:
-        return _swoosh_fwd.op(x, shift, offset, bool(compact))[0]
+        return _swoosh_fwd.op(x, shift, offset, compact)[0]
     if compact:
         return _SwooshCompactReference.apply(x, shift, offset)
     return swoosh_reference(x, shift, offset)
 
 
+def swoosh(x: Tensor, shift: float, offset: float, compact_derivative: bool = False) -> Tensor:
+    return _swoosh(x, (shift, offset, bool(compact_derivative)))
+
+
+_SWOOSH_L = (SWOOSH_L_SHIFT, SWOOSH_L_OFFSET, False), (SWOOSH_L_SHIFT, SWOOSH_L_OFFSET, True)
+_SWOOSH_R = (SWOOSH_R_SHIFT, SWOOSH_R_OFFSET, False), (SWOOSH_R_SHIFT, SWOOSH_R_OFFSET, True)
+
+
 def swoosh_l(x: Tensor, compact_derivative: bool = False) -> Tensor:
-    return swoosh(x, SWOOSH_L_SHIFT, SWOOSH_L_OFFSET, compact_derivative)
+    return _swoosh(x, _SWOOSH_L[1 if compact_derivative else 0])
 
 
 def swoosh_r(x: Tensor, compact_derivative: bool = False) -> Tensor:
-    return swoosh(x, SWOOSH_R_SHIFT, SWOOSH_R_OFFSET, compact_derivative)
+    return _swoosh(x, _SWOOSH_R[1 if compact_derivative else 0])

@@ -6,7 +6,8 @@ TorchDispatchMode is active or on meta tensors; the op's autograd.Function when 
 the call; the launcher itself otherwise. backward_once: the same gradients as without it, a
 second differentiation (create_graph=True, then grad of the grad) raises as torch's
 once_differentiable does, and the engine's ordinary backward does not enter torch.no_grad() (the
-host time once_differentiable adds to every backward node).
+host time once_differentiable adds to every backward node). Inside a torch.func transform (grad,
+vmap) every fused op takes its reference and gives the reference backend's values.
 """
 import pytest
 import torch
@@ -16,7 +17,12 @@ from zipformer_fast import use_backend
 from zipformer_fast.ops._registry import CUSTOM_OP, FUNCTION, LAUNCH, REFERENCE, backward_once, route
 
 pytest.importorskip("triton")
-from zipformer_fast.ops.bypass import bypass, bypass_reference  # noqa: E402
+from zipformer_fast.ops.bypass import bypass, bypass_reference, upsample_bypass  # noqa: E402
+from zipformer_fast.ops.activation_linear import activation_dropout_linear  # noqa: E402
+from zipformer_fast.ops.bias_norm import bias_norm  # noqa: E402
+from zipformer_fast.ops.bias_norm_bypass import bias_norm_bypass  # noqa: E402
+from zipformer_fast.ops.downsample import simple_downsample  # noqa: E402
+from zipformer_fast.ops.swoosh import swoosh_l, swoosh_r  # noqa: E402
 
 
 class _Passthrough(TorchDispatchMode):
@@ -83,3 +89,45 @@ def test_the_engine_runs_a_fused_backward_without_entering_no_grad(monkeypatch):
         monkeypatch.setattr(torch.no_grad, "__enter__", counting_enter)
         torch.autograd.grad(y, (xo, x, c), torch.ones_like(y))
     assert entered == []
+
+
+_T, _B, _C = 5, 2, 6
+# op of x (T, B, C) with its other inputs fixed: every fused op with an eager autograd.Function
+_OPS_OF_X = {
+    "swoosh_l": lambda x: swoosh_l(x),
+    "swoosh_r_compact": lambda x: swoosh_r(x, compact_derivative=True),
+    "bias_norm": lambda x: bias_norm(x, torch.tensor(0.1), torch.linspace(-1, 1, _C)),
+    "bypass": lambda x: bypass(x, x * x, torch.linspace(0.2, 0.9, _C)),
+    "upsample_bypass": lambda x: upsample_bypass(x, x[::2] * 2.0, 2, torch.linspace(0.2, 0.9, _C)),
+    "bias_norm_bypass": lambda x: bias_norm_bypass(x, x * x, torch.tensor(0.1), torch.linspace(-1, 1, _C),
+                                                   torch.linspace(0.2, 0.9, _C)),
+    "simple_downsample": lambda x: simple_downsample(x, torch.tensor([0.3, -0.2])),
+    "activation_dropout_linear": lambda x: activation_dropout_linear(
+        x, torch.linspace(-1, 1, _C * 4).reshape(4, _C), torch.zeros(4), "SwooshL",
+        (torch.arange(_B * _C).reshape(1, _B, _C) % 3 != 0).float() * 1.5),
+}
+
+
+@pytest.mark.parametrize("name", list(_OPS_OF_X))
+def test_torch_func_grad_and_vmap_see_the_reference(name):
+    """grad and vmap through a fused op on the triton backend: the reference backend's values,
+    which equal plain autograd and a loop (SwooshR's uint8 derivative is an autograd.Function
+    functorch cannot run: inside a transform it is the exact derivative)."""
+    op = _OPS_OF_X[name]
+    plain = swoosh_r if name == "swoosh_r_compact" else op
+    x = torch.randn(_T, _B, _C, generator=torch.Generator().manual_seed(0))
+    xs = torch.randn(3, _T, _B, _C, generator=torch.Generator().manual_seed(1))
+    w = torch.randn(op(x).shape, generator=torch.Generator().manual_seed(2))
+    results = {}
+    for backend in ("reference", "triton"):
+        with use_backend(backend):
+            grad = torch.func.grad(lambda t: (op(t) * w).sum())(x)
+            batched = torch.func.vmap(op)(xs)
+        results[backend] = grad, batched
+    torch.testing.assert_close(results["triton"], results["reference"], rtol=0, atol=0)
+    with use_backend("reference"):
+        xr = x.clone().requires_grad_()
+        (want_grad,) = torch.autograd.grad((plain(xr) * w).sum(), [xr])
+        want_batched = torch.stack([op(xi) for xi in xs])
+    torch.testing.assert_close(results["triton"][0], want_grad)
+    torch.testing.assert_close(results["triton"][1], want_batched)

@@ -98,23 +98,13 @@ class FusedOp:
         return self.impl(*args)
 
 
-_functorch_active = torch._C._are_functorch_transforms_active
-
-
 def eager_apply(fn: type) -> Callable:
     """fn.apply for the eager path of a fused op (its callers have checked route(): dynamo is not
-    tracing). torch.autograd.Function.apply first runs a Python prologue (binding default
-    arguments for setup_context, unwrapping tensors that escaped a functorch transform) that costs
-    ~3-4 us a call and does nothing for our Functions on plain tensors, so outside functorch
-    transforms the C++ apply, bound once here, is called directly (bench/host_overhead.py)."""
-    c_apply = super(torch.autograd.Function, fn).apply
-
-    def run(*args):
-        if _functorch_active():
-            return fn.apply(*args)
-        return c_apply(*args)
-
-    return run
+    tracing, no torch.func transform is active). torch.autograd.Function.apply first runs a Python
+    prologue (binding default arguments for setup_context, unwrapping tensors that escaped a
+    functorch transform) that costs ~3-4 us a call and does nothing for our Functions on plain
+    tensors, so the C++ apply, bound once here, is called directly (bench/host_overhead.py)."""
+    return super(torch.autograd.Function, fn).apply
 
 
 # The path one fused-op call takes (route()).

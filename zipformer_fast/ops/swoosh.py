@@ -29,6 +29,8 @@ from ._registry import (
     CUSTOM_OP, FUNCTION, LAUNCH, FusedOp, backward_once, eager_apply, empty_out, kernels, register_autograd, route,
 )
 
+_functorch_active = torch._C._are_functorch_transforms_active
+
 SWOOSH_L_SHIFT, SWOOSH_L_OFFSET = 4.0, 0.035
 SWOOSH_R_SHIFT, SWOOSH_R_OFFSET = 1.0, 0.313261687
 COMPACT_SCALE = 1.005 / 255.0  # decoded derivative = byte * COMPACT_SCALE - 0.08
@@ -177,7 +179,9 @@ def _swoosh(x: Tensor, params: Tuple[float, float, bool]) -> Tensor:
     shift, offset, compact = params
     if path == LAUNCH:
         return _swoosh_fwd_impl(x, shift, offset, False)[0]
-    compact = compact and x.requires_grad and torch.is_grad_enabled()
+    # inside a torch.func transform the exact reference (the compact one is an autograd.Function
+    # without the setup_context functorch needs; same values, only more memory kept)
+    compact = compact and x.requires_grad and torch.is_grad_enabled() and not _functorch_active()
     if path == CUSTOM_OP:
         return _swoosh_fwd.op(x, shift, offset, compact)[0]
     if compact:

@@ -13,10 +13,15 @@ one fold launch (fold_rows) sums the P partials. No atomics, deterministic, and 
 launcher (not by the autotuner) so the buffer size does not depend on the tuned block sizes. The
 partial buffers are per-thread, per-stream scratch (`scratch_fp32`), not a new allocation per call.
 
-Kernels are launched as `kernel.run(*args, grid=grid, warmup=False, **meta)`: what
-`kernel[grid](*args, **meta)` calls, without the proxy lambda that packs the arguments a second
-time (~0.8 us of host time per launch, bench/host_overhead.py).
+Kernels are launched as `kernel.run(*args, *constexprs, grid=grid, warmup=False, num_warps=w)`:
+what `kernel[grid](*args, **meta)` calls, without the proxy lambda that packs the arguments a
+second time (~0.8 us of host time per launch, bench/host_overhead.py), and with the constexprs
+passed positionally, in the order of the kernel's signature (~0.4 us less than as keywords:
+no keyword dict to build and unpack). Each launcher states that order once, at import, through
+`constexpr_order`, which fails if the signature says otherwise. The attention kernels keep
+keyword constexprs (merged from several dicts; their launches are long on a GPU).
 """
+import inspect
 import functools
 import threading
 
@@ -27,6 +32,29 @@ import triton.language as tl
 from zipformer_fast.runtime import triton_interpret
 
 INTERPRET = triton_interpret()  # read once: Triton decides interpreter-or-not at decoration time too
+
+
+def constexpr_names(kernel) -> tuple:
+    """Names of a @triton.jit kernel's trailing constexpr parameters, in signature order (through
+    an autotuner, the jit function, or the interpreter's wrapper alike)."""
+    fn = kernel
+    while hasattr(fn, "fn"):
+        fn = fn.fn
+    params = list(inspect.signature(fn).parameters.values())
+    names = []
+    for p in reversed(params):
+        if "constexpr" not in str(p.annotation):
+            break
+        names.append(p.name)
+    return tuple(reversed(names))
+
+
+def constexpr_order(kernel, *names: str) -> None:
+    """Fails unless `names` are exactly the kernel's trailing constexpr parameters, in order: the
+    launcher passes them positionally in that order (see the module docstring)."""
+    found = constexpr_names(kernel)
+    if found != names:
+        raise AssertionError(f"{kernel}: trailing constexprs are {found}, the launcher passes {names}")
 
 
 def configs(gpu_configs, interpreter_config):
@@ -194,6 +222,7 @@ def fold_rows_kernel(part_ptr, out_a_ptr, out_b_ptr, out_c_ptr, R, L, N_A, N_AB,
 
 
 FOLD_BLOCK_R, FOLD_BLOCK_L = (64, 256) if INTERPRET else (32, 128)
+constexpr_order(fold_rows_kernel, "BLOCK_R", "BLOCK_L")
 
 
 def fold_rows(part, rows: int, out_a, out_b=None, out_c=None) -> None:
@@ -205,8 +234,8 @@ def fold_rows(part, rows: int, out_a, out_b=None, out_c=None) -> None:
     L = n_ab if out_c is None else n_ab + out_c.numel()
     blocks = cdiv(L, FOLD_BLOCK_L)
     fold_rows_kernel.run(part, out_a, out_a if out_b is None else out_b, out_a if out_c is None else out_c,
-                         rows, L, n_a, n_ab, 0, 0, 0, blocks, grid=(blocks,), warmup=False,
-                         BLOCK_R=FOLD_BLOCK_R, BLOCK_L=FOLD_BLOCK_L, num_warps=4)
+                         rows, L, n_a, n_ab, 0, 0, 0, blocks, FOLD_BLOCK_R, FOLD_BLOCK_L, grid=(blocks,), warmup=False,
+                         num_warps=4)
 
 
 def fold_two_blocks(part, rows_a: int, out_a, offset_b: int, rows_b: int, out_b, out_c) -> None:
@@ -219,8 +248,8 @@ def fold_two_blocks(part, rows_a: int, out_a, offset_b: int, rows_b: int, out_b,
     blocks_a = cdiv(n_a, FOLD_BLOCK_L)
     width_b = n_ab - n_a + out_c.numel()
     fold_rows_kernel.run(part, out_a, out_b, out_c, rows_a, n_a, n_a, n_ab, rows_b, width_b, offset_b, blocks_a,
-                         grid=(blocks_a + cdiv(width_b, FOLD_BLOCK_L),), warmup=False,
-                         BLOCK_R=FOLD_BLOCK_R, BLOCK_L=FOLD_BLOCK_L, num_warps=4)
+                         FOLD_BLOCK_R, FOLD_BLOCK_L, grid=(blocks_a + cdiv(width_b, FOLD_BLOCK_L),), warmup=False,
+                         num_warps=4)
 
 
 def aot_specs(spec, dtypes):

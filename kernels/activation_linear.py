@@ -25,7 +25,8 @@ pays no autotuner bookkeeping.
 import triton
 import triton.language as tl
 
-from ._common import INTERPRET, cdiv, configs, dot_precision, fold_rows, reduction_programs, scratch_fp32
+from ._common import (INTERPRET, cdiv, configs, constexpr_names, dot_precision, fold_rows, reduction_programs,
+                      scratch_fp32)
 from .swoosh import swoosh_deriv, swoosh_value
 
 
@@ -174,22 +175,23 @@ def linear_act_fwd_kernel(x_ptr, w_ptr, b_ptr, y_ptr, M, N, K, stride_xm, shift,
 
 
 # --------------------------------------------------------------------------------- launchers
-_CHOSEN = {}  # (kernel, key) -> (constexprs, launch keyword arguments): the autotuner's pick for that key
+_CHOSEN = {}  # (kernel, key) -> (meta, constexprs in signature order, num_warps / num_stages): the autotuner's pick
 
 
 def _launch(kernel, key, grid, args, constexprs):
     """kernel[grid(meta)](*args, **meta), through the autotuner only on a key's first call; later
-    calls launch the kernel itself with the chosen config's keyword arguments (the key fixes every
-    constexpr)."""
+    calls launch the kernel itself with the chosen config, its constexprs passed positionally in
+    the signature's order (the key fixes every constexpr; see _common's module docstring)."""
     chosen = _CHOSEN.get((kernel, key))
     if chosen is None:
         kernel[grid](*args, **constexprs)
         cfg = kernel.best_config
         meta = dict(cfg.kwargs, **constexprs)
-        _CHOSEN[(kernel, key)] = (meta, dict(meta, num_warps=cfg.num_warps, num_stages=cfg.num_stages))
+        tail = tuple(meta[name] for name in constexpr_names(kernel))
+        _CHOSEN[(kernel, key)] = (meta, tail, {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages})
         return
-    meta, launch_kwargs = chosen
-    kernel.fn.run(*args, grid=grid(meta), warmup=False, **launch_kwargs)
+    meta, tail, options = chosen
+    kernel.fn.run(*args, *tail, grid=grid(meta), warmup=False, **options)
 
 
 def _mn_grid(M, N):
@@ -204,8 +206,8 @@ def _launch_mn(kernel, key, M: int, N: int, args, constexprs) -> None:
     if chosen is None:
         _launch(kernel, key, _mn_grid(M, N), args, constexprs())
         return
-    meta, launch_kwargs = chosen
-    kernel.fn.run(*args, grid=(cdiv(M, meta["BLOCK_M"]) * cdiv(N, meta["BLOCK_N"]),), warmup=False, **launch_kwargs)
+    meta, tail, options = chosen
+    kernel.fn.run(*args, *tail, grid=(cdiv(M, meta["BLOCK_M"]) * cdiv(N, meta["BLOCK_N"]),), warmup=False, **options)
 
 
 def forward(x2, M: int, K: int, stride_xm: int, w, bias, mask, mask_rows: int, y, shift, offset) -> None:
@@ -245,9 +247,9 @@ def backward(g, x2, M: int, K: int, stride_xm: int, w, mask, mask_rows: int, shi
             grid = lambda meta: (cdiv(N, meta["BLOCK_N"]), cdiv(K, meta["BLOCK_K"]), split)  # noqa: E731
             _launch(act_linear_dw_kernel, key, grid, args, dict(HAS_MASK=has_m, HAS_DB=has_db, PRECISION=prec))
         else:  # the key's tile sizes are known: no grid closure, no constexpr dict (host time)
-            meta, launch_kwargs = chosen
-            act_linear_dw_kernel.fn.run(*args, grid=(cdiv(N, meta["BLOCK_N"]), cdiv(K, meta["BLOCK_K"]), split),
-                                        warmup=False, **launch_kwargs)
+            meta, tail, options = chosen
+            act_linear_dw_kernel.fn.run(*args, *tail, grid=(cdiv(N, meta["BLOCK_N"]), cdiv(K, meta["BLOCK_K"]), split),
+                                        warmup=False, **options)
         fold_rows(part, split, dw, db)
     elif has_db:
         db.copy_(g.reshape(-1, N).float().sum(0))

@@ -23,7 +23,7 @@ of length `inner`, row r holding channel r % C (the convolution module's (B, D, 
 import triton
 import triton.language as tl
 
-from ._common import INTERPRET, cdiv, reduction_programs, scratch_fp32
+from ._common import INTERPRET, cdiv, constexpr_order, reduction_programs, scratch_fp32
 
 EPS = tl.constexpr(1.0e-20)
 
@@ -139,6 +139,11 @@ if INTERPRET:
     STATS_ROWS, STATS_C, COEF_P, COEF_C, APPLY_R, APPLY_C = 8, 16, 4, 16, 8, 16
 
 
+constexpr_order(balancer_stats_kernel, "CHANNEL_LAST", "BLOCK_R", "BLOCK_C")  # the launcher passes them positionally
+constexpr_order(balancer_coef_kernel, "BLOCK_P", "BLOCK_C")
+constexpr_order(balancer_apply_kernel, "CHANNEL_LAST", "BLOCK_R", "BLOCK_C")
+
+
 def gradient(x, g, out, outer: int, C: int, inner: int, min_mean: float, max_mean: float, min_rms: float,
              max_rms: float, grad_scale: float) -> None:
     """x, g, out contiguous with the same (outer, C, inner) layout; out gets the edited gradient.
@@ -153,13 +158,13 @@ def gradient(x, g, out, outer: int, C: int, inner: int, min_mean: float, max_mea
     part = scratch_fp32(x, progs * 2 * C)
     coef = scratch_fp32(x, 3 * C, slot=1)
     c_blocks = cdiv(C, STATS_C)
-    balancer_stats_kernel.run(x, part, n_rows, C, inner, rows_per, grid=(progs, c_blocks), warmup=False,
-                              CHANNEL_LAST=channel_last, BLOCK_R=STATS_ROWS, BLOCK_C=STATS_C)
+    balancer_stats_kernel.run(x, part, n_rows, C, inner, rows_per, channel_last, STATS_ROWS, STATS_C,
+                              grid=(progs, c_blocks), warmup=False)
     balancer_coef_kernel.run(x, part, coef, progs, C, inner, float(n_rows), min_mean, max_mean, min_rms, max_rms,
-                             grad_scale, grid=(cdiv(C, COEF_C),), warmup=False, BLOCK_P=COEF_P, BLOCK_C=COEF_C)
+                             grad_scale, COEF_P, COEF_C, grid=(cdiv(C, COEF_C),), warmup=False)
     grid0 = cdiv(n_rows, APPLY_R) if channel_last else outer * cdiv(inner, APPLY_R)
-    balancer_apply_kernel.run(x, g, coef, out, n_rows, C, inner, grid=(grid0, cdiv(C, APPLY_C)), warmup=False,
-                              CHANNEL_LAST=channel_last, BLOCK_R=APPLY_R, BLOCK_C=APPLY_C)
+    balancer_apply_kernel.run(x, g, coef, out, n_rows, C, inner, channel_last, APPLY_R, APPLY_C,
+                              grid=(grid0, cdiv(C, APPLY_C)), warmup=False)
 
 
 def aot_specs(spec, dtypes):

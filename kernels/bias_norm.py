@@ -20,7 +20,8 @@ Launch configs are fixed per row width: a forward tile holds ~4096 elements (16 
 import triton
 import triton.language as tl
 
-from ._common import cdiv, fold_rows, reduction_programs, row_kernel_specs, row_plan, row_tile, scratch_fp32
+from ._common import (cdiv, constexpr_order, fold_rows, reduction_programs, row_kernel_specs, row_plan, row_tile,
+                      scratch_fp32)
 
 
 def _fwd_config(block_d: int):
@@ -99,12 +100,16 @@ def bias_norm_bwd_kernel(g_ptr, x_ptr, b_ptr, ls_ptr, dx_ptr, part_ptr,
     tl.store(part + D, tl.sum(dls_acc, axis=0))
 
 
+constexpr_order(bias_norm_fwd_kernel, "BLOCK_M", "BLOCK_D")  # the launchers pass them positionally
+constexpr_order(bias_norm_bwd_kernel, "BLOCK_M", "BLOCK_D")
+
+
 def forward(x2, n: int, d: int, stride_x: int, bias, log_scale, y) -> None:
     """x2: n rows of d with unit column stride and row stride stride_x; y contiguous (n rows of d).
     Shapes come in as ints: the launcher takes no views (host time)."""
     block_d, bm, warps = row_plan(_fwd_config, d)
-    bias_norm_fwd_kernel.run(x2, bias, log_scale, y, n, d, stride_x, grid=(cdiv(n, bm),), warmup=False,
-                             BLOCK_M=bm, BLOCK_D=block_d, num_warps=warps)
+    bias_norm_fwd_kernel.run(x2, bias, log_scale, y, n, d, stride_x, bm, block_d, grid=(cdiv(n, bm),), warmup=False,
+                             num_warps=warps)
 
 
 def backward(g, x2, n: int, d: int, stride_x: int, bias, log_scale, dx, dbias, dls) -> None:
@@ -113,8 +118,8 @@ def backward(g, x2, n: int, d: int, stride_x: int, bias, log_scale, dx, dbias, d
     progs = reduction_programs(n, x2)
     block_d, bm, warps = row_plan(_bwd_config, d)
     part = scratch_fp32(x2, progs * (d + 1))
-    bias_norm_bwd_kernel.run(g, x2, bias, log_scale, dx, part, n, d, cdiv(n, progs), stride_x, grid=(progs,),
-                             warmup=False, BLOCK_M=bm, BLOCK_D=block_d, num_warps=warps)
+    bias_norm_bwd_kernel.run(g, x2, bias, log_scale, dx, part, n, d, cdiv(n, progs), stride_x, bm, block_d,
+                             grid=(progs,), warmup=False, num_warps=warps)
     fold_rows(part, progs, dbias, dls)
 
 

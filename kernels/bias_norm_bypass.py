@@ -25,8 +25,8 @@ import triton
 import triton.language as tl
 
 from .bias_norm import row_backward, row_rsqrt
-from ._common import (cdiv, fold_rows, fold_two_blocks, programs_along_rows, row_kernel_specs, row_plan, row_tile,
-                      scratch_fp32)
+from ._common import (cdiv, constexpr_order, fold_rows, fold_two_blocks, programs_along_rows, row_kernel_specs,
+                      row_plan, row_tile, scratch_fp32)
 
 def _fwd_config(block_d: int):
     """(BLOCK_M, num_warps) for the forward."""
@@ -102,13 +102,16 @@ def bias_norm_bypass_bwd_kernel(g_ptr, xo_ptr, x_ptr, b_ptr, ls_ptr, c_ptr, dxo_
     tl.store(part_ptr + n_off + prow * n_stride + D, tl.sum(dls_acc, axis=0))
 
 
+constexpr_order(bias_norm_bypass_fwd_kernel, "BLOCK_M", "BLOCK_D")  # the launchers pass them positionally
+constexpr_order(bias_norm_bypass_bwd_kernel, "BLOCK_M", "BLOCK_D")
+
+
 def forward(x_orig, x, bias, log_scale, scale, c_sb: int, out, T: int, B: int, D: int, sxo, sx) -> None:
     """x_orig, x (T, B, D) with unit channel strides (strides sxo, sx); bias (D,), scale D or B*D
     entries in order (c_sb 0 or D), out (T, B, D) contiguous."""
     block_d, bm, warps = row_plan(_fwd_config, D)
     bias_norm_bypass_fwd_kernel.run(x_orig, x, bias, log_scale, scale, out, T * B, B, D, sxo[0], sxo[1], sx[0], sx[1],
-                                    c_sb, grid=(cdiv(T * B, bm),), warmup=False,
-                                    BLOCK_M=bm, BLOCK_D=block_d, num_warps=warps)
+                                    c_sb, bm, block_d, grid=(cdiv(T * B, bm),), warmup=False, num_warps=warps)
 
 
 def backward(g, x_orig, x, bias, log_scale, scale, c_sb: int, dxo, dx, dscale, dbias, dls,
@@ -127,8 +130,8 @@ def backward(g, x_orig, x, bias, log_scale, scale, c_sb: int, dxo, dx, dscale, d
         c_stride, n_off, n_stride = D, rows * D, D + 1
     part = scratch_fp32(x, rows * (2 * D + 1))
     bias_norm_bypass_bwd_kernel.run(g, x_orig, x, bias, log_scale, scale, dxo, dx, part, T, B, D, cdiv(T, progs),
-                                    sxo[0], sxo[1], sx[0], sx[1], c_sb, c_stride, n_off, n_stride,
-                                    grid=(progs, B), warmup=False, BLOCK_M=bm, BLOCK_D=block_d, num_warps=warps)
+                                    sxo[0], sxo[1], sx[0], sx[1], c_sb, c_stride, n_off, n_stride, bm, block_d,
+                                    grid=(progs, B), warmup=False, num_warps=warps)
     if c_sb == 0:
         fold_rows(part, rows, dscale, dbias, dls)
     else:

@@ -13,7 +13,7 @@ reads y[t // ds]; dy[t'] sums g * c over the ds frames of group t' (inside one p
 import triton
 import triton.language as tl
 
-from ._common import INTERPRET, cdiv, fold_rows, programs_along_rows, scratch_fp32
+from ._common import INTERPRET, cdiv, constexpr_order, fold_rows, programs_along_rows, scratch_fp32
 
 # Fixed tiles (frames x flattened columns): 2048 elements over 4 warps = 16 per thread, i.e. four
 # 16-byte vectors per tensor in fp32. The interpreter gets big tiles (it pays per program).
@@ -118,12 +118,17 @@ def upsample_bypass_bwd_kernel(g_ptr, xo_ptr, y_ptr, c_ptr, dxo_ptr, dy_ptr, dc_
     tl.store(dc_part_ptr + pid.to(tl.int64) * (B * C) + n, acc, mask=nmask)
 
 
+constexpr_order(bypass_fwd_kernel, "BLOCK_T", "BLOCK_N")  # the launchers pass them positionally
+constexpr_order(bypass_bwd_kernel, "BLOCK_T", "BLOCK_N")
+constexpr_order(upsample_bypass_fwd_kernel, "DS", "BLOCK_G", "BLOCK_N")
+constexpr_order(upsample_bypass_bwd_kernel, "DS", "BLOCK_G", "BLOCK_N")
+
+
 def forward(x_orig, y, scale_flat, out, T: int, B: int, C: int, sxo, sy) -> None:
     """sxo / sy: x_orig's and y's strides (T, B, 1)."""
     BC = B * C
     bypass_fwd_kernel.run(x_orig, y, scale_flat, out, T, B, C, scale_flat.numel(), sxo[0], sxo[1], sy[0], sy[1],
-                          grid=(cdiv(T, FWD_T), cdiv(BC, FWD_N)), warmup=False,
-                          BLOCK_T=FWD_T, BLOCK_N=FWD_N, num_warps=FWD_WARPS)
+                          FWD_T, FWD_N, grid=(cdiv(T, FWD_T), cdiv(BC, FWD_N)), warmup=False, num_warps=FWD_WARPS)
 
 
 def backward(grad, x_orig, y, scale_flat, dxo, dy, dscale, T: int, B: int, C: int, sxo, sy) -> None:
@@ -134,16 +139,16 @@ def backward(grad, x_orig, y, scale_flat, dxo, dy, dscale, T: int, B: int, C: in
     dc_part = scratch_fp32(x_orig, progs * BC)
     L = scale_flat.numel()
     bypass_bwd_kernel.run(grad, x_orig, y, scale_flat, dxo, dy, dc_part, T, B, C, L, cdiv(T, progs),
-                          sxo[0], sxo[1], sy[0], sy[1], grid=(progs, n_blocks), warmup=False,
-                          BLOCK_T=BWD_T, BLOCK_N=BWD_N, num_warps=BWD_WARPS)
+                          sxo[0], sxo[1], sy[0], sy[1], BWD_T, BWD_N, grid=(progs, n_blocks), warmup=False,
+                          num_warps=BWD_WARPS)
     fold_rows(dc_part, progs * BC // L, dscale)  # rows of length L: for L == C, the B sequences fold as well
 
 
 def upsample_forward(x_orig, y_down, scale_flat, out, ds: int, T: int, B: int, C: int, sxo, sy) -> None:
     Tg = y_down.shape[0]
     upsample_bypass_fwd_kernel.run(x_orig, y_down, scale_flat, out, T, Tg, B, C, scale_flat.numel(),
-                                   sxo[0], sxo[1], sy[0], sy[1], grid=(cdiv(Tg, UP_G), cdiv(B * C, UP_N)),
-                                   warmup=False, DS=ds, BLOCK_G=UP_G, BLOCK_N=UP_N, num_warps=UP_WARPS)
+                                   sxo[0], sxo[1], sy[0], sy[1], ds, UP_G, UP_N,
+                                   grid=(cdiv(Tg, UP_G), cdiv(B * C, UP_N)), warmup=False, num_warps=UP_WARPS)
 
 
 def upsample_backward(grad, x_orig, y_down, scale_flat, dxo, dy, ds: int, dscale, T: int, B: int, C: int,
@@ -155,8 +160,8 @@ def upsample_backward(grad, x_orig, y_down, scale_flat, dxo, dy, ds: int, dscale
     dc_part = scratch_fp32(x_orig, progs * BC)
     L = scale_flat.numel()
     upsample_bypass_bwd_kernel.run(grad, x_orig, y_down, scale_flat, dxo, dy, dc_part, T, Tg, B, C, L,
-                                   cdiv(Tg, progs), sxo[0], sxo[1], sy[0], sy[1], grid=(progs, n_blocks),
-                                   warmup=False, DS=ds, BLOCK_G=UP_BWD_G, BLOCK_N=UP_BWD_N, num_warps=4)
+                                   cdiv(Tg, progs), sxo[0], sxo[1], sy[0], sy[1], ds, UP_BWD_G, UP_BWD_N,
+                                   grid=(progs, n_blocks), warmup=False, num_warps=4)
     fold_rows(dc_part, progs * BC // L, dscale)
 
 

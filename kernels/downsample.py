@@ -16,7 +16,7 @@ backward: dx[t] = g[t // ds] * w[t % ds], except the last frame T-1, which also 
 import triton
 import triton.language as tl
 
-from ._common import INTERPRET, cdiv, next_pow2, programs_along_rows, scratch_fp32
+from ._common import INTERPRET, cdiv, constexpr_order, next_pow2, programs_along_rows, scratch_fp32
 
 # Forward tile: BLOCK_G groups x BLOCK_N columns, each group reading DS frames (fixed; 2 x 512 over
 # 4 warps = 8 outputs and 8 x DS inputs per thread).
@@ -106,10 +106,15 @@ def downsample_dbias_kernel(part_ptr, b_ptr, out_ptr, R, DS: tl.constexpr, BLOCK
     tl.store(out_ptr + kk, (w * (dw - tl.sum(w * dw, axis=0))).to(out_ptr.dtype.element_ty))
 
 
+constexpr_order(downsample_fwd_kernel, "DS", "BLOCK_G", "BLOCK_N")  # the launchers pass them positionally
+constexpr_order(downsample_bwd_kernel, "DS", "BLOCK_G", "BLOCK_N")
+constexpr_order(downsample_dbias_kernel, "DS", "BLOCK_R")
+
+
 def forward(x, bias, out, ds: int, T: int, Tg: int, B: int, C: int, sx) -> None:
     """x (T, B, C) with strides sx (unit channel stride), out (Tg, B, C) contiguous."""
-    downsample_fwd_kernel.run(x, bias, out, T, Tg, B, C, sx[0], sx[1], grid=(cdiv(Tg, FWD_G), cdiv(B * C, FWD_N)),
-                              warmup=False, DS=ds, BLOCK_G=FWD_G, BLOCK_N=FWD_N, num_warps=FWD_WARPS)
+    downsample_fwd_kernel.run(x, bias, out, T, Tg, B, C, sx[0], sx[1], ds, FWD_G, FWD_N,
+                              grid=(cdiv(Tg, FWD_G), cdiv(B * C, FWD_N)), warmup=False, num_warps=FWD_WARPS)
 
 
 def backward(grad, x, bias, dx, dbias, ds: int, T: int, Tg: int, B: int, C: int, sx) -> None:
@@ -120,11 +125,10 @@ def backward(grad, x, bias, dx, dbias, ds: int, T: int, Tg: int, B: int, C: int,
     n_blocks = cdiv(B * C, block_n)
     progs = programs_along_rows(Tg, n_blocks, x, min_rows=max(2, 16 // max(1, n_blocks)))
     dw_part = scratch_fp32(x, progs * n_blocks * ds)
-    downsample_bwd_kernel.run(grad, x, bias, dx, dw_part, T, Tg, B, C, cdiv(Tg, progs), sx[0], sx[1],
-                              grid=(progs, n_blocks), warmup=False, DS=ds, BLOCK_G=BWD_G, BLOCK_N=block_n,
+    downsample_bwd_kernel.run(grad, x, bias, dx, dw_part, T, Tg, B, C, cdiv(Tg, progs), sx[0], sx[1], ds, BWD_G,
+                              block_n, grid=(progs, n_blocks), warmup=False,
                               num_warps=4 if block_n * BWD_G * ds <= 2048 else 8)
-    downsample_dbias_kernel.run(dw_part, bias, dbias, progs * n_blocks, grid=(1,), warmup=False, DS=ds, BLOCK_R=64,
-                                num_warps=4)
+    downsample_dbias_kernel.run(dw_part, bias, dbias, progs * n_blocks, ds, 64, grid=(1,), warmup=False, num_warps=4)
 
 
 def aot_specs(spec, dtypes):

@@ -8,7 +8,7 @@ second can never undo the first, so one combined flip is the same function.
 import triton
 import triton.language as tl
 
-from ._common import cdiv
+from ._common import cdiv, constexpr_order
 
 BLOCK = 1024
 
@@ -23,10 +23,13 @@ def limit_param_bwd_kernel(x_ptr, g_ptr, out_ptr, n, lo, hi, BLOCK: tl.constexpr
     tl.store(out_ptr + offs, tl.where(flip, -g, g), mask=m)
 
 
+constexpr_order(limit_param_bwd_kernel, "BLOCK")  # the launcher passes it positionally
+
+
 def backward(x, g, out, lo: float, hi: float) -> None:
     """x, g, out contiguous with the same number of elements."""
     n = g.numel()
-    limit_param_bwd_kernel.run(x, g, out, n, lo, hi, grid=(cdiv(n, BLOCK),), warmup=False, BLOCK=BLOCK)
+    limit_param_bwd_kernel.run(x, g, out, n, lo, hi, BLOCK, grid=(cdiv(n, BLOCK),), warmup=False)
 
 
 def aot_specs(spec, dtypes):

@@ -17,6 +17,8 @@ Math runs in the input dtype (fp32, or fp64 for gradcheck-style tests).
 import triton
 import triton.language as tl
 
+from ._common import constexpr_order
+
 MAX_BLOCK_S = 4096  # beyond this many symbols the caller uses the torch wavefront
 
 
@@ -106,6 +108,10 @@ def mi_backward_kernel(px_ptr, py_ptr, p_ptr, beta_ptr, tot_ptr, pxg_ptr, pyg_pt
         tl.debug_barrier()
 
 
+constexpr_order(mi_forward_kernel, "MODIFIED", "BLOCK_S")  # the launchers pass them positionally
+constexpr_order(mi_backward_kernel, "MODIFIED", "BLOCK_S")
+
+
 def _launch_params(S1: int):
     block = max(triton.next_power_of_2(S1), 32)
     return block, max(1, min(8, block // 128))
@@ -129,8 +135,8 @@ def forward_and_grads(px, py, boundary, need_grads: bool):
     boundary = boundary.contiguous()
     block, warps = _launch_params(S + 1)
     p = torch.empty((B, S + 1, T + 1), dtype=px.dtype, device=px.device)
-    mi_forward_kernel.run(px, py, p, boundary, S, T, TX, K, grid=(B,), warmup=False, MODIFIED=modified,
-                          BLOCK_S=block, num_warps=warps)
+    mi_forward_kernel.run(px, py, p, boundary, S, T, TX, K, modified, block, grid=(B,), warmup=False,
+                          num_warps=warps)
     b_idx = torch.arange(B, device=px.device)
     total = p[b_idx, boundary[:, 2], boundary[:, 3]]
     if not need_grads:
@@ -139,8 +145,8 @@ def forward_and_grads(px, py, boundary, need_grads: bool):
     px_grad = torch.zeros_like(px)
     py_grad = torch.zeros_like(py)
     safe_total = torch.where(torch.isfinite(total), total, torch.full_like(total, float("inf")))
-    mi_backward_kernel.run(px, py, p, beta, safe_total, px_grad, py_grad, boundary, S, T, TX, K, grid=(B,),
-                           warmup=False, MODIFIED=modified, BLOCK_S=block, num_warps=warps)
+    mi_backward_kernel.run(px, py, p, beta, safe_total, px_grad, py_grad, boundary, S, T, TX, K, modified, block,
+                           grid=(B,), warmup=False, num_warps=warps)
     return total, px_grad, py_grad
 
 

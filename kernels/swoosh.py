@@ -12,7 +12,7 @@ sigmoid(x - shift) - 0.08 exactly from x.
 import triton
 import triton.language as tl
 
-from ._common import INTERPRET, cdiv, num_sms, softplus
+from ._common import INTERPRET, cdiv, constexpr_order, num_sms, softplus
 
 # GPU: a tile is 8 warps x 32 lanes x 8 (fp32) or 16 (16-bit) elements = two 16-byte vectors per
 # lane; a grid-stride loop over tiles with PROGRAMS_PER_SM programs per SM (8 x 256 threads fill an
@@ -76,6 +76,10 @@ def swoosh_bwd_kernel(g_ptr, s_ptr, dx_ptr, n, tiles_per_prog, shift,
         tl.store(dx_ptr + offs, (dy * d).to(dx_ptr.dtype.element_ty), mask=mask)
 
 
+constexpr_order(swoosh_fwd_kernel, "SAVE", "BLOCK")  # the launchers pass them positionally
+constexpr_order(swoosh_bwd_kernel, "SAVE", "BLOCK")
+
+
 def _launch(n: int, element_size: int, t):
     """(grid, BLOCK, tiles per program) of the grid-stride loop."""
     block = BLOCK if INTERPRET or element_size >= 4 else 2 * BLOCK
@@ -89,15 +93,15 @@ def forward(x, y, code, seed: int, shift: float, offset: float) -> None:
     n = x.numel()
     grid, block, per = _launch(n, x.element_size(), x)
     save = SAVE_UINT8 if code is not None else SAVE_NONE
-    swoosh_fwd_kernel.run(x, y, code if code is not None else y, n, per, seed, shift, offset, grid=grid,
-                          warmup=False, SAVE=save, BLOCK=block, num_warps=NUM_WARPS)
+    swoosh_fwd_kernel.run(x, y, code if code is not None else y, n, per, seed, shift, offset, save, block, grid=grid,
+                          warmup=False, num_warps=NUM_WARPS)
 
 
 def backward(grad, saved, dx, shift: float, compact: bool) -> None:
     n = dx.numel()
     grid, block, per = _launch(n, dx.element_size(), dx)
-    swoosh_bwd_kernel.run(grad, saved, dx, n, per, shift, grid=grid, warmup=False,
-                          SAVE=SAVE_UINT8 if compact else SAVE_NONE, BLOCK=block, num_warps=NUM_WARPS)
+    swoosh_bwd_kernel.run(grad, saved, dx, n, per, shift, SAVE_UINT8 if compact else SAVE_NONE, block, grid=grid,
+                          warmup=False, num_warps=NUM_WARPS)
 
 
 def aot_specs(spec, dtypes):

@@ -7,6 +7,9 @@
   when asked for more, and keeps slots and threads apart.
 - programs_along_rows keeps its rule: ~4 programs per SM over the whole grid, at least min_rows
   rows each, FALLBACK_SMS off the GPU.
+- constexpr_names reads a kernel's trailing constexprs in signature order (through an autotuner
+  too) and constexpr_order refuses a launcher's order that differs: launchers pass constexprs
+  positionally.
 """
 import threading
 
@@ -77,3 +80,16 @@ def test_programs_along_rows_off_gpu(rows, column_programs):
     for min_rows in (2, 4, 16):
         assert K.programs_along_rows(rows, column_programs, t, min_rows) == _old_rule(rows, column_programs, 0,
                                                                                        min_rows)
+
+
+def test_constexpr_order_reads_the_signature_and_refuses_another_order():
+    from zipformer_fast.kernels import activation_linear, bypass
+
+    assert K.constexpr_names(bypass.upsample_bypass_fwd_kernel) == ("DS", "BLOCK_G", "BLOCK_N")
+    assert K.constexpr_names(activation_linear.act_linear_fwd_kernel) == (  # an autotuned kernel
+        "HAS_BIAS", "HAS_MASK", "PRECISION", "BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M")
+    K.constexpr_order(bypass.bypass_fwd_kernel, "BLOCK_T", "BLOCK_N")
+    with pytest.raises(AssertionError, match="trailing constexprs"):
+        K.constexpr_order(bypass.bypass_fwd_kernel, "BLOCK_N", "BLOCK_T")
+    with pytest.raises(AssertionError, match="trailing constexprs"):
+        K.constexpr_order(bypass.bypass_fwd_kernel, "BLOCK_N")

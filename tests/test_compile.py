@@ -13,6 +13,8 @@ machine, so those tests are marked slow and run with `pytest -m slow` (bench/com
 the same things); the eval traces, the sync checks and tests/test_device_randomness.py always run.
 """
 
+import warnings
+
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -164,6 +166,40 @@ def test_compile_encoder_keeps_conv_embed_eager_under_inductor(monkeypatch):
         got, got_lens = model.encode(x, lens)
         want, want_lens = AsrModel.encode(model, x, lens)
     assert torch.equal(got_lens, want_lens) and torch.equal(got, want)
+
+
+def test_compile_encoder_runs_a_region_eagerly_after_dynamo_gives_up_on_it(monkeypatch):
+    """A compiled region that reaches dynamo's recompile limit (an error under fullgraph=True)
+    runs eagerly from then on, with a warning, and gives the eager numbers; the other region
+    stays compiled."""
+    from torch._dynamo.exc import FailOnRecompileLimitHit
+
+    calls = {}
+
+    def compile_that_gives_up_on_the_second_call(fn, **kwargs):
+        name = getattr(fn, "__name__", type(fn).__name__)
+
+        def compiled(*args):
+            calls[name] = calls.get(name, 0) + 1
+            if name == "_encode_embedded" and calls[name] >= 2:
+                raise FailOnRecompileLimitHit("recompile_limit reached with fullgraph=True")
+            return fn(*args)
+
+        return compiled
+
+    monkeypatch.setattr(torch, "compile", compile_that_gives_up_on_the_second_call)
+    model = build_xs().eval()
+    model.compile_encoder(backend="aot_eager")
+    for T in (60, 72, 80):
+        x, lens = xs_inputs(2, T)
+        with torch.no_grad(), warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            got, got_lens = model.encode(x, lens)
+            want, want_lens = AsrModel.encode(model, x, lens)
+        assert torch.equal(got_lens, want_lens) and torch.equal(got, want)
+        gave_up = [w for w in caught if "recompile limit" in str(w.message)]
+        assert len(gave_up) == (1 if T == 72 else 0), T
+    assert calls == {"Conv2dSubsampling": 3, "_encode_embedded": 2}  # the stacks' third call ran eagerly
 
 
 # ------------------------------------------------------------------------ compiled training

@@ -24,6 +24,7 @@ break the graph); call `check_input_values` before the compiled call to keep the
 """
 from __future__ import annotations
 
+import warnings
 from typing import List, Optional, Tuple
 
 import torch
@@ -43,6 +44,15 @@ from .joiner import Joiner
 from .losses import AsrLosses, asr_losses
 
 MIN_FRAMES = 9  # (T - 7) // 2 >= 1
+
+
+def _recompile_limit_errors() -> tuple:
+    """dynamo's error for a fullgraph function past its recompile limit (named differently across
+    torch versions)."""
+    import torch._dynamo.exc as exc
+
+    return tuple(getattr(exc, name) for name in ("FailOnRecompileLimitHit", "FailOnCacheLimitHit")
+                 if hasattr(exc, name))
 
 
 class AsrModel(nn.Module):
@@ -161,21 +171,40 @@ class AsrModel(nn.Module):
         backward graph (torch 2.13, seen on CPU) specialises the time axis (a guard on a stride,
         added by a binary op's memory-format check during fake-tensor propagation), so every new
         input length recompiles it until dynamo's recompile limit fails the run
-        (FailOnRecompileLimitHit after ~10 training steps). compile_embed=True forces it."""
+        (FailOnRecompileLimitHit after ~10 training steps). compile_embed=True forces it.
+
+        A region whose compilations reach dynamo's recompile limit (fullgraph=True makes that an
+        error) runs eagerly from then on, with a warning: the same numbers, eager speed. Under
+        inductor the stacks' training graph does (torch 2.13, seen on CPU): AOTAutograd re-strides
+        saved activations to inductor's forward strides when compiling the backward, which pins
+        batch and time (docs/known_issues.md, torch.compile)."""
         kwargs = dict(fullgraph=True, dynamic=True)
         kwargs.update(compile_kwargs)
         if compile_embed is None:
             compile_embed = kwargs.get("backend", "inductor") != "inductor"
         triton_available()  # fill its cache now, or the first compiled call guards on it being empty
-        embed = torch.compile(self.encoder_embed, **kwargs) if compile_embed else self.encoder_embed
-        stacks = torch.compile(self._encode_embedded, **kwargs)
+        regions = {"Conv-Embed": torch.compile(self.encoder_embed, **kwargs) if compile_embed else self.encoder_embed,
+                   "stacks": torch.compile(self._encode_embedded, **kwargs)}
+        eager = {"Conv-Embed": self.encoder_embed, "stacks": self._encode_embedded}
+
+        def run(name: str, *args):
+            fn = regions[name]
+            try:
+                return fn(*args)
+            except _recompile_limit_errors() as error:
+                if fn is eager[name]:
+                    raise
+                warnings.warn(f"compile_encoder: the compiled {name} region reached dynamo's recompile limit "
+                              f"({type(error).__name__}); it runs eagerly from now on (docs/known_issues.md)")
+                regions[name] = eager[name]
+                return eager[name](*args)
 
         def encode(features: Tensor, feature_lens: Tensor) -> Tuple[Tensor, Tensor]:
             torch._dynamo.mark_static(features, 2)
             with compile_settings():  # one trace per compilation, not two (see compile_settings)
-                x, x_lens = embed(features, feature_lens)
+                x, x_lens = run("Conv-Embed", features, feature_lens)
                 torch._dynamo.mark_static(x, 2)
-                return stacks(x, x_lens)
+                return run("stacks", x, x_lens)
 
         self.encode = encode
 

@@ -99,7 +99,7 @@ def _mask_arg(mask: Optional[Tensor], x: Tensor) -> Tuple[Optional[Tensor], int]
         return None, 1
     ms, xs = mask.shape, x.shape
     n = len(ms)
-    # icefall's (1, B, K) mask on a (T, B, K) input, without the general loop (host time)
+    # icefall's (1, B, K) mask on a (T, B, K) input, without the general loop (0.88 -> 0.58 us)
     if n == 3 and len(xs) == 3 and ms[0] == 1 and ms[1] == xs[1] and ms[2] == xs[2] and mask.is_contiguous():
         return mask, ms[1]
     if n == len(xs) and mask.is_contiguous():

@@ -71,7 +71,8 @@ def shapes_ok(shape, y_shape, scale: Tensor) -> bool:
         return False
     s = scale.shape
     n = len(s)
-    # the common (C,) and per-sequence (B, C) scales without _scale_len's numel() (host time)
+    # the common (C,) and per-sequence (B, C) scales without _scale_len's numel() (per-sequence
+    # 0.94 -> 0.65 us)
     if n == 1:
         return s[0] == C
     if n == 2 and s[0] == B and s[1] == C:

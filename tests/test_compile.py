@@ -143,24 +143,32 @@ def test_compile_encoder_compiles_each_region_once_for_all_lengths_with_static_c
         assert isinstance(size[0], torch.SymInt) and isinstance(size[1], torch.SymInt), size
 
 
-def test_compile_encoder_keeps_conv_embed_eager_under_inductor(monkeypatch):
-    """Under inductor, Conv-Embed is not compiled (its backward compile specialises the time axis,
-    so each new length would recompile until dynamo's limit fails the run; see compile_encoder);
-    the stacks are. Other backends compile both, and compile_embed=True forces Conv-Embed."""
+def test_compile_encoder_compiles_both_regions_with_the_stride_keeping_inductor_backend(monkeypatch):
+    """compile_encoder compiles Conv-Embed and the stacks (compile_embed=False leaves Conv-Embed
+    eager); plain inductor becomes compile_backend.inductor_keeping_saved_strides (its reason:
+    tests/test_compile_inductor_training.py), other backends and inductor with a mode are passed
+    through. The compiled encode computes the eager encode."""
+    from zipformer_fast.compile_backend import inductor_keeping_saved_strides
+
     compiled = []
 
     def recording_compile(fn, **kwargs):
-        compiled.append(getattr(fn, "__name__", type(fn).__name__))
+        compiled.append((getattr(fn, "__name__", type(fn).__name__), kwargs["backend"]))
         return fn
 
     monkeypatch.setattr(torch, "compile", recording_compile)
     model = build_xs().eval()
-    for kwargs, expected in (({}, ["_encode_embedded"]), ({"backend": "inductor"}, ["_encode_embedded"]),
-                             ({"backend": "aot_eager"}, ["Conv2dSubsampling", "_encode_embedded"]),
-                             ({"compile_embed": True}, ["Conv2dSubsampling", "_encode_embedded"])):
+    keep = inductor_keeping_saved_strides
+    for kwargs, regions, backend in (
+            ({}, ["Conv2dSubsampling", "_encode_embedded"], keep),
+            ({"backend": "inductor"}, ["Conv2dSubsampling", "_encode_embedded"], keep),
+            ({"backend": "inductor", "mode": "max-autotune-no-cudagraphs"}, ["Conv2dSubsampling", "_encode_embedded"],
+             "inductor"),
+            ({"backend": "aot_eager"}, ["Conv2dSubsampling", "_encode_embedded"], "aot_eager"),
+            ({"compile_embed": False}, ["_encode_embedded"], keep)):
         compiled.clear()
         model.compile_encoder(**kwargs)
-        assert compiled == expected, kwargs
+        assert compiled == [(name, backend) for name in regions], kwargs
     x, lens = xs_inputs(2, 60)
     with torch.no_grad():
         got, got_lens = model.encode(x, lens)
@@ -273,6 +281,34 @@ def test_compiled_stack_training_compiles_in_its_first_step_only_and_matches_eag
         with torch.no_grad():
             torch.testing.assert_close(forward(x, src_key_padding_mask=pad),
                                        model.forward(x, src_key_padding_mask=pad), rtol=1e-5, atol=1e-6)
+
+
+def test_inductor_training_of_a_stack_compiles_once_for_new_batch_shapes():
+    """The recipes' default backend (compile_encoder's inductor_keeping_saved_strides, C++ on the
+    CPU) on a training stack, batch and length new at every step: one compilation. With torch's
+    own inductor, AOTAutograd re-strides saved activations to inductor's layouts for the backward
+    compile and the guards that adds pin batch and time, and inductor's convolution_backward
+    lowering pins time (ops.traced_conv): each new shape recompiled. Losses are the eager loop's
+    up to inductor's float reordering (with fallback_random: inductor draws with torch's generator,
+    as eager does, instead of its own)."""
+    import copy
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    from zipformer_fast.compile_backend import inductor_keeping_saved_strides, keeps_saved_strides
+
+    assert keeps_saved_strides()
+    steps = [(2, 30, 0.0), (3, 37, 700.0), (2, 26, 2500.0), (3, 45, 9000.0)]
+    model = _small_stack()
+    eager_model = copy.deepcopy(model)
+    torch._dynamo.reset()
+    counter = CompileCounterWithBackend(inductor_keeping_saved_strides)
+    forward = torch.compile(model.forward, fullgraph=True, dynamic=True, backend=counter)
+    with use_backend("reference"), compile_settings(), torch._inductor.config.patch(fallback_random=True):
+        losses = _stack_loop(model, forward, steps)
+        assert counter.frame_count == 1
+        with use_device_side_randomness():
+            eager = _stack_loop(eager_model, eager_model.forward, steps)
+    assert losses == pytest.approx(eager, rel=1e-4)
 
 
 @pytest.mark.slow  # several CPU-minutes of tracing

@@ -36,6 +36,7 @@ from zipformer_fast.ops.downsample import simple_downsample  # noqa: E402
 from zipformer_fast.ops.gated_conv import gated_depthwise_conv1d  # noqa: E402
 from zipformer_fast.ops.residual_linear import residual_linear  # noqa: E402
 from zipformer_fast.ops.swoosh import swoosh_l, swoosh_r  # noqa: E402
+from zipformer_fast.ops.traced_conv import convolution_backward  # noqa: E402
 from zipformer_fast.nn.grad_shapers import limit_param_gradient  # noqa: E402
 
 NAMESPACE = "zipformer_fast"
@@ -136,9 +137,19 @@ def _attention(B):
             out.backward(torch.randn_like(out))
 
 
+def _traced_conv(B):
+    """The gradient node of ops.traced_conv (what compiled training graphs call for a conv): the
+    encoder's depthwise conv1d with its bias, and a strided 2-D conv without one or an input gradient."""
+    x, w = _r(B, 6, 11, grad=False), _r(6, 1, 5, grad=False)
+    convolution_backward(_r(B, 6, 11, grad=False), x, w, True, [1], [2], 6, True, True, True)
+    x2, w2 = _r(B, 3, 9, 8, grad=False), _r(4, 3, 3, 3, grad=False)
+    convolution_backward(_r(B, 4, 7, 3, grad=False), x2, w2, False, [1, 2], [0, 0], 1, False, True, False)
+
+
 SCENARIOS = {"swoosh": _swoosh, "bias_norm": _bias_norm, "bypass": _bypass, "bias_norm_bypass": _bias_norm_bypass,
              "downsample": _downsample, "activation_linear": _activation_linear,
-             "inference_epilogues": _inference_epilogues, "grad_shapers": _grad_shapers, "attention": _attention}
+             "inference_epilogues": _inference_epilogues, "grad_shapers": _grad_shapers, "attention": _attention,
+             "traced_conv": _traced_conv}
 
 
 def _record(name, B):

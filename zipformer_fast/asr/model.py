@@ -30,6 +30,7 @@ from typing import List, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
+from ..compile_backend import training_backend
 from ..compile_settings import compile_settings
 from ..config import ZipformerConfig
 from ..nn.linear import ScaledLinear
@@ -154,7 +155,7 @@ class AsrModel(nn.Module):
         out, out_lens = self.encoder(x, x_lens, src_key_padding_mask)
         return out.permute(1, 0, 2), out_lens
 
-    def compile_encoder(self, compile_embed: Optional[bool] = None, **compile_kwargs) -> None:
+    def compile_encoder(self, compile_embed: bool = True, **compile_kwargs) -> None:
         """Replace `encode` (not the input checks) by two torch.compile'd regions, Conv-Embed and
         the encoder stacks, each fullgraph=True, dynamic=True (**compile_kwargs override). Two
         regions, not one: with Conv-Embed's output length as an expression of the input's
@@ -166,22 +167,19 @@ class AsrModel(nn.Module):
         graph (tests/test_compile.py). The calls run under compile_settings() (floats specialised:
         one trace per compilation instead of two). The model must not be deep-copied afterwards
         (the compiled functions are instance attributes); state_dict() is unaffected.
+        compile_embed=False leaves Conv-Embed eager.
 
-        Under inductor (the default backend) Conv-Embed runs eagerly: inductor's compile of its
-        backward graph (torch 2.13, seen on CPU) specialises the time axis (a guard on a stride,
-        added by a binary op's memory-format check during fake-tensor propagation), so every new
-        input length recompiles it until dynamo's recompile limit fails the run
-        (FailOnRecompileLimitHit after ~10 training steps). compile_embed=True forces it.
+        Plain inductor (the default backend, no mode / options) is compile_backend's
+        inductor_keeping_saved_strides: with torch's own, AOTAutograd re-strides saved
+        activations to inductor's layouts when it compiles the backward, which pins batch and
+        time, so every new batch shape recompiled the training graph (torch 2.13; the other pin,
+        inductor's convolution_backward lowering, is ops.traced_conv's reason).
 
         A region whose compilations reach dynamo's recompile limit (fullgraph=True makes that an
-        error) runs eagerly from then on, with a warning: the same numbers, eager speed. Under
-        inductor the stacks' training graph does (torch 2.13, seen on CPU): AOTAutograd re-strides
-        saved activations to inductor's forward strides when compiling the backward, which pins
-        batch and time (docs/known_issues.md, torch.compile)."""
+        error) runs eagerly from then on, with a warning: the same numbers, eager speed."""
         kwargs = dict(fullgraph=True, dynamic=True)
         kwargs.update(compile_kwargs)
-        if compile_embed is None:
-            compile_embed = kwargs.get("backend", "inductor") != "inductor"
+        kwargs["backend"] = training_backend(kwargs.get("backend", "inductor"), kwargs)
         triton_available()  # fill its cache now, or the first compiled call guards on it being empty
         regions = {"Conv-Embed": torch.compile(self.encoder_embed, **kwargs) if compile_embed else self.encoder_embed,
                    "stacks": torch.compile(self._encode_embedded, **kwargs)}

@@ -17,10 +17,16 @@ from torch import Tensor, nn
 
 from ..ops.gated_conv import gated_depthwise_conv1d
 from ..ops.residual_linear import residual_linear
+from ..ops.traced_conv import conv
 from .grad_shapers import Balancer, Whiten, whitening_schedule
 from .linear import ActivationDropoutAndLinear
 from .scheduled_float import ScheduledFloat
 from .streaming_state import check_cache
+
+
+def _conv(module: nn.Conv1d, x: Tensor) -> Tensor:
+    """module(x) through ops.traced_conv.conv (under torch.compile its gradient is one opaque node)."""
+    return conv(x, module.weight, module.bias, module.stride, module.padding, module.groups)
 
 
 class ChunkCausalDepthwiseConv1d(nn.Module):
@@ -59,11 +65,11 @@ class ChunkCausalDepthwiseConv1d(nn.Module):
             chunk_size = T
         right_pad = -T % chunk_size
         x = nn.functional.pad(x, (left_pad, right_pad))
-        x_causal = self.causal_conv(x[..., :left_pad + T])
+        x_causal = _conv(self.causal_conv, x[..., :left_pad + T])
         x_chunk = x[..., left_pad:]
         n = x_chunk.shape[2] // chunk_size
         x_chunk = x_chunk.reshape(B, D, n, chunk_size).permute(0, 2, 1, 3).reshape(B * n, D, chunk_size)
-        x_chunk = self.chunkwise_conv(x_chunk) * self.chunk_scale(chunk_size)
+        x_chunk = _conv(self.chunkwise_conv, x_chunk) * self.chunk_scale(chunk_size)
         x_chunk = x_chunk.reshape(B, n, D, chunk_size).permute(0, 2, 1, 3).reshape(B, D, n * chunk_size)[..., :T]
         return x_chunk + x_causal
 

@@ -18,6 +18,7 @@ from torch.nn import functional as F
 
 from ..ops.conv_chain import conv_chain
 from ..ops.swoosh import swoosh_l
+from ..ops.traced_conv import conv
 from .activations import SwooshL, SwooshR
 from .bias_norm import BiasNorm
 from .dropout import Dropout3
@@ -137,7 +138,8 @@ class Conv2dSubsampling(nn.Module):
     def forward(self, x: Tensor, x_lens: Tensor) -> Tuple[Tensor, Tensor]:
         """x (N, T, F), T >= 9 -> ((N, (T-7)//2, D0), (x_lens-7)//2)."""
         c = self.conv  # conv, ScaleGrad, Balancer, SwooshR, conv, Balancer, SwooshR, conv, Balancer, SwooshR
-        x = c[2](c[1](c[0](x.unsqueeze(1))))
+        first = c[0]  # through ops.traced_conv (under torch.compile its gradient is one opaque node)
+        x = c[2](c[1](conv(x.unsqueeze(1), first.weight, first.bias, first.stride, first.padding, first.groups)))
         # Each SwooshR runs with the conv after it (conv_chain: the fused path recomputes the
         # activation in backward instead of storing it); the last one opens the ConvNeXt block.
         x = c[5](conv_chain(x, [("swoosh", "SwooshR"), ("conv", _conv_spec(c[4]))]))

@@ -27,12 +27,12 @@ from typing import Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
-from torch.nn import functional as F
 
 from ..backend import use_triton_for
 from ._registry import autocast_enabled, backward_once, compute_dtype, function_may_launch
 from .balancer import balancer, balancer_gradient
 from .swoosh import SWOOSH_L_OFFSET, SWOOSH_L_SHIFT, SWOOSH_R_OFFSET, SWOOSH_R_SHIFT, swoosh
+from .traced_conv import conv, convolution_backward
 
 _CONSTANTS = {"SwooshL": (SWOOSH_L_SHIFT, SWOOSH_L_OFFSET), "SwooshR": (SWOOSH_R_SHIFT, SWOOSH_R_OFFSET)}
 
@@ -87,7 +87,7 @@ def _run(x: Tensor, plan, params, cdt, fused: bool, keep_inputs: bool = False, c
             _, stride, padding, groups, has_bias = step
             w = next(it)
             b = next(it) if has_bias else None
-            y = F.conv2d(_cast(y, cdt), _cast(w, cdt), _cast(b, cdt), stride, padding, 1, groups)
+            y = conv(_cast(y, cdt), _cast(w, cdt), _cast(b, cdt), stride, padding, groups)
         elif not fused:  # an active Balancer: identity forward, gradient edit in backward
             y = balancer(y, step[1])
         if i == capture:
@@ -125,9 +125,8 @@ class _ConvChain(torch.autograd.Function):
                 w, b = params[p], (params[p + 1] if has_bias else None)
                 wc = _cast(w, cdt)
                 mask = [i > 0 or ctx.needs_input_grad[0], bool(need[p]), has_bias and bool(need[p + 1])]
-                dinp, dw, db = torch.ops.aten.convolution_backward(
-                    _cast(g, wc.dtype), inp, wc, [w.shape[0]] if has_bias else None, list(stride), list(padding),
-                    [1, 1], False, [0, 0], groups, mask)
+                dinp, dw, db = convolution_backward(_cast(g, wc.dtype), inp, wc, has_bias, stride, padding, groups,
+                                                    *mask)
                 if mask[1]:
                     grads[p] = dw.to(w.dtype)
                 if mask[2]:

@@ -40,6 +40,7 @@ from ._registry import (
     kernels, linear_grads,
 )
 from .balancer import BalancerConfig, balancer, balancer_gradient
+from .traced_conv import conv, convolution_backward
 
 
 def gated_depthwise_conv1d_reference(src: Tensor, in_weight: Tensor, in_bias: Optional[Tensor],
@@ -50,7 +51,7 @@ def gated_depthwise_conv1d_reference(src: Tensor, in_weight: Tensor, in_bias: Op
     u = (x * torch.sigmoid(s)).permute(1, 2, 0)
     if padding_mask is not None:
         u = u.masked_fill(padding_mask.unsqueeze(1).expand_as(u), 0.0)
-    return F.conv1d(u, dw_weight, dw_bias, 1, dw_weight.shape[-1] // 2, 1, dw_weight.shape[0])
+    return conv(u, dw_weight, dw_bias, 1, dw_weight.shape[-1] // 2, dw_weight.shape[0])
 
 
 def _gate(x: Tensor, sig: Tensor, padding_mask: Optional[Tensor]) -> Tensor:
@@ -83,9 +84,8 @@ class _GatedDepthwiseConv1d(torch.autograd.Function):
         u = _gate(x, sig, padding_mask)
         w = dw_weight if cdt is None else dw_weight.to(cdt)
         mask = [any(need[:3]), need[4], dw_bias is not None and need[5]]
-        du, dw, db = torch.ops.aten.convolution_backward(
-            grad.to(w.dtype), u.to(w.dtype), w, None if dw_bias is None else [dw_weight.shape[0]], [1],
-            [dw_weight.shape[-1] // 2], [1], False, [0], dw_weight.shape[0], mask)
+        du, dw, db = convolution_backward(grad.to(w.dtype), u.to(w.dtype), w, dw_bias is not None, [1],
+                                          [dw_weight.shape[-1] // 2], dw_weight.shape[0], *mask)
         grads = [None] * 3
         if mask[0]:
             du = du.to(u.dtype)

@@ -13,9 +13,12 @@ outputs; at worst a copy where it would have chosen another layout), so nothing 
 re-strided. The other pin, inductor's lowering of convolution_backward, is avoided in the
 model (ops.traced_conv).
 
-The FX graph cache is off for these compiles: its key does not include which outputs are
-user-visible, so it could serve a graph plain inductor compiled (correct numbers, but its
-strides and the pinning guards that come with them).
+The FX graph cache's key does not include which outputs are user-visible, so without more it
+could serve a graph plain inductor compiled (correct numbers, but its strides and the pinning
+guards that come with them). A post-grad pass that changes nothing (_CacheKeyTag, chaining any
+pass the user configured) puts this backend's name in the key through the pass's uuid, the
+cache's own mechanism for custom passes; a later process then loads its graphs instead of
+compiling them again.
 
 `inductor_keeping_saved_strides` is a plain backend callable: torch.compile(fn,
 backend=inductor_keeping_saved_strides). It uses inductor's compile_fx with its documented
@@ -48,6 +51,29 @@ def _all_outputs_visible_inner_compile():
     return inner_compile
 
 
+def _cache_key_tag(user_pass):
+    """A CustomGraphPass that runs `user_pass` (inductor's configured post-grad post pass, or
+    None) and names this backend in its uuid; None where this torch has no CustomGraphPass."""
+    try:
+        from torch._inductor.custom_graph_pass import CustomGraphPass
+    except ImportError:
+        return None
+
+    class _CacheKeyTag(CustomGraphPass):
+        def __call__(self, graph: torch.fx.Graph) -> None:
+            if user_pass is not None:
+                user_pass(graph)
+
+        def uuid(self):
+            if user_pass is None:
+                return "zipformer_fast.inductor_keeping_saved_strides.v1"
+            inner = user_pass.uuid() if hasattr(user_pass, "uuid") else None
+            # a pass without a uuid makes inductor bypass its cache, as it would without this tag
+            return None if inner is None else ("zipformer_fast.inductor_keeping_saved_strides.v1", inner)
+
+    return _CacheKeyTag()
+
+
 def keeps_saved_strides() -> bool:
     """Whether inductor_keeping_saved_strides is more than plain inductor on this torch."""
     return _all_outputs_visible_inner_compile() is not None
@@ -55,12 +81,15 @@ def keeps_saved_strides() -> bool:
 
 def inductor_keeping_saved_strides(gm: torch.fx.GraphModule, example_inputs):
     """A torch.compile backend: inductor, forward outputs in their traced strides (module docstring)."""
+    from torch._inductor import config
     from torch._inductor.compile_fx import compile_fx
 
     inner = _all_outputs_visible_inner_compile()
     if inner is None:
         return compile_fx(gm, example_inputs)
-    return compile_fx(gm, example_inputs, inner_compile=inner, config_patches={"fx_graph_cache": False})
+    tag = _cache_key_tag(config.post_grad_custom_post_pass)
+    patches = {"fx_graph_cache": False} if tag is None else {"post_grad_custom_post_pass": tag}
+    return compile_fx(gm, example_inputs, inner_compile=inner, config_patches=patches)
 
 
 def training_backend(backend: Union[str, Callable], compile_kwargs: dict) -> Union[str, Callable]:

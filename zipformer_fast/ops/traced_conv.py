@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from ._registry import FusedOp, autocast_enabled, compute_dtype, is_compiling
+from ._registry import FusedOp, autocast_enabled, compute_dtype, is_compiling, use_op
 
 
 def _aten_conv_backward(grad: Tensor, x: Tensor, weight: Tensor, has_bias: bool, stride: List[int],
@@ -53,8 +53,13 @@ def convolution_backward(grad: Tensor, x: Tensor, weight: Tensor, has_bias: bool
                          padding: Sequence[int], groups: int, need_x: bool, need_w: bool, need_b: bool
                          ) -> Tuple[Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
     """See the module docstring; grad, x and weight share a dtype (the one the forward ran in)."""
-    dx, dw, db = _conv_backward_op(grad, x, weight, bool(has_bias), list(stride), list(padding), int(groups),
-                                   bool(need_x), bool(need_w), bool(need_b))
+    if not use_op(x):  # eager: aten itself (no empty placeholders, no contiguity copies to promise)
+        nd = weight.dim() - 2
+        return torch.ops.aten.convolution_backward(
+            grad, x, weight, [weight.shape[0]] if has_bias else None, list(stride), list(padding), [1] * nd, False,
+            [0] * nd, groups, [bool(need_x), bool(need_w), bool(need_b)])
+    dx, dw, db = _conv_backward_op.op(grad, x, weight, bool(has_bias), list(stride), list(padding), int(groups),
+                                      bool(need_x), bool(need_w), bool(need_b))
     return (dx if need_x else None), (dw if need_w else None), (db if need_b else None)
 
 

@@ -21,9 +21,10 @@ cache's own mechanism for custom passes; a later process then loads its graphs i
 compiling them again.
 
 `inductor_keeping_saved_strides` is a plain backend callable: torch.compile(fn,
-backend=inductor_keeping_saved_strides). It uses inductor's compile_fx with its documented
-`inner_compile` hook; where that hook's contract differs (another torch), torch.compile's
-"inductor" is the fallback (`keeps_saved_strides()` says which).
+backend=inductor_keeping_saved_strides). It calls inductor's compile_fx with its `inner_compile`
+parameter and sets the output node's "user_visible_output_idxs" meta that compile_fx_forward sets
+(torch 2.13); on a torch whose inductor lacks that meta it is plain inductor
+(`keeps_saved_strides()` says which).
 """
 from typing import Callable, Union
 

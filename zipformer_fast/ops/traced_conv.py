@@ -25,13 +25,19 @@ from torch.nn import functional as F
 from ._registry import FusedOp, autocast_enabled, compute_dtype, is_compiling, use_op
 
 
+def _aten(grad: Tensor, x: Tensor, weight: Tensor, has_bias: bool, stride: List[int], padding: List[int],
+          groups: int, need_x: bool, need_w: bool, need_b: bool):
+    """aten.convolution_backward, dilation 1, not transposed; a gradient not needed is None."""
+    nd = weight.dim() - 2
+    return torch.ops.aten.convolution_backward(
+        grad, x, weight, [weight.shape[0]] if has_bias else None, stride, padding, [1] * nd, False, [0] * nd,
+        groups, [need_x, need_w, need_b])
+
+
 def _aten_conv_backward(grad: Tensor, x: Tensor, weight: Tensor, has_bias: bool, stride: List[int],
                         padding: List[int], groups: int, need_x: bool, need_w: bool,
                         need_b: bool) -> Tuple[Tensor, Tensor, Tensor]:
-    nd = weight.dim() - 2
-    dx, dw, db = torch.ops.aten.convolution_backward(
-        grad, x, weight, [weight.shape[0]] if has_bias else None, stride, padding, [1] * nd, False, [0] * nd,
-        groups, [need_x, need_w, need_b])
+    dx, dw, db = _aten(grad, x, weight, has_bias, stride, padding, groups, need_x, need_w, need_b)
     # Custom-op outputs are new, contiguous tensors (the fake impl's promise); the not-needed ones empty.
     return (dx.contiguous() if need_x else x.new_empty((0,)),
             dw.contiguous() if need_w else weight.new_empty((0,)),
@@ -54,10 +60,8 @@ def convolution_backward(grad: Tensor, x: Tensor, weight: Tensor, has_bias: bool
                          ) -> Tuple[Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
     """See the module docstring; grad, x and weight share a dtype (the one the forward ran in)."""
     if not use_op(x):  # eager: aten itself (no empty placeholders, no contiguity copies to promise)
-        nd = weight.dim() - 2
-        return torch.ops.aten.convolution_backward(
-            grad, x, weight, [weight.shape[0]] if has_bias else None, list(stride), list(padding), [1] * nd, False,
-            [0] * nd, groups, [bool(need_x), bool(need_w), bool(need_b)])
+        return _aten(grad, x, weight, has_bias, list(stride), list(padding), groups, bool(need_x), bool(need_w),
+                     bool(need_b))
     dx, dw, db = _conv_backward_op.op(grad, x, weight, bool(has_bias), list(stride), list(padding), int(groups),
                                       bool(need_x), bool(need_w), bool(need_b))
     return (dx if need_x else None), (dw if need_w else None), (db if need_b else None)
@@ -100,9 +104,9 @@ def conv(x: Tensor, weight: Tensor, bias: Optional[Tensor], stride=1, padding=0,
     """F.conv1d / F.conv2d (dilation 1); while tracing a call that needs a gradient, the same conv
     with its backward as one opaque node (see the module docstring). stride / padding: an int or
     one per spatial dim."""
-    nd = weight.dim() - 2
     if (is_compiling() and torch.is_grad_enabled()
             and (x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad))):
+        nd = weight.dim() - 2
         stride = [stride] * nd if isinstance(stride, int) else list(stride)
         padding = [padding] * nd if isinstance(padding, int) else list(padding)
         cdt = compute_dtype(x) if autocast_enabled(x) else None
